@@ -1,0 +1,1 @@
+"""Benchmarks that print JSON: quality, speed, ingest and viewer."""

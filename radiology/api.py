@@ -1,0 +1,269 @@
+"""JSON API under /api/ (session with CSRF, or ``Authorization: Bearer <token>``)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from datetime import datetime
+from pathlib import Path
+
+from django.http import Http404, HttpRequest
+from ninja import File, NinjaAPI, Schema
+from ninja.errors import HttpError
+from ninja.files import UploadedFile
+from ninja.security import HttpBearer, django_auth
+
+from . import selectors
+from .models import ApiToken, AuditEvent, DenoiseJob, Review
+from .services import jobs as job_services
+from .services.ingest import series_summary, upload_ingest
+from .services.reviews import review_submit
+
+
+class TokenAuth(HttpBearer):
+    def authenticate(self, request: HttpRequest, token: str):
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        found = ApiToken.objects.select_related("user").filter(key_sha256=digest).first()
+        if found is None or not found.user.is_active:
+            return None
+        request.user = found.user
+        return found.user
+
+
+api = NinjaAPI(
+    title="Radiology denoising review API",
+    version="1",
+    auth=[TokenAuth(), django_auth],
+    urls_namespace="api",
+)
+
+
+def job_json(job: DenoiseJob) -> dict:
+    return {
+        "id": job.pk,
+        "series": job.series_id,
+        "status": job.status,
+        "progress": round(job.progress, 4),
+        "progress_message": job.progress_message,
+        "model": {
+            "name": job.model_name,
+            "version": job.model_version,
+            "weights_sha256": job.weights_sha256,
+        },
+        "params": job.params,
+        "attempts": job.attempts,
+        "error": job.error,
+        "worker": job.worker,
+        "requested_by": job.requested_by.get_username() if job.requested_by else None,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "timings_s": job.timings_s,
+        "metrics": job.metrics,
+        "provenance": job.provenance,
+        "warnings": job.warnings,
+        "outputs": {
+            "reconstruction_sha256": job.reconstruction_sha256,
+            "residual_sha256": job.residual_sha256,
+        },
+        "reviews": [
+            {
+                "verdict": r.verdict,
+                "reviewer": r.reviewer.get_username(),
+                "comment": r.comment,
+                "strength": r.strength,
+                "created_at": r.created_at,
+            }
+            for r in job.reviews.select_related("reviewer")
+        ],
+    }
+
+
+def series_json(series) -> dict:
+    latest = selectors.latest_job(series)
+    data = series_summary(series)
+    data.update(
+        {
+            "study": {
+                "id": series.study_id,
+                "study_instance_uid": series.study.study_instance_uid,
+                "description": series.study.description,
+                "patient_id": series.study.patient_id,
+                "study_date": series.study.study_date,
+            },
+            "created_at": series.created_at,
+            "latest_job": job_json(latest) if latest else None,
+        }
+    )
+    return data
+
+
+@api.exception_handler(job_services.JobRequestError)
+def job_request_error(request, exc):
+    return api.create_response(request, {"detail": str(exc)}, status=400)
+
+
+@api.exception_handler(Http404)
+def not_found(request, exc):
+    return api.create_response(request, {"detail": "Not found"}, status=404)
+
+
+@api.post("/uploads", response={201: dict, 400: dict})
+def upload(request, files: File[list[UploadedFile]]):
+    """Upload DICOM files, folders' files or zip archives; returns series and rejections."""
+    if not files:
+        raise HttpError(400, "no files in the request (multipart field 'files')")
+    workdir = Path(tempfile.mkdtemp(prefix="upload-"))
+    try:
+        sources = []
+        for index, uploaded in enumerate(files):
+            display = uploaded.name or f"file-{index}"
+            if hasattr(uploaded, "temporary_file_path"):
+                sources.append((Path(uploaded.temporary_file_path()), display))
+                continue
+            path = workdir / f"{index:06d}"
+            with open(path, "wb") as handle:
+                for chunk in uploaded.chunks():
+                    handle.write(chunk)
+            sources.append((path, display))
+        report = upload_ingest(sources=sources, owner=request.user)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 201, report.as_json()
+
+
+@api.get("/series", response=list[dict])
+def list_series(request, search: str = "", modality: str = "", status: str = ""):
+    return [
+        series_json(s)
+        for s in selectors.series_list(
+            request.user, search=search, modality=modality, status=status
+        )[:500]
+    ]
+
+
+@api.get("/series/{series_id}", response=dict)
+def get_series(request, series_id: int):
+    series = selectors.series_for(request.user, series_id)
+    data = series_json(series)
+    data["jobs"] = [job_json(j) for j in series.jobs.order_by("-created_at")]
+    return data
+
+
+class DenoiseIn(Schema):
+    model: str | None = None
+    params: dict | None = None
+
+
+@api.post("/series/{series_id}/denoise", response={200: dict, 201: dict, 400: dict})
+def denoise(request, series_id: int, payload: DenoiseIn | None = None):
+    """Queue a denoise job; asking again for the same input returns the same job."""
+    series = selectors.series_for(request.user, series_id)
+    payload = payload or DenoiseIn()
+    job, created = job_services.denoise_job_request(
+        series=series,
+        requested_by=request.user,
+        model=payload.model,
+        params=payload.params,
+    )
+    return (201 if created else 200), job_json(job)
+
+
+@api.get("/jobs/{job_id}", response=dict)
+def get_job(request, job_id: int):
+    return job_json(selectors.job_for(request.user, job_id))
+
+
+@api.post("/jobs/{job_id}/cancel", response=dict)
+def cancel_job(request, job_id: int):
+    job = selectors.job_for(request.user, job_id)
+    return job_json(job_services.denoise_job_cancel(job=job, actor=request.user))
+
+
+class ReviewIn(Schema):
+    verdict: Review.Verdict
+    comment: str = ""
+    strength: float = 1.0
+
+
+@api.post("/jobs/{job_id}/review", response={201: dict, 400: dict})
+def review(request, job_id: int, payload: ReviewIn):
+    job = selectors.job_for(request.user, job_id)
+    created = review_submit(
+        job=job,
+        reviewer=request.user,
+        verdict=payload.verdict,
+        comment=payload.comment,
+        strength=payload.strength,
+    )
+    return 201, {
+        "id": created.pk,
+        "job": job.pk,
+        "verdict": created.verdict,
+        "comment": created.comment,
+        "strength": created.strength,
+        "reviewer": request.user.get_username(),
+        "created_at": created.created_at,
+    }
+
+
+def audit_json(event: AuditEvent) -> dict:
+    return {
+        "id": event.pk,
+        "created_at": event.created_at,
+        "actor": event.actor_name,
+        "action": event.action,
+        "target_type": event.target_type,
+        "target_id": event.target_id,
+        "study": event.study_id,
+        "extra_data": event.extra_data,
+        "prev_hash": event.prev_hash,
+        "hash": event.hash,
+    }
+
+
+@api.get("/audit", response=list[dict])
+def audit(
+    request,
+    action: str = "",
+    target_type: str = "",
+    target_id: str = "",
+    actor: str = "",
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 200,
+    offset: int = 0,
+):
+    """Audit events visible to the caller, newest first; the read itself is audited."""
+    events = selectors.audit_events_for(
+        request.user,
+        action=action,
+        target_type=target_type,
+        target_id=target_id,
+        actor=actor,
+        since=since,
+        until=until,
+        limit=max(1, min(limit, 1000)),
+        offset=max(0, offset),
+    )
+    return [audit_json(e) for e in events]
+
+
+@api.get("/models", response=list[dict])
+def models(request):
+    from django.conf import settings
+
+    import inference
+
+    return [
+        {
+            "name": m.name,
+            "version": m.version,
+            "sha256": m.sha256,
+            "default": m.default,
+            "modality": m.modality,
+            "description": m.description,
+        }
+        for m in inference.list_models(settings.MODELS_ROOT)
+    ]

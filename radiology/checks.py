@@ -1,0 +1,44 @@
+"""System checks that catch configuration mistakes before the first job fails."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.checks import Error, Tags, Warning, register
+
+
+@register(Tags.compatibility)
+def check_time_limits(app_configs, **kwargs):
+    errors = []
+    visibility = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout", 3600)
+    if visibility <= settings.DENOISE_HARD_TIME_LIMIT_S:
+        errors.append(
+            Error(
+                f"broker visibility_timeout ({visibility} s) must exceed the denoise "
+                f"hard time limit ({settings.DENOISE_HARD_TIME_LIMIT_S} s), or running "
+                "jobs are delivered twice.",
+                hint="Raise CELERY_VISIBILITY_TIMEOUT_S or lower DENOISE_HARD_TIME_LIMIT_S.",
+                id="radiology.E001",
+            )
+        )
+    if settings.DENOISE_SOFT_TIME_LIMIT_S >= settings.DENOISE_HARD_TIME_LIMIT_S:
+        errors.append(
+            Error(
+                "DENOISE_SOFT_TIME_LIMIT_S must be below DENOISE_HARD_TIME_LIMIT_S.",
+                id="radiology.E002",
+            )
+        )
+    return errors
+
+
+@register(Tags.compatibility)
+def check_model_bundle(app_configs, **kwargs):
+    root = settings.MODELS_ROOT
+    if not any(root.glob("*/configs/metadata.json")):
+        return [
+            Warning(
+                f"no model bundle under MODELS_ROOT={root}: denoise jobs will fail.",
+                hint="Point MODELS_ROOT at a folder of bundles (the repository's models/).",
+                id="radiology.W001",
+            )
+        ]
+    return []

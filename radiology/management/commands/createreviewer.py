@@ -1,0 +1,49 @@
+"""``manage.py createreviewer USER --password-stdin [--group NAME] [--token]``."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sys
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+
+from radiology.models import ApiToken
+
+
+class Command(BaseCommand):
+    help = "Create (or update the password of) a reviewer account."
+
+    def add_arguments(self, parser):
+        parser.add_argument("username")
+        parser.add_argument("--password-stdin", action="store_true", required=True)
+        parser.add_argument("--group", default="radiology", help="department group")
+        parser.add_argument("--staff", action="store_true", help="may use the admin")
+        parser.add_argument("--token", action="store_true", help="print a new API token")
+
+    def handle(self, *args, **options):
+        password = sys.stdin.readline().rstrip("\n")
+        if len(password) < 8:
+            raise CommandError("createreviewer: password must be at least 8 characters")
+        with transaction.atomic():
+            user, created = get_user_model().objects.get_or_create(
+                username=options["username"]
+            )
+            user.set_password(password)
+            user.is_staff = user.is_staff or options["staff"]
+            user.save()
+            group, _ = Group.objects.get_or_create(name=options["group"])
+            user.groups.add(group)
+            if options["token"]:
+                key = secrets.token_urlsafe(32)
+                ApiToken.objects.create(
+                    user=user, key_sha256=hashlib.sha256(key.encode()).hexdigest()
+                )
+                self.stdout.write(f"token {key}")
+        self.stdout.write(
+            f"{'created' if created else 'updated'} reviewer {user.username} "
+            f"in group {options['group']}"
+        )

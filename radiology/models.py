@@ -1,0 +1,323 @@
+"""Database models: studies, series and their instances, denoise jobs, reviews, audit log."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.db import models
+from django.db.models import Q
+from django.urls import reverse
+
+
+class StudyQuerySet(models.QuerySet):
+    def visible_to(self, user) -> StudyQuerySet:
+        """Studies the user owns or that are shared with one of the user's groups."""
+        if not user.is_authenticated:
+            return self.none()
+        return self.filter(Q(owner=user) | Q(group__in=user.groups.all())).distinct()
+
+
+class Study(models.Model):
+    uid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    study_instance_uid = models.CharField(max_length=64)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="studies"
+    )
+    group = models.ForeignKey(
+        Group, null=True, blank=True, on_delete=models.SET_NULL, related_name="studies"
+    )
+    patient_id = models.CharField(max_length=64, blank=True)
+    description = models.CharField(max_length=256, blank=True)
+    study_date = models.CharField(max_length=8, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = StudyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "studies"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "study_instance_uid"], name="unique_study_per_owner"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.description or self.study_instance_uid
+
+
+class SeriesQuerySet(models.QuerySet):
+    def visible_to(self, user) -> SeriesQuerySet:
+        return self.filter(study__in=Study.objects.visible_to(user))
+
+
+class Series(models.Model):
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="series")
+    series_instance_uid = models.CharField(max_length=64)
+    modality = models.CharField(max_length=16)
+    description = models.CharField(max_length=256, blank=True)
+    shape = models.JSONField(help_text="[z, y, x] voxels")
+    spacing_mm = models.JSONField(help_text="[z, y, x] millimetres")
+    origin_mm = models.JSONField(default=list)
+    orientation = models.JSONField(default=list)
+    instance_count = models.PositiveIntegerField()
+    volume_file = models.CharField(max_length=255, help_text="storage name of the .npy")
+    volume_sha256 = models.CharField(max_length=64)
+    warnings = models.JSONField(default=list)
+    derived = models.BooleanField(
+        default=False, help_text="ImageType DERIVED: never queued for denoising"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = SeriesQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "series"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["study", "series_instance_uid"], name="unique_series_per_study"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.modality} {self.description or self.series_instance_uid}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("series-detail", args=[self.pk])
+
+
+class Instance(models.Model):
+    series = models.ForeignKey(Series, on_delete=models.PROTECT, related_name="instances")
+    sop_instance_uid = models.CharField(max_length=64)
+    sop_class_uid = models.CharField(max_length=64, blank=True)
+    original_name = models.CharField(max_length=255)
+    file = models.CharField(max_length=255, help_text="storage name of the original bytes")
+    sha256 = models.CharField(max_length=64)
+    size_bytes = models.PositiveBigIntegerField()
+    slice_index = models.PositiveIntegerField(help_text="first slice of the volume it fills")
+    frame_count = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["series", "slice_index"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["series", "sop_instance_uid"], name="unique_instance_per_series"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.sop_instance_uid
+
+
+class Upload(models.Model):
+    uid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="uploads"
+    )
+    file_count = models.PositiveIntegerField(default=0)
+    accepted_count = models.PositiveIntegerField(default=0)
+    rejections = models.JSONField(default=list, help_text='[{"name", "reason"}]')
+    series = models.ManyToManyField(Series, blank=True, related_name="uploads")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"upload {self.uid}"
+
+
+class DenoiseJob(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    series = models.ForeignKey(Series, on_delete=models.PROTECT, related_name="jobs")
+    model_name = models.CharField(max_length=64)
+    model_version = models.CharField(max_length=32)
+    weights_sha256 = models.CharField(max_length=64)
+    params = models.JSONField(default=dict)
+    params_sha256 = models.CharField(max_length=64)
+    input_sha256 = models.CharField(max_length=64)
+    status = models.CharField(max_length=16, choices=Status, default=Status.QUEUED)
+    progress = models.FloatField(default=0.0)
+    progress_message = models.CharField(max_length=200, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    claim = models.CharField(max_length=64, blank=True, help_text="token of the attempt")
+    worker = models.CharField(max_length=200, blank=True)
+    error = models.TextField(blank=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    reconstruction_file = models.CharField(max_length=255, blank=True)
+    reconstruction_sha256 = models.CharField(max_length=64, blank=True)
+    residual_file = models.CharField(max_length=255, blank=True)
+    residual_sha256 = models.CharField(max_length=64, blank=True)
+    timings_s = models.JSONField(default=dict)
+    metrics = models.JSONField(default=dict)
+    provenance = models.JSONField(default=dict)
+    warnings = models.JSONField(default=list)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # One job, and so one output, per input volume, model weights and parameters.
+            models.UniqueConstraint(
+                fields=["series", "input_sha256", "weights_sha256", "params_sha256"],
+                name="one_job_per_input_model_params",
+            ),
+            models.CheckConstraint(
+                condition=Q(progress__gte=0.0) & Q(progress__lte=1.0),
+                name="progress_between_0_and_1",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"job {self.pk} {self.model_name}:{self.model_version} {self.status}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in {
+            self.Status.SUCCEEDED,
+            self.Status.FAILED,
+            self.Status.CANCELLED,
+        }
+
+
+class Review(models.Model):
+    class Verdict(models.TextChoices):
+        ACCEPT = "accept"
+        REJECT = "reject"
+        NEEDS_REVIEW = "needs_review"
+
+    job = models.ForeignKey(DenoiseJob, on_delete=models.PROTECT, related_name="reviews")
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="reviews"
+    )
+    verdict = models.CharField(max_length=16, choices=Verdict)
+    comment = models.TextField(blank=True)
+    strength = models.FloatField(default=1.0, help_text="alpha of the denoised blend")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(strength__gte=0.0) & Q(strength__lte=1.0),
+                name="strength_between_0_and_1",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.verdict} by {self.reviewer} on job {self.job_id}"
+
+
+class ApiToken(models.Model):
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=100, default="default")
+    key_sha256 = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"token {self.name} of {self.user}"
+
+
+class AuditQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise AuditImmutableError("audit events are append-only: update refused")
+
+    def delete(self):
+        raise AuditImmutableError("audit events are append-only: delete refused")
+
+
+class AuditImmutableError(Exception):
+    """An audit row was about to be changed or deleted.
+
+    Cause: code called ``save()`` on an existing event, or ``update()``/``delete()``.
+    Fix: write a new event with ``audit.record`` instead; the log is append-only.
+    """
+
+
+class AuditEvent(models.Model):
+    class Action(models.TextChoices):
+        UPLOAD = "upload"
+        INGEST = "ingest"
+        SERIES_UPDATED = "series.updated"
+        REJECTION = "rejection"
+        JOB_REQUESTED = "job.requested"
+        JOB_STARTED = "job.started"
+        JOB_SUCCEEDED = "job.succeeded"
+        JOB_FAILED = "job.failed"
+        JOB_REQUEUED = "job.requeued"
+        JOB_CANCELLED = "job.cancelled"
+        REVIEW = "review"
+        EXPORT = "export"
+        AUDIT_READ = "audit.read"
+        ACCESS_DENIED = "access.denied"
+        FIXITY = "fixity"
+
+    created_at = models.DateTimeField()
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_constraint=False,
+    )
+    actor_name = models.CharField(max_length=150, blank=True)
+    action = models.CharField(max_length=32, choices=Action)
+    target_type = models.CharField(max_length=32, blank=True)
+    target_id = models.CharField(max_length=64, blank=True)
+    study = models.ForeignKey(
+        Study,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        related_name="+",
+        db_constraint=False,
+        help_text="for access filtering of the log",
+    )
+    extra_data = models.JSONField(default=dict)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64, unique=True)
+
+    objects = AuditQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.action} {self.target_type}:{self.target_id}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise AuditImmutableError(f"audit event {self.pk} is append-only")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AuditImmutableError(f"audit event {self.pk} is append-only")
+
+
+class AuditChainHead(models.Model):
+    """One row, locked while an event is appended, so writers never fork the chain."""
+
+    last_hash = models.CharField(max_length=64)
+    count = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"audit head {self.count}"

@@ -1,0 +1,123 @@
+"""Reads that are more than a get: access-checked lookups and the audit log query."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.db.models import Q, QuerySet
+from django.http import Http404
+
+from .audit import audit_record
+from .models import AuditEvent, DenoiseJob, Series, Study
+
+
+def _denied(user, kind: str, pk) -> Http404:
+    """Record the attempt and answer 404, so existence is not revealed."""
+    audit_record(
+        action=AuditEvent.Action.ACCESS_DENIED,
+        actor=user,
+        target_type=kind,
+        target_id=str(pk),
+        extra_data={"reason": "not owner or group member"},
+    )
+    return Http404(f"no {kind} {pk}")
+
+
+def series_for(user, pk: int) -> Series:
+    series = Series.objects.visible_to(user).select_related("study").filter(pk=pk).first()
+    if series is None:
+        if Series.objects.filter(pk=pk).exists():
+            raise _denied(user, "series", pk)
+        raise Http404(f"no series {pk}")
+    return series
+
+
+def job_for(user, pk: int) -> DenoiseJob:
+    job = (
+        DenoiseJob.objects.filter(series__in=Series.objects.visible_to(user), pk=pk)
+        .select_related("series__study", "requested_by")
+        .first()
+    )
+    if job is None:
+        if DenoiseJob.objects.filter(pk=pk).exists():
+            raise _denied(user, "denoisejob", pk)
+        raise Http404(f"no job {pk}")
+    return job
+
+
+def series_list(
+    user,
+    *,
+    search: str = "",
+    modality: str = "",
+    status: str = "",
+) -> QuerySet[Series]:
+    qs = Series.objects.visible_to(user).select_related("study")
+    if search:
+        qs = qs.filter(
+            Q(description__icontains=search)
+            | Q(study__description__icontains=search)
+            | Q(study__patient_id__icontains=search)
+            | Q(series_instance_uid__icontains=search)
+        )
+    if modality:
+        qs = qs.filter(modality__iexact=modality)
+    if status:
+        qs = qs.filter(jobs__status=status).distinct()
+    return qs.order_by("-created_at")
+
+
+def latest_job(series: Series) -> DenoiseJob | None:
+    return series.jobs.order_by("-created_at").first()
+
+
+def audit_events_for(
+    user,
+    *,
+    action: str = "",
+    target_type: str = "",
+    target_id: str = "",
+    actor: str = "",
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 200,
+    offset: int = 0,
+) -> list[AuditEvent]:
+    """Audit events the user may read; reading them is itself recorded.
+
+    Staff read everything; others read events about studies they can see and their
+    own actions.
+    """
+    qs = AuditEvent.objects.all()
+    if not user.is_staff:
+        qs = qs.filter(Q(study__in=Study.objects.visible_to(user)) | Q(actor=user))
+    if action:
+        qs = qs.filter(action=action)
+    if target_type:
+        qs = qs.filter(target_type=target_type)
+    if target_id:
+        qs = qs.filter(target_id=target_id)
+    if actor:
+        qs = qs.filter(actor_name=actor)
+    if since:
+        qs = qs.filter(created_at__gte=since)
+    if until:
+        qs = qs.filter(created_at__lt=until)
+    events = list(qs.order_by("-id")[offset : offset + limit])
+    audit_record(
+        action=AuditEvent.Action.AUDIT_READ,
+        actor=user,
+        target_type="audit",
+        extra_data={
+            "filters": {
+                "action": action,
+                "target_type": target_type,
+                "target_id": target_id,
+                "actor": actor,
+                "since": since.isoformat() if since else None,
+                "until": until.isoformat() if until else None,
+            },
+            "returned": len(events),
+        },
+    )
+    return events

@@ -1,0 +1,1 @@
+"""Services: every write the app makes, each with its audit event."""

@@ -1,0 +1,275 @@
+"""Ingest service: uploaded files, folders and zips become stored originals and volumes."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.db import transaction
+
+from ..audit import audit_record
+from ..dicomio import DicomRejected, Limits, assemble_series, iter_members, read_instance
+from ..models import AuditEvent, Instance, Series, Study, Upload
+from ..storage import array_sha256, generated_name, media_path, store_array, store_bytes
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestReport:
+    upload: Upload
+    series: list[Series] = field(default_factory=list)
+    rejections: list[dict[str, str]] = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        return {
+            "upload": str(self.upload.uid),
+            "series": [series_summary(s) for s in self.series],
+            "rejected": self.rejections,
+        }
+
+
+def series_summary(series: Series) -> dict:
+    return {
+        "id": series.pk,
+        "modality": series.modality,
+        "shape": series.shape,
+        "spacing": series.spacing_mm,
+        "instances": series.instance_count,
+        "series_instance_uid": series.series_instance_uid,
+        "description": series.description,
+        "derived": series.derived,
+        "warnings": series.warnings,
+    }
+
+
+def ingest_limits() -> Limits:
+    return Limits(
+        max_entries=settings.ZIP_MAX_ENTRIES,
+        max_uncompressed_bytes=settings.ZIP_MAX_UNCOMPRESSED_BYTES,
+        max_ratio=settings.ZIP_MAX_RATIO,
+        max_file_bytes=settings.UPLOAD_MAX_BYTES,
+        max_pixels=settings.DICOM_MAX_PIXELS,
+    )
+
+
+def _read_sources(sources, limits, rejections):
+    """Yield ``(instance, raw bytes)`` for every usable file; record the others."""
+    for path, display_name in sources:
+        for member in iter_members(Path(path), display_name, limits):
+            if member.error:
+                rejections.append({"name": member.name, "reason": member.error})
+                continue
+            data = member.read()
+            try:
+                instance = read_instance(data, member.name, limits=limits)
+            except DicomRejected as exc:
+                rejections.append({"name": exc.name, "reason": exc.reason})
+                continue
+            yield instance, data
+
+
+def _drop_mixed_patients(read, rejections):
+    """One upload is one patient: files of a minority PatientID are refused."""
+    patients = Counter(inst.patient_id for inst, _ in read)
+    if len(patients) <= 1:
+        return read
+    majority, _ = patients.most_common(1)[0]
+    kept = []
+    for inst, data in read:
+        if inst.patient_id == majority:
+            kept.append((inst, data))
+        else:
+            rejections.append(
+                {
+                    "name": inst.name,
+                    "reason": f"mixed patients in one upload: PatientID "
+                    f"{inst.patient_id!r} differs from {majority!r}; upload each "
+                    "patient separately",
+                }
+            )
+    return kept
+
+
+def default_group(user) -> Group | None:
+    return user.groups.order_by("name").first()
+
+
+def upload_ingest(
+    *,
+    sources: list[tuple[Path, str]],
+    owner,
+    group: Group | None = None,
+) -> IngestReport:
+    """Validate, store and assemble everything in ``sources``.
+
+    Args:
+        sources: ``(path on disk, name to show)`` pairs: files, folders or zip archives.
+        owner: the user the new studies belong to.
+        group: the group the studies are shared with; default the owner's first group.
+
+    Returns:
+        The upload with its series (new or updated) and the per-file rejections.
+        Files already stored are never touched: a re-upload of the same instances is
+        a no-op, and new instances of a stored series rebuild its volume.
+    """
+    limits = ingest_limits()
+    rejections: list[dict[str, str]] = []
+    read = list(_read_sources(sources, limits, rejections))
+    read = _drop_mixed_patients(read, rejections)
+    raw_by_sop = {inst.sop_instance_uid: (inst, data) for inst, data in read}
+    group = group if group is not None else default_group(owner)
+    file_count = len(read) + len(rejections)
+
+    assembly = assemble_series([inst for inst, _ in raw_by_sop.values()])
+    rejections.extend({"name": n, "reason": r} for n, r in assembly.rejections)
+
+    with transaction.atomic():
+        upload = Upload.objects.create(owner=owner, file_count=file_count)
+        stored_series = []
+        for volume in assembly.series:
+            series = _store_series(volume, raw_by_sop, owner, group, limits, rejections)
+            if series is not None:
+                stored_series.append(series)
+        upload.accepted_count = upload.file_count - len(rejections)
+        upload.rejections = rejections
+        upload.save()
+        upload.series.set(stored_series)
+        audit_record(
+            action=AuditEvent.Action.UPLOAD,
+            actor=owner,
+            target=upload,
+            extra_data={
+                "files": upload.file_count,
+                "series": [s.pk for s in stored_series],
+                "rejected": len(rejections),
+            },
+        )
+        for rejection in rejections:
+            audit_record(
+                action=AuditEvent.Action.REJECTION,
+                actor=owner,
+                target=upload,
+                extra_data=rejection,
+            )
+    return IngestReport(upload=upload, series=stored_series, rejections=rejections)
+
+
+def _store_series(volume, raw_by_sop, owner, group, limits, rejections) -> Series | None:
+    study, _ = Study.objects.get_or_create(
+        owner=owner,
+        study_instance_uid=volume.study_instance_uid,
+        defaults={
+            "group": group,
+            "patient_id": volume.patient_id,
+            "description": volume.study_description,
+            "study_date": volume.study_date,
+        },
+    )
+    existing = Series.objects.filter(
+        study=study, series_instance_uid=volume.series_instance_uid
+    ).first()
+    sop_uids = {ref.sop_instance_uid for ref in volume.slices}
+    if existing is not None:
+        stored = set(existing.instances.values_list("sop_instance_uid", flat=True))
+        if sop_uids <= stored:
+            return existing  # the same instances again: nothing to do
+        volume = _merge_with_stored(existing, volume, raw_by_sop, limits, rejections)
+        if volume is None:
+            return existing
+
+    volume_name = generated_name("volumes", ".npy")
+    store_array(volume_name, volume.volume)
+    fields = {
+        "modality": volume.modality,
+        "description": volume.description,
+        "shape": list(volume.volume.shape),
+        "spacing_mm": [float(v) for v in volume.spacing_mm],
+        "origin_mm": [float(v) for v in volume.origin],
+        "orientation": [float(v) for v in volume.orientation],
+        "instance_count": len(sop_uids),
+        "volume_file": volume_name,
+        "volume_sha256": array_sha256(volume.volume),
+        "warnings": list(volume.warnings),
+        "derived": volume.derived,
+    }
+    if existing is None:
+        series = Series.objects.create(
+            study=study, series_instance_uid=volume.series_instance_uid, **fields
+        )
+        action = AuditEvent.Action.INGEST
+    else:
+        series = existing
+        for key, value in fields.items():
+            setattr(series, key, value)
+        series.save()
+        action = AuditEvent.Action.SERIES_UPDATED
+
+    first_slice: dict[str, int] = {}
+    frames: Counter[str] = Counter()
+    for index, ref in enumerate(volume.slices):
+        first_slice.setdefault(ref.sop_instance_uid, index)
+        frames[ref.sop_instance_uid] += 1
+    known = dict(series.instances.values_list("sop_instance_uid", "pk"))
+    for sop, index in first_slice.items():
+        if sop in known:
+            Instance.objects.filter(pk=known[sop]).update(
+                slice_index=index, frame_count=frames[sop]
+            )
+            continue
+        inst, data = raw_by_sop[sop]
+        name = generated_name("originals", ".dcm")
+        Instance.objects.create(
+            series=series,
+            sop_instance_uid=sop,
+            sop_class_uid=inst.sop_class_uid,
+            original_name=inst.name[:255],
+            file=name,
+            sha256=store_bytes(name, data),
+            size_bytes=len(data),
+            slice_index=index,
+            frame_count=frames[sop],
+        )
+    audit_record(
+        action=action,
+        actor=owner,
+        target=series,
+        study=study,
+        extra_data={
+            "series_instance_uid": series.series_instance_uid,
+            "modality": series.modality,
+            "shape": series.shape,
+            "spacing_mm": series.spacing_mm,
+            "instances": series.instance_count,
+            "volume_sha256": series.volume_sha256,
+            "warnings": series.warnings,
+        },
+    )
+    return series
+
+
+def _merge_with_stored(existing: Series, volume, raw_by_sop, limits, rejections):
+    """Rebuild a stored series' volume from its stored originals plus the new files."""
+    combined = []
+    for stored in existing.instances.all():
+        data = media_path(stored.file).read_bytes()
+        inst = read_instance(data, stored.original_name, limits=limits)
+        combined.append(inst)
+        raw_by_sop.setdefault(inst.sop_instance_uid, (inst, data))
+    stored_uids = {inst.sop_instance_uid for inst in combined}
+    combined.extend(
+        raw_by_sop[ref.sop_instance_uid][0]
+        for ref in volume.slices
+        if ref.sop_instance_uid not in stored_uids
+        and ref.frame_index == 0
+    )
+    assembly = assemble_series(combined)
+    rejections.extend({"name": n, "reason": r} for n, r in assembly.rejections)
+    if len(assembly.series) != 1:
+        logger.warning("merge of series %s did not form one volume", existing.pk)
+        return None
+    return assembly.series[0]

@@ -1,0 +1,431 @@
+"""Denoise jobs: request, claim, run, fail, cancel and reconcile; each writes its audit event."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import time
+import uuid
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import OperationalError, transaction
+from django.utils import timezone
+
+import inference
+
+from ..audit import audit_record, canonical_json
+from ..models import AuditEvent, DenoiseJob, Series
+from ..storage import load_array, media_path, store_array
+
+logger = logging.getLogger(__name__)
+
+#: Parameters a requester may set, with their defaults; anything else is refused.
+DEFAULT_PARAMS: dict[str, object] = {"precision": "auto", "batch_size": None}
+
+
+class JobRequestError(ValueError):
+    """A denoise request that cannot be honoured (derived series, unknown model, bad
+    parameter). Cause and fix are in the message; nothing was queued."""
+
+
+class TransientJobError(RuntimeError):
+    """A failure worth retrying (database connection dropped, storage briefly full).
+    The task retries it with back-off; after the last retry the job fails."""
+
+
+def normalise_params(params: dict | None) -> tuple[dict, str]:
+    merged = dict(DEFAULT_PARAMS)
+    for key, value in (params or {}).items():
+        if key not in DEFAULT_PARAMS:
+            raise JobRequestError(
+                f"denoise: unknown parameter {key!r}; allowed: {sorted(DEFAULT_PARAMS)}"
+            )
+        merged[key] = value
+    if merged["precision"] not in {"auto", "fp32", "bf16", "fp16"}:
+        raise JobRequestError(
+            f"denoise: precision must be auto, fp32, bf16 or fp16, got {merged['precision']!r}"
+        )
+    batch = merged["batch_size"]
+    if batch is not None and (not isinstance(batch, int) or not 1 <= batch <= 512):
+        raise JobRequestError(f"denoise: batch_size must be 1..512, got {batch!r}")
+    return merged, hashlib.sha256(canonical_json(merged).encode()).hexdigest()
+
+
+def resolve_model(spec: str | None) -> inference.ModelInfo:
+    """Find a registered model from ``NAME[:VERSION]`` (the default when empty)."""
+    name, _, version = (spec or "").partition(":")
+    models = inference.list_models(settings.MODELS_ROOT)
+    if not name:
+        name = settings.DENOISE_DEFAULT_MODEL
+        if not name:
+            defaults = [m for m in models if m.default]
+            if not defaults:
+                raise JobRequestError("denoise: no default model is registered")
+            return defaults[0]
+    candidates = [m for m in models if m.name == name]
+    if version:
+        candidates = [m for m in candidates if m.version == version]
+    if not candidates:
+        known = ", ".join(sorted({f"{m.name}:{m.version}" for m in models})) or "none"
+        raise JobRequestError(f"denoise: no model {spec!r}; registered: {known}")
+    return max(candidates, key=lambda m: tuple(int(p) for p in m.version.split(".")))
+
+
+def _enqueue(job: DenoiseJob) -> None:
+    from ..tasks import run_denoise_job
+
+    run_denoise_job.delay_on_commit(job.pk)
+
+
+def denoise_job_request(
+    *,
+    series: Series,
+    requested_by,
+    model: str | None = None,
+    params: dict | None = None,
+) -> tuple[DenoiseJob, bool]:
+    """Queue a denoise job, or return the one that already exists for the same input.
+
+    Args:
+        series: the series to denoise; derived series are refused.
+        requested_by: the user asking.
+        model: ``NAME[:VERSION]``, default the registry's default bundle.
+        params: inference parameters (see ``DEFAULT_PARAMS``).
+
+    Returns:
+        ``(job, created)``. A failed or cancelled job for the same input is queued
+        again rather than duplicated.
+    """
+    if series.derived:
+        raise JobRequestError(
+            f"denoise: series {series.pk} is a derived series (ImageType DERIVED); "
+            "denoising a denoised image is refused"
+        )
+    info = resolve_model(model)
+    merged, params_sha = normalise_params(params)
+    with transaction.atomic():
+        job, created = DenoiseJob.objects.get_or_create(
+            series=series,
+            input_sha256=series.volume_sha256,
+            weights_sha256=info.sha256,
+            params_sha256=params_sha,
+            defaults={
+                "model_name": info.name,
+                "model_version": info.version,
+                "params": merged,
+                "requested_by": requested_by,
+            },
+        )
+        if created:
+            audit_record(
+                action=AuditEvent.Action.JOB_REQUESTED,
+                actor=requested_by,
+                target=job,
+                study=series.study,
+                extra_data={
+                    "series": series.pk,
+                    "model": f"{info.name}:{info.version}",
+                    "weights_sha256": info.sha256,
+                    "params": merged,
+                    "input_sha256": series.volume_sha256,
+                },
+            )
+            _enqueue(job)
+        elif job.status in {DenoiseJob.Status.FAILED, DenoiseJob.Status.CANCELLED}:
+            DenoiseJob.objects.filter(pk=job.pk).update(
+                status=DenoiseJob.Status.QUEUED, progress=0.0, error="", claim=""
+            )
+            job.refresh_from_db()
+            audit_record(
+                action=AuditEvent.Action.JOB_REQUEUED,
+                actor=requested_by,
+                target=job,
+                study=series.study,
+                extra_data={"reason": "requested again after failure or cancel"},
+            )
+            _enqueue(job)
+    return job, created
+
+
+def _claim(job_id: int, worker: str) -> str | None:
+    """Take a queued job for this attempt; ``None`` when someone else has it or it ended."""
+    token = uuid.uuid4().hex
+    now = timezone.now()
+    with transaction.atomic():
+        job = DenoiseJob.objects.select_for_update().filter(pk=job_id).first()
+        if job is None or job.status != DenoiseJob.Status.QUEUED:
+            return None
+        job.status = DenoiseJob.Status.RUNNING
+        job.claim = token
+        job.worker = worker
+        job.attempts += 1
+        job.started_at = now
+        job.heartbeat_at = now
+        job.progress = 0.0
+        job.save(
+            update_fields=[
+                "status", "claim", "worker", "attempts", "started_at",
+                "heartbeat_at", "progress",
+            ]
+        )
+        audit_record(
+            action=AuditEvent.Action.JOB_STARTED,
+            target=job,
+            study=job.series.study,
+            extra_data={"worker": worker, "attempt": job.attempts},
+        )
+    return token
+
+
+class _Heartbeat:
+    """Progress callback: writes progress and a heartbeat at most every ``every_s``."""
+
+    def __init__(self, job_id: int, token: str, every_s: float = 0.5) -> None:
+        self.job_id, self.token, self.every_s = job_id, token, every_s
+        self._last = 0.0
+        self.throttle_s = float(os.environ.get("DENOISE_TEST_BATCH_DELAY_S", "0") or 0)
+
+    def __call__(self, fraction: float, message: str = "") -> None:
+        if self.throttle_s:
+            # Fault-injection knob for the crash tests: keeps a job running long enough
+            # to kill its worker mid-way. Unset in production.
+            time.sleep(self.throttle_s)
+        now = time.monotonic()
+        if now - self._last < self.every_s and fraction < 1.0:
+            return
+        self._last = now
+        DenoiseJob.objects.filter(
+            pk=self.job_id, claim=self.token, status=DenoiseJob.Status.RUNNING
+        ).update(
+            progress=min(max(fraction, 0.0), 1.0) * 0.95,
+            progress_message=message[:200],
+            heartbeat_at=timezone.now(),
+        )
+
+
+def output_names(job: DenoiseJob) -> tuple[str, str]:
+    """Content-addressed output names: one output per (input, weights, params)."""
+    key = f"{job.input_sha256[:32]}-{job.weights_sha256[:16]}-{job.params_sha256[:16]}"
+    return (
+        f"outputs/{job.input_sha256[:2]}/{key}/reconstruction.npy",
+        f"outputs/{job.input_sha256[:2]}/{key}/residual.npy",
+    )
+
+
+def denoise_job_run(*, job_id: int, worker: str | None = None) -> DenoiseJob | None:
+    """Run one attempt of a job (what the Celery task calls).
+
+    Returns the finished job, or ``None`` when the job was not ours to run (already
+    running elsewhere, finished or cancelled): a redelivered message is harmless.
+    Raises ``TransientJobError`` for failures worth a retry; everything else marks the
+    job failed with a readable reason.
+    """
+    worker = worker or f"{socket.gethostname()}:{os.getpid()}"
+    try:
+        token = _claim(job_id, worker)
+    except OperationalError as exc:
+        raise TransientJobError(f"database unavailable while claiming: {exc}") from exc
+    if token is None:
+        logger.info("job %s is not queued: nothing to do", job_id)
+        return None
+    job = DenoiseJob.objects.select_related("series__study").get(pk=job_id)
+    try:
+        return _run_claimed(job, token)
+    except (OperationalError, TransientJobError) as exc:
+        _release_for_retry(job, token, str(exc))
+        raise TransientJobError(str(exc)) from exc
+    except OSError as exc:
+        if exc.errno in {28, 122}:  # ENOSPC, EDQUOT: storage may free up
+            _release_for_retry(job, token, str(exc))
+            raise TransientJobError(f"storage full writing outputs: {exc}") from exc
+        denoise_job_fail(job_id=job.pk, reason=f"I/O error: {exc}", token=token)
+    except Exception as exc:  # bad input, integrity failure: retrying cannot help
+        logger.exception("job %s failed", job.pk)
+        denoise_job_fail(
+            job_id=job.pk, reason=f"{type(exc).__name__}: {exc}", token=token
+        )
+    return DenoiseJob.objects.get(pk=job_id)
+
+
+def _run_claimed(job: DenoiseJob, token: str) -> DenoiseJob:
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    model = inference.load_model(
+        job.model_name, job.model_version, models_root=settings.MODELS_ROOT
+    )
+    if model.sha256 != job.weights_sha256:
+        raise inference.ModelIntegrityError(
+            f"model {job.model_name}:{job.model_version} now hashes to "
+            f"{model.sha256[:12]}, the job asked for {job.weights_sha256[:12]}"
+        )
+    timings["load_model"] = time.perf_counter() - started
+
+    tick = time.perf_counter()
+    volume = load_array(job.series.volume_file, mmap=False)
+    timings["read_volume"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    result = inference.denoise_volume(
+        volume,
+        model,
+        spacing=tuple(job.series.spacing_mm),
+        progress=_Heartbeat(job.pk, token),
+        batch_size=job.params.get("batch_size"),
+        precision=job.params.get("precision", "auto"),
+        modality=job.series.modality,
+    )
+    timings["denoise"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    recon_name, residual_name = output_names(job)
+    recon_sha = _store_output(recon_name, result.reconstruction)
+    residual_sha = _store_output(residual_name, result.residual)
+    timings["write_outputs"] = time.perf_counter() - tick
+    timings["total"] = time.perf_counter() - started
+
+    provenance = dict(result.provenance)
+    provenance.update(
+        {
+            "job": job.pk,
+            "requested_by": job.requested_by.get_username() if job.requested_by else None,
+            "worker": job.worker,
+            "attempt": job.attempts,
+            "input_volume_sha256": job.input_sha256,
+            "reconstruction_file_sha256": recon_sha,
+            "residual_file_sha256": residual_sha,
+            "series_instance_uid": job.series.series_instance_uid,
+        }
+    )
+    with transaction.atomic():
+        updated = DenoiseJob.objects.filter(
+            pk=job.pk, claim=token, status=DenoiseJob.Status.RUNNING
+        ).update(
+            status=DenoiseJob.Status.SUCCEEDED,
+            progress=1.0,
+            progress_message="done",
+            finished_at=timezone.now(),
+            heartbeat_at=timezone.now(),
+            reconstruction_file=recon_name,
+            reconstruction_sha256=recon_sha,
+            residual_file=residual_name,
+            residual_sha256=residual_sha,
+            timings_s={**result.timings_s, **timings},
+            metrics=result.metrics,
+            provenance=provenance,
+            warnings=list(result.warnings),
+            error="",
+        )
+        if updated:
+            audit_record(
+                action=AuditEvent.Action.JOB_SUCCEEDED,
+                target=job,
+                study=job.series.study,
+                extra_data={
+                    "model": f"{job.model_name}:{job.model_version}",
+                    "weights_sha256": job.weights_sha256,
+                    "input_sha256": job.input_sha256,
+                    "reconstruction_sha256": recon_sha,
+                    "residual_sha256": residual_sha,
+                    "worker": job.worker,
+                    "attempt": job.attempts,
+                    "warnings": list(result.warnings),
+                    "flagged_slices": result.metrics.get("flagged_slices", []),
+                },
+            )
+    return DenoiseJob.objects.get(pk=job.pk)
+
+
+def _store_output(name: str, array) -> str:
+    """Write an output once; an identical file from an earlier attempt is reused."""
+    from ..storage import file_sha256
+
+    if media_path(name).exists():
+        existing = load_array(name)
+        if existing.shape == array.shape and (existing == array).all():
+            return file_sha256(name)
+    return store_array(name, array)
+
+
+def _release_for_retry(job: DenoiseJob, token: str, reason: str) -> None:
+    try:
+        DenoiseJob.objects.filter(pk=job.pk, claim=token).update(
+            status=DenoiseJob.Status.QUEUED, claim="", error=f"retrying: {reason}"[:2000]
+        )
+    except OperationalError:
+        logger.warning("job %s: could not release for retry; the reconciler will", job.pk)
+
+
+def denoise_job_fail(*, job_id: int, reason: str, token: str | None = None) -> None:
+    """Mark a job failed with a readable reason (only the attempt's own claim may)."""
+    with transaction.atomic():
+        jobs = DenoiseJob.objects.filter(pk=job_id).exclude(
+            status__in=[DenoiseJob.Status.SUCCEEDED, DenoiseJob.Status.CANCELLED]
+        )
+        if token is not None:
+            jobs = jobs.filter(claim=token)
+        if not jobs.update(
+            status=DenoiseJob.Status.FAILED,
+            error=reason[:2000],
+            finished_at=timezone.now(),
+        ):
+            return
+        job = DenoiseJob.objects.select_related("series__study").get(pk=job_id)
+        audit_record(
+            action=AuditEvent.Action.JOB_FAILED,
+            target=job,
+            study=job.series.study,
+            extra_data={"reason": reason[:2000], "attempt": job.attempts},
+        )
+
+
+def denoise_job_cancel(*, job: DenoiseJob, actor) -> DenoiseJob:
+    with transaction.atomic():
+        if DenoiseJob.objects.filter(
+            pk=job.pk, status__in=[DenoiseJob.Status.QUEUED, DenoiseJob.Status.RUNNING]
+        ).update(status=DenoiseJob.Status.CANCELLED, claim="", finished_at=timezone.now()):
+            audit_record(
+                action=AuditEvent.Action.JOB_CANCELLED,
+                actor=actor,
+                target=job,
+                study=job.series.study,
+            )
+    job.refresh_from_db()
+    return job
+
+
+def reconcile_stale_jobs(*, restarted_worker: str | None = None) -> list[int]:
+    """Queue again the running jobs whose worker died, and jobs lost from the broker.
+
+    A running job is stale when its heartbeat is older than ``DENOISE_STALE_AFTER_S``,
+    or when it was claimed by ``restarted_worker`` (a worker that has just started
+    cannot still be running anything). Each is re-sent; the claim check makes a late
+    redelivery of the old message a no-op, so the job completes exactly once.
+    """
+    cutoff = timezone.now() - timedelta(seconds=settings.DENOISE_STALE_AFTER_S)
+    running = DenoiseJob.objects.filter(status=DenoiseJob.Status.RUNNING)
+    stale = running.filter(heartbeat_at__lt=cutoff)
+    if restarted_worker:
+        stale = stale | running.filter(worker=restarted_worker)
+    requeued = []
+    for job in stale.select_related("series__study"):
+        with transaction.atomic():
+            if not DenoiseJob.objects.filter(
+                pk=job.pk, status=DenoiseJob.Status.RUNNING, claim=job.claim
+            ).update(status=DenoiseJob.Status.QUEUED, claim=""):
+                continue
+            audit_record(
+                action=AuditEvent.Action.JOB_REQUEUED,
+                target=job,
+                study=job.series.study,
+                extra_data={
+                    "reason": "worker lost",
+                    "worker": job.worker,
+                    "attempt": job.attempts,
+                },
+            )
+            _enqueue(job)
+        requeued.append(job.pk)
+    return requeued

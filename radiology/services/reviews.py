@@ -1,0 +1,54 @@
+"""Review verdicts on finished jobs."""
+
+from __future__ import annotations
+
+from django.db import transaction
+
+from ..audit import audit_record
+from ..models import AuditEvent, DenoiseJob, Review
+from .jobs import JobRequestError
+
+
+def review_submit(
+    *,
+    job: DenoiseJob,
+    reviewer,
+    verdict: str,
+    comment: str = "",
+    strength: float = 1.0,
+) -> Review:
+    """Record a reviewer's verdict (accept / reject / needs_review) on a finished job.
+
+    Args:
+        job: a succeeded job; reviewing anything else is refused.
+        reviewer: the user giving the verdict.
+        verdict: a ``Review.Verdict`` value.
+        comment: free text.
+        strength: the blend alpha (0 = original, 1 = denoised) the reviewer chose.
+    """
+    if job.status != DenoiseJob.Status.SUCCEEDED:
+        raise JobRequestError(f"review: job {job.pk} is {job.status}, not succeeded")
+    if verdict not in Review.Verdict.values:
+        raise JobRequestError(
+            f"review: verdict must be one of {Review.Verdict.values}, got {verdict!r}"
+        )
+    if not 0.0 <= strength <= 1.0:
+        raise JobRequestError(f"review: strength must be within 0..1, got {strength}")
+    with transaction.atomic():
+        review = Review.objects.create(
+            job=job, reviewer=reviewer, verdict=verdict, comment=comment, strength=strength
+        )
+        audit_record(
+            action=AuditEvent.Action.REVIEW,
+            actor=reviewer,
+            target=job,
+            study=job.series.study,
+            extra_data={
+                "verdict": verdict,
+                "comment": comment,
+                "strength": strength,
+                "model": f"{job.model_name}:{job.model_version}",
+                "weights_sha256": job.weights_sha256,
+            },
+        )
+    return review

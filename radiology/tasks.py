@@ -1,0 +1,54 @@
+"""Celery tasks: thin wrappers that call one service each."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Task, shared_task
+from celery.signals import worker_ready
+
+from .services import jobs
+
+logger = logging.getLogger(__name__)
+
+
+class DenoiseTask(Task):
+    """Marks the job failed with a readable reason when the task gives up."""
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+        job_id = args[0] if args else kwargs.get("job_id")
+        if job_id is not None:
+            jobs.denoise_job_fail(
+                job_id=job_id,
+                reason=f"gave up after {self.request.retries} retries: {exc}",
+            )
+
+
+@shared_task(
+    bind=True,
+    base=DenoiseTask,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(jobs.TransientJobError,),
+    retry_backoff=2,
+    retry_backoff_max=120,
+    retry_jitter=True,
+    max_retries=4,
+)
+def run_denoise_job(self, job_id: int) -> None:
+    jobs.denoise_job_run(job_id=job_id, worker=self.request.hostname)
+
+
+@shared_task
+def reconcile_stale_jobs() -> list[int]:
+    return jobs.reconcile_stale_jobs()
+
+
+@worker_ready.connect
+def requeue_jobs_of_this_worker(sender, **kwargs) -> None:
+    """A worker that just started runs nothing: its name's running jobs were lost."""
+    requeued = jobs.reconcile_stale_jobs(restarted_worker=sender.hostname)
+    if requeued:
+        logger.warning(
+            "requeued jobs lost by a previous run of %s: %s", sender.hostname, requeued
+        )

@@ -1,0 +1,19 @@
+"""URL routes: pages, the JSON API under /api/, the admin."""
+
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from . import views
+from .api import api
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/", api.urls),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("healthz", views.healthz, name="healthz"),
+    path("", views.studies, name="studies"),
+    path("upload/", views.upload, name="upload"),
+    path("series/<int:pk>/", views.series_detail, name="series-detail"),
+]

@@ -1,0 +1,50 @@
+"""Shared fixtures: isolated media storage, users, and loud failures for missing services in CI."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip with a visible reason locally; fail loudly in CI, where every part must run."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"required in CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_media(settings, tmp_path_factory):
+    """Every test stores files in a fresh folder, never in the developer's var/."""
+    settings.MEDIA_ROOT = tmp_path_factory.mktemp("media")
+
+
+@pytest.fixture
+def make_user(db):
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+
+    def make(username: str, group: str | None = None, **extra):
+        user = get_user_model().objects.create_user(
+            username=username, password="review-pass-123", **extra
+        )
+        if group:
+            user.groups.add(Group.objects.get_or_create(name=group)[0])
+        return user
+
+    return make
+
+
+@pytest.fixture
+def alice(make_user):
+    return make_user("alice", group="neuro")
+
+
+@pytest.fixture
+def bob(make_user):
+    return make_user("bob", group="chest")
