@@ -1,0 +1,27 @@
+"""Pure DICOM core: safe upload unpacking, instance decoding and series assembly."""
+
+from __future__ import annotations
+
+from .errors import DicomIOError, DicomRejected
+from .reader import Instance, read_instance, validate_uid
+from .sources import Limits, Member, iter_members, sanitise_name
+from .synthetic import phantom_volume, write_series
+from .volume import Assembly, SeriesVolume, SliceRef, assemble_series
+
+__all__ = [
+    "Assembly",
+    "SeriesVolume",
+    "SliceRef",
+    "assemble_series",
+    "phantom_volume",
+    "write_series",
+    "DicomIOError",
+    "DicomRejected",
+    "Instance",
+    "Limits",
+    "Member",
+    "iter_members",
+    "read_instance",
+    "sanitise_name",
+    "validate_uid",
+]

@@ -1,0 +1,293 @@
+"""read_instance on pydicom's bundled files, hostile bytes and fuzzed real files."""
+
+from __future__ import annotations
+
+import ast
+import io
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydicom.data import get_testdata_file, get_testdata_files
+from pydicom.pixels import apply_modality_lut
+
+from radiology.dicomio import DicomRejected, Limits, read_instance
+
+PACKAGE = Path(__file__).resolve().parents[2] / "radiology" / "dicomio"
+TESTDATA = sorted(f for f in get_testdata_files() if os.path.isfile(f))
+
+
+def _bytes(name: str) -> bytes:
+    return Path(get_testdata_file(name)).read_bytes()
+
+
+def _with(name: str, **changes: object) -> bytes:
+    ds = pydicom.dcmread(get_testdata_file(name))
+    for keyword, value in changes.items():
+        setattr(ds, keyword, value)
+    out = io.BytesIO()
+    ds.save_as(out)
+    return out.getvalue()
+
+
+def _reason(data: bytes, name: str = "x.dcm", limits: Limits | None = None) -> str:
+    with pytest.raises(DicomRejected) as info:
+        read_instance(data, name, limits=limits)
+    assert info.value.name == name
+    assert str(info.value).startswith(f"{name}: ")
+    return info.value.reason
+
+
+def test_package_has_no_django_imports() -> None:
+    for path in PACKAGE.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            assert not any(n.split(".")[0] == "django" for n in names), path
+
+
+def test_package_imports_without_django_settings() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    code = "import radiology.dicomio as d; print(len(d.__all__))"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+
+
+@pytest.mark.parametrize("path", TESTDATA, ids=[Path(p).name for p in TESTDATA])
+def test_every_bundled_file_reads_or_is_rejected(path: str) -> None:
+    name = Path(path).name
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            inst = read_instance(Path(path).read_bytes(), name)
+        except DicomRejected as exc:
+            assert exc.name == name and exc.reason
+            return
+    assert inst.pixels.dtype == np.float32
+    assert inst.pixels.ndim == 3
+    assert len(inst.positions) == inst.n_frames
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "CT_small.dcm",
+        "MR_small.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_implicit.dcm",
+        "MR_small_RLE.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "JPGExtended.dcm",
+        "JPEG2000.dcm",
+        "image_dfl.dcm",
+        "693_J2KR.dcm",
+        "emri_small.dcm",
+        "eCT_Supplemental.dcm",
+    ],
+)
+def test_values_match_pydicom(name: str) -> None:
+    ds = pydicom.dcmread(get_testdata_file(name))
+    inst = read_instance(_bytes(name), name)
+    frames = int(ds.get("NumberOfFrames") or 1)
+    assert inst.pixels.shape == (frames, ds.Rows, ds.Columns)
+    if "PerFrameFunctionalGroupsSequence" not in ds:
+        expected = apply_modality_lut(ds.pixel_array, ds).reshape(inst.pixels.shape)
+        np.testing.assert_allclose(inst.pixels, expected, rtol=1e-6, atol=1e-3)
+    if "PixelSpacing" in ds:
+        assert inst.pixel_spacings_mm[0] == pytest.approx(
+            [float(v) for v in ds.PixelSpacing]
+        )
+    if "ImagePositionPatient" in ds:
+        expected_ipp = [float(v) for v in ds.ImagePositionPatient]
+        assert inst.positions[0] == pytest.approx(expected_ipp)
+    assert inst.sop_instance_uid == ds.SOPInstanceUID
+
+
+def test_ct_small_is_in_hounsfield_units() -> None:
+    inst = read_instance(_bytes("CT_small.dcm"), "CT_small.dcm")
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    assert inst.modality == "CT"
+    stored = ds.pixel_array.astype(np.float32)
+    expected = stored * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    np.testing.assert_array_equal(inst.pixels[0], expected)
+    assert inst.slice_thickness_mm == pytest.approx(float(ds.SliceThickness))
+    assert inst.study_instance_uid == ds.StudyInstanceUID
+    assert len(inst.sha256) == 64
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm"],
+)
+def test_lossless_syntaxes_decode_to_the_uncompressed_values(name: str) -> None:
+    reference = read_instance(_bytes("MR_small.dcm"), "MR_small.dcm")
+    inst = read_instance(_bytes(name), name)
+    np.testing.assert_array_equal(inst.pixels, reference.pixels)
+
+
+def test_enhanced_ct_reads_per_frame_geometry_and_rescale() -> None:
+    ds = pydicom.dcmread(get_testdata_file("eCT_Supplemental.dcm"))
+    inst = read_instance(_bytes("eCT_Supplemental.dcm"), "eCT_Supplemental.dcm")
+    assert inst.n_frames == 2
+    for index, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        ipp = item.PlanePositionSequence[0].ImagePositionPatient
+        assert inst.positions[index] == pytest.approx([float(v) for v in ipp])
+        transform = item.get("PixelValueTransformationSequence") or (
+            ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence
+        )
+        slope = float(transform[0].RescaleSlope)
+        intercept = float(transform[0].RescaleIntercept)
+        raw = ds.pixel_array[index].astype(np.float32)
+        np.testing.assert_allclose(inst.pixels[index], raw * slope + intercept)
+    assert inst.orientations[0] is not None
+
+
+def test_rt_dose_frames_are_placed_by_grid_frame_offsets() -> None:
+    inst = read_instance(_bytes("rtdose.dcm"), "rtdose.dcm")
+    zs = [p[2] for p in inst.positions if p is not None]
+    assert len(zs) == inst.n_frames and np.all(np.diff(zs) != 0)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("rtplan.dcm", "not an image (RT Plan Storage"),
+        ("test-SR.dcm", "not an image (Comprehensive SR Storage"),
+        ("waveform_ecg.dcm", "not an image"),
+        ("SC_rgb.dcm", "colour image (PhotometricInterpretation RGB"),
+        ("OBXXXX1A.dcm", "colour image (PhotometricInterpretation PALETTE COLOR"),
+        ("MR_truncated.dcm", "pixel data is 8130 bytes, expected 8192"),
+        ("zipMR.gz", "gzip archive, not a DICOM file"),
+        ("no_meta.dcm", "not a DICOM file"),
+        ("DICOMDIR", "DICOMDIR index, not an image"),
+        ("liver.dcm", "BitsAllocated 1 is not supported"),
+    ],
+)
+def test_unusable_bundled_files_give_a_clear_reason(name: str, expected: str) -> None:
+    assert expected in _reason(_bytes(name), name)
+
+
+def test_empty_file_is_rejected() -> None:
+    assert _reason(b"") == "empty file"
+
+
+def test_random_bytes_are_rejected() -> None:
+    data = np.random.default_rng(0).bytes(4096)
+    assert "not a DICOM file" in _reason(data)
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.05, 0.1, 0.3, 0.5, 0.9, 0.95])
+def test_truncated_files_are_rejected(fraction: float) -> None:
+    data = _bytes("CT_small.dcm")
+    assert _reason(data[: int(len(data) * fraction)])
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.6, 0.95])
+def test_truncated_compressed_files_are_rejected(fraction: float) -> None:
+    data = _bytes("MR_small_jp2klossless.dcm")
+    assert _reason(data[: int(len(data) * fraction)])
+
+
+def test_huge_declared_dimensions_are_rejected_before_decoding() -> None:
+    data = _with("CT_small.dcm", Rows=60000, Columns=60000)
+    reason = _reason(data)
+    assert "60000 x 60000 x 1 pixels" in reason and "max_pixels" in reason
+
+
+def test_frames_beyond_max_pixels_are_rejected() -> None:
+    data = _with("CT_small.dcm", NumberOfFrames=200)
+    assert "max_pixels 100000" in _reason(data, limits=Limits(max_pixels=100_000))
+
+
+def test_element_declaring_gigabytes_is_rejected() -> None:
+    data = bytearray(_bytes("CT_small.dcm"))
+    tag = data.find(b"\xe0\x7f\x10\x00OW\x00\x00")
+    assert tag > 0
+    data[tag + 8 : tag + 12] = (0x7FFFFFF0).to_bytes(4, "little")
+    assert _reason(bytes(data))
+
+
+def test_file_above_max_file_bytes_is_rejected() -> None:
+    assert "max_file_bytes" in _reason(
+        _bytes("CT_small.dcm"), limits=Limits(max_file_bytes=100)
+    )
+
+
+@pytest.mark.parametrize(
+    "uid", ["1.2.abc", "1." + "2" * 70, "1.2.3 4"], ids=["letters", "too-long", "space"]
+)
+def test_invalid_uids_are_rejected(uid: str) -> None:
+    assert "invalid UID: SOPInstanceUID" in _reason(
+        _with("CT_small.dcm", SOPInstanceUID=uid)
+    )
+
+
+def test_missing_series_uid_is_rejected() -> None:
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    del ds.SeriesInstanceUID
+    out = io.BytesIO()
+    ds.save_as(out)
+    assert _reason(out.getvalue()) == "invalid UID: SeriesInstanceUID is missing"
+
+
+def test_derived_image_type_sets_the_flag() -> None:
+    inst = read_instance(
+        _with("CT_small.dcm", ImageType=["DERIVED", "SECONDARY", "AXIAL"]), "d.dcm"
+    )
+    assert inst.derived and inst.image_type == ("DERIVED", "SECONDARY", "AXIAL")
+
+
+def test_compressed_frame_larger_than_header_is_rejected() -> None:
+    data = _with("MR_small_jp2klossless.dcm", Rows=16, Columns=16)
+    assert "compressed frame declares 64 x 64 pixels" in _reason(data)
+
+
+def test_pixels_are_read_only() -> None:
+    inst = read_instance(_bytes("MR_small.dcm"), "MR_small.dcm")
+    with pytest.raises(ValueError):
+        inst.pixels[0, 0, 0] = 1
+
+
+_FUZZ_SOURCES = ["MR_small.dcm", "MR_small_RLE.dcm", "emri_small_jpeg_2k_lossless.dcm"]
+
+
+@settings(
+    max_examples=120,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    source=st.sampled_from(_FUZZ_SOURCES),
+    flips=st.lists(
+        st.tuples(st.integers(min_value=0, max_value=10**6), st.integers(0, 255)),
+        max_size=12,
+    ),
+    cut=st.one_of(st.none(), st.integers(min_value=0, max_value=10**6)),
+)
+def test_fuzzed_real_files_only_raise_dicom_rejected(
+    source: str, flips: list[tuple[int, int]], cut: int | None
+) -> None:
+    data = bytearray(_bytes(source))
+    for offset, value in flips:
+        data[offset % len(data)] = value
+    if cut is not None:
+        del data[cut % len(data) :]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            inst = read_instance(bytes(data), source)
+        except DicomRejected as exc:
+            assert exc.name == source
+            return
+    assert inst.pixels.dtype == np.float32
