@@ -1,0 +1,76 @@
+"""Device and numeric-precision selection for inference (CUDA autocast or CPU fp32)."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+from collections.abc import Iterator
+
+import torch
+
+__all__ = [
+    "PRECISIONS",
+    "select_device",
+    "resolve_precision",
+    "autocast",
+    "device_name",
+]
+
+#: Values accepted for ``precision``; "auto" picks bf16 (or fp16) on CUDA, fp32 on CPU.
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+
+
+def select_device(device: torch.device | str | None = None) -> torch.device:
+    """The device to run on: ``device`` when given, else CUDA when available, else CPU.
+
+    Raises:
+        ValueError: when CUDA is asked for but not available.
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return resolved
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Turn ``precision`` (one of :data:`PRECISIONS`) into "fp32", "bf16" or "fp16".
+
+    Raises:
+        ValueError: for an unknown precision, or fp16 on a CPU.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision 'fp16' needs a CUDA device; use 'bf16' or 'fp32'")
+    return precision
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, precision: str) -> Iterator[None]:
+    """Autocast context for a resolved precision; a no-op for fp32."""
+    if precision == "fp32":
+        yield
+        return
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield
+
+
+def device_name(device: torch.device) -> str:
+    """Human-readable name of the hardware: the GPU model or the CPU model."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"

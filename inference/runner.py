@@ -1,0 +1,230 @@
+"""Feed slices through a denoiser: normalise, pad, batch, stitch, restore units."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from monai.inferers import SlidingWindowInferer
+from torch import nn
+
+from inference.devices import autocast
+
+__all__ = ["Normalisation", "normalisation_for", "padding_for", "predict"]
+
+#: Fraction of overlap between neighbouring windows of the sliding-window inferer.
+WINDOW_OVERLAP = 0.25
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """``x_norm = (x - offset) / scale`` as applied to one series.
+
+    Attributes:
+        kind: "linear" (fixed offset/scale from the bundle) or "percentile".
+        offset: subtracted first, in the input's units.
+        scale: divided by next, in the input's units; always > 0.
+    """
+
+    kind: str
+    offset: float
+    scale: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "offset": self.offset, "scale": self.scale}
+
+
+def normalisation_for(volume: np.ndarray, spec: Mapping[str, Any]) -> Normalisation:
+    """The normalisation of ``input_spec`` resolved for this series.
+
+    For ``percentile`` the scale is that percentile of the whole series (offset 0);
+    when it is not positive (a mostly empty series) the largest absolute value is
+    used, and 1 for an all-zero series, so the division is always defined.
+    """
+    norm = spec["normalisation"]
+    if norm["kind"] == "linear":
+        return Normalisation("linear", float(norm["offset"]), float(norm["scale"]))
+    scale = float(np.percentile(volume, float(norm["upper"])))
+    if not scale > 0:
+        scale = float(np.max(np.abs(volume)))
+    if not scale > 0:
+        scale = 1.0
+    return Normalisation("percentile", 0.0, scale)
+
+
+def padding_for(
+    shape: Sequence[int], multiple: int, minimum: Sequence[int] | None = None
+) -> list[tuple[int, int]]:
+    """Per-axis (before, after) pads to a multiple of ``multiple``, >= ``minimum``."""
+    pads = []
+    for axis, size in enumerate(shape):
+        target = math.ceil(size / multiple) * multiple
+        if minimum is not None and target < minimum[axis]:
+            target = math.ceil(minimum[axis] / multiple) * multiple
+        total = target - size
+        pads.append((total // 2, total - total // 2))
+    return pads
+
+
+def predict(
+    volume: np.ndarray,
+    network: nn.Module,
+    *,
+    spec: Mapping[str, Any],
+    norm: Normalisation,
+    device: torch.device,
+    precision: str,
+    batch_size: int,
+    out: np.ndarray,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """Denoise ``volume`` into ``out`` (same shape, float32, original units).
+
+    2D networks see batches of ``batch_size`` whole slices, or sliding windows of
+    ``roi_size`` within each batch when the bundle or network fixes one. 3D networks
+    see the whole (z, y, x) volume through sliding windows. Inputs are padded by
+    reflection to the network's size multiple and cropped back.
+
+    Args:
+        volume: (z, y, x) float32 array in original units.
+        network: the denoiser, in eval mode, on ``device``.
+        spec: the bundle's validated ``input_spec``.
+        norm: the resolved normalisation for this series.
+        device: where the network runs (windows are sent there; stitching stays on
+            the CPU so GPU memory is bounded by one batch of windows).
+        precision: a resolved precision, "fp32", "bf16" or "fp16".
+        batch_size: slices (2D) or windows per forward pass.
+        out: preallocated (z, y, x) float32 array that receives the result.
+        progress: called with (steps done, total steps) after each forward pass.
+    """
+    multiple = math.lcm(int(spec.get("size_multiple", 1)), _network_multiple(network))
+    roi = spec.get("roi_size") or getattr(network, "fixed_roi", None)
+    roi = tuple(int(v) for v in roi) if roi else None
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.to(device, non_blocking=True)
+        with autocast(device, precision):
+            result = network(batch)
+        return result.float()
+
+    if int(spec["spatial_dims"]) == 2:
+        _predict_slices(
+            volume, forward, norm, multiple, roi, batch_size, device, out, progress
+        )
+    else:
+        _predict_volume(
+            volume, forward, norm, multiple, roi, batch_size, device, out, progress
+        )
+
+
+def _predict_slices(
+    volume: np.ndarray,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    norm: Normalisation,
+    multiple: int,
+    roi: tuple[int, ...] | None,
+    batch_size: int,
+    device: torch.device,
+    out: np.ndarray,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    depth = volume.shape[0]
+    pads = padding_for(volume.shape[1:], multiple, roi)
+    inferer = _inferer(roi, batch_size, device) if roi else None
+    total = math.ceil(depth / batch_size)
+    for step, start in enumerate(range(0, depth, batch_size), start=1):
+        stop = min(start + batch_size, depth)
+        batch = (volume[start:stop] - np.float32(norm.offset)) / np.float32(norm.scale)
+        batch = np.pad(batch, [(0, 0), *pads], mode="reflect")
+        tensor = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        tensor = tensor.unsqueeze(1)
+        with torch.inference_mode():
+            result = inferer(tensor, forward) if inferer else forward(tensor)
+        assert isinstance(result, torch.Tensor)
+        result_np = result[:, 0].to("cpu").numpy()
+        crop = tuple(
+            slice(before, size - after)
+            for (before, after), size in zip(pads, result_np.shape[1:], strict=True)
+        )
+        out[start:stop] = result_np[(slice(None), *crop)] * np.float32(
+            norm.scale
+        ) + np.float32(norm.offset)
+        if progress is not None:
+            progress(step, total)
+
+
+def _predict_volume(
+    volume: np.ndarray,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    norm: Normalisation,
+    multiple: int,
+    roi: tuple[int, ...] | None,
+    batch_size: int,
+    device: torch.device,
+    out: np.ndarray,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    pads = padding_for(volume.shape, multiple, roi)
+    padded_shape = [
+        size + before + after
+        for size, (before, after) in zip(volume.shape, pads, strict=True)
+    ]
+    window = roi or tuple(padded_shape)
+    total = math.ceil(_count_windows(padded_shape, window) / batch_size)
+    calls = 0
+
+    def counted(batch: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        result = forward(batch)
+        calls += 1
+        if progress is not None:
+            progress(min(calls, total), total)
+        return result
+
+    normalised = (volume - np.float32(norm.offset)) / np.float32(norm.scale)
+    normalised = np.pad(normalised, pads, mode="reflect")
+    tensor = torch.from_numpy(np.ascontiguousarray(normalised, dtype=np.float32))
+    del normalised
+    with torch.inference_mode():
+        result = _inferer(window, batch_size, device)(tensor[None, None], counted)
+    del tensor
+    assert isinstance(result, torch.Tensor)
+    result_np = result[0, 0].to("cpu").numpy()
+    crop = tuple(
+        slice(before, size - after)
+        for (before, after), size in zip(pads, result_np.shape, strict=True)
+    )
+    np.multiply(result_np[crop], np.float32(norm.scale), out=out)
+    out += np.float32(norm.offset)
+
+
+def _inferer(
+    roi: Sequence[int], batch_size: int, device: torch.device
+) -> SlidingWindowInferer:
+    return SlidingWindowInferer(
+        roi_size=list(roi),
+        sw_batch_size=batch_size,
+        overlap=WINDOW_OVERLAP,
+        mode="gaussian",
+        padding_mode="reflect",
+        sw_device=device,
+        device=torch.device("cpu"),
+    )
+
+
+def _count_windows(shape: Sequence[int], roi: Sequence[int]) -> int:
+    count = 1
+    for size, window in zip(shape, roi, strict=True):
+        if window >= size:
+            continue
+        interval = max(int(window * (1 - WINDOW_OVERLAP)), 1)
+        count *= math.ceil((size - window) / interval) + 1
+    return count
+
+
+def _network_multiple(network: nn.Module) -> int:
+    return int(getattr(network, "size_multiple", 1) or 1)
