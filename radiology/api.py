@@ -8,8 +8,10 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
+from django.conf import settings
+from django.core.exceptions import TooManyFilesSent
 from django.http import Http404, HttpRequest
-from ninja import File, NinjaAPI, Schema
+from ninja import File, NinjaAPI, Schema, Status
 from ninja.errors import HttpError
 from ninja.files import UploadedFile
 from ninja.security import HttpBearer, django_auth
@@ -104,6 +106,16 @@ def job_request_error(request, exc):
     return api.create_response(request, {"detail": str(exc)}, status=400)
 
 
+@api.exception_handler(TooManyFilesSent)
+def too_many_files(request, exc):
+    return api.create_response(
+        request,
+        {"detail": f"too many files in one request (limit {settings.UPLOAD_MAX_FILES}, "
+         "UPLOAD_MAX_FILES): send them in several uploads or as a zip"},
+        status=413,
+    )
+
+
 @api.exception_handler(Http404)
 def not_found(request, exc):
     return api.create_response(request, {"detail": "Not found"}, status=404)
@@ -130,7 +142,7 @@ def upload(request, files: File[list[UploadedFile]]):
         report = upload_ingest(sources=sources, owner=request.user)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    return 201, report.as_json()
+    return Status(201, report.as_json())
 
 
 @api.get("/series", response=list[dict])
@@ -156,18 +168,31 @@ class DenoiseIn(Schema):
     params: dict | None = None
 
 
-@api.post("/series/{series_id}/denoise", response={200: dict, 201: dict, 400: dict})
-def denoise(request, series_id: int, payload: DenoiseIn | None = None):
-    """Queue a denoise job; asking again for the same input returns the same job."""
+@api.post(
+    "/series/{series_id}/denoise",
+    response={200: dict, 201: dict, 400: dict},
+    openapi_extra={
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": DenoiseIn.json_schema()}},
+        }
+    },
+)
+def denoise(request, series_id: int):
+    """Queue a denoise job (optional JSON body ``{"model": "NAME[:VERSION]", "params":
+    {...}}``); asking again for the same input returns the same job."""
     series = selectors.series_for(request.user, series_id)
-    payload = payload or DenoiseIn()
+    try:
+        payload = DenoiseIn.model_validate_json(request.body or b"{}")
+    except ValueError as exc:
+        raise HttpError(400, f"denoise: invalid request body: {exc}") from exc
     job, created = job_services.denoise_job_request(
         series=series,
         requested_by=request.user,
         model=payload.model,
         params=payload.params,
     )
-    return (201 if created else 200), job_json(job)
+    return Status(201 if created else 200, job_json(job))
 
 
 @api.get("/jobs/{job_id}", response=dict)
@@ -197,7 +222,7 @@ def review(request, job_id: int, payload: ReviewIn):
         comment=payload.comment,
         strength=payload.strength,
     )
-    return 201, {
+    return Status(201, {
         "id": created.pk,
         "job": job.pk,
         "verdict": created.verdict,
@@ -205,7 +230,7 @@ def review(request, job_id: int, payload: ReviewIn):
         "strength": created.strength,
         "reviewer": request.user.get_username(),
         "created_at": created.created_at,
-    }
+    })
 
 
 def audit_json(event: AuditEvent) -> dict:
@@ -252,8 +277,6 @@ def audit(
 
 @api.get("/models", response=list[dict])
 def models(request):
-    from django.conf import settings
-
     import inference
 
     return [
@@ -267,3 +290,6 @@ def models(request):
         }
         for m in inference.list_models(settings.MODELS_ROOT)
     ]
+
+
+api.add_router("", "radiology.api_viewer.router")

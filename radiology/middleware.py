@@ -25,3 +25,25 @@ class LoginRequiredMiddleware:
         ):
             return self.get_response(request)
         return redirect_to_login(request.get_full_path())
+
+
+class RequestSizeLimitMiddleware:
+    """Refuse a request body over ``UPLOAD_MAX_BYTES`` before anything reads it (413)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if length > settings.UPLOAD_MAX_BYTES:
+            return JsonResponse(
+                {
+                    "detail": f"request body is {length} bytes; the limit is "
+                    f"{settings.UPLOAD_MAX_BYTES} bytes (UPLOAD_MAX_BYTES)"
+                },
+                status=413,
+            )
+        return self.get_response(request)

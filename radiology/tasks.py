@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from celery import Task, shared_task
+from celery import shared_task
+from celery.contrib.django.task import DjangoTask
 from celery.signals import worker_ready
 
 from .services import jobs
@@ -12,7 +13,7 @@ from .services import jobs
 logger = logging.getLogger(__name__)
 
 
-class DenoiseTask(Task):
+class DenoiseTask(DjangoTask):
     """Marks the job failed with a readable reason when the task gives up."""
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:

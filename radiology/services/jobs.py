@@ -257,7 +257,7 @@ def _run_claimed(job: DenoiseJob, token: str) -> DenoiseJob:
         job.model_name, job.model_version, models_root=settings.MODELS_ROOT
     )
     if model.sha256 != job.weights_sha256:
-        raise inference.ModelIntegrityError(
+        raise JobRequestError(
             f"model {job.model_name}:{job.model_version} now hashes to "
             f"{model.sha256[:12]}, the job asked for {job.weights_sha256[:12]}"
         )

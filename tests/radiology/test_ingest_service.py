@@ -1,0 +1,140 @@
+"""Ingest through the service, the API and the command: storage, idempotence, rejections."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+
+import numpy as np
+import pydicom
+import pytest
+from django.core.management import CommandError, call_command
+
+from radiology.dicomio.synthetic import phantom_volume, write_series
+from radiology.models import AuditEvent, Instance, Series
+from radiology.services.ingest import upload_ingest
+from radiology.storage import load_array, media_path
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def ct_folder(tmp_path):
+    folder = tmp_path / "ct"
+    write_series(
+        folder,
+        phantom_volume((6, 64, 64), seed=2),
+        spacing_mm=(2.5, 0.8, 0.8),
+        patient_id="P1",
+    )
+    return folder
+
+
+def test_folder_becomes_one_series_with_originals_kept_byte_for_byte(alice, ct_folder):
+    report = upload_ingest(sources=[(ct_folder, "ct")], owner=alice)
+    assert report.rejections == []
+    (series,) = report.series
+    assert series.shape == [6, 64, 64]
+    assert series.spacing_mm == pytest.approx([2.5, 0.8, 0.8])
+    assert series.study.owner == alice and series.study.group.name == "neuro"
+    originals = {p.read_bytes() for p in ct_folder.iterdir()}
+    for instance in series.instances.all():
+        stored = media_path(instance.file).read_bytes()
+        assert stored in originals
+        assert hashlib.sha256(stored).hexdigest() == instance.sha256
+        assert "ct" not in instance.file  # generated names, never the uploaded ones
+
+
+def test_volume_is_in_hounsfield_units(alice, ct_folder):
+    (series,) = upload_ingest(sources=[(ct_folder, "ct")], owner=alice).series
+    volume = load_array(series.volume_file)
+    first = min(
+        (pydicom.dcmread(p) for p in ct_folder.iterdir()),
+        key=lambda ds: float(ds.ImagePositionPatient[2]),
+    )
+    expected = first.pixel_array * float(first.RescaleSlope) + float(
+        first.RescaleIntercept
+    )
+    np.testing.assert_allclose(volume[0], expected, atol=1e-3)
+
+
+def test_reupload_is_idempotent(alice, ct_folder):
+    first = upload_ingest(sources=[(ct_folder, "ct")], owner=alice).series[0]
+    again = upload_ingest(sources=[(ct_folder, "ct")], owner=alice).series[0]
+    assert again.pk == first.pk
+    assert again.volume_sha256 == first.volume_sha256
+    assert Instance.objects.count() == 6 and Series.objects.count() == 1
+
+
+def test_missing_slices_uploaded_later_rebuild_the_volume(alice, ct_folder, tmp_path):
+    files = sorted(ct_folder.iterdir())
+    part = tmp_path / "part"
+    part.mkdir()
+    for path in files[:3]:
+        (part / path.name).write_bytes(path.read_bytes())
+    first = upload_ingest(sources=[(part, "part")], owner=alice).series[0]
+    assert first.shape[0] == 3
+    full = upload_ingest(sources=[(ct_folder, "ct")], owner=alice).series[0]
+    assert full.pk == first.pk and full.shape == [6, 64, 64]
+    assert full.instances.count() == 6
+    assert AuditEvent.objects.filter(action="series.updated").count() == 1
+
+
+def test_bad_file_is_rejected_and_the_rest_goes_in(alice, ct_folder):
+    (ct_folder / "notes.txt").write_text("not dicom at all")
+    report = upload_ingest(sources=[(ct_folder, "ct")], owner=alice)
+    assert len(report.series) == 1
+    (rejection,) = report.rejections
+    assert "notes.txt" in rejection["name"] and rejection["reason"]
+    assert AuditEvent.objects.filter(action="rejection").count() == 1
+
+
+def test_mixed_patients_in_one_upload_keep_the_majority(alice, ct_folder, tmp_path):
+    other = tmp_path / "other"
+    write_series(other, phantom_volume((2, 64, 64), seed=9), patient_id="P2")
+    report = upload_ingest(sources=[(ct_folder, "ct"), (other, "other")], owner=alice)
+    assert len(report.series) == 1
+    assert len(report.rejections) == 2
+    assert all("mixed patients" in r["reason"] for r in report.rejections)
+
+
+def test_api_upload_of_a_zip(client, alice, ct_folder):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in ct_folder.iterdir():
+            archive.write(path, f"scan/{path.name}")
+    buffer.seek(0)
+    buffer.name = "scan.zip"
+    client.force_login(alice)
+    response = client.post("/api/uploads", {"files": [buffer]})
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["rejected"] == []
+    assert body["series"][0]["shape"] == [6, 64, 64]
+
+
+def test_ingest_command_json_contract(alice, ct_folder, capsys):
+    (ct_folder / "junk.bin").write_bytes(b"\x00" * 10)
+    call_command("ingest", str(ct_folder), "--owner", "alice", "--json")
+    data = json.loads(capsys.readouterr().out)
+    (series,) = data["series"]
+    assert set(series) >= {
+        "id",
+        "modality",
+        "shape",
+        "spacing",
+        "instances",
+        "series_instance_uid",
+    }
+    assert series["instances"] == 6 and series["modality"] == "CT"
+    assert data["rejected"][0]["name"].endswith("junk.bin")
+    assert data["rejected"][0]["reason"]
+
+
+def test_ingest_command_exits_1_when_nothing_ingested(alice, tmp_path):
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"garbage")
+    with pytest.raises(CommandError, match="nothing ingested"):
+        call_command("ingest", str(junk), "--owner", "alice")

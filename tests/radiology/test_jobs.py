@@ -1,0 +1,184 @@
+"""Denoise jobs in-process: one job per input, a full run with provenance, failures, cancel."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from django.core.management import call_command
+
+import inference
+from radiology.celery import app
+from radiology.audit import audit_verify
+from radiology.dicomio.synthetic import phantom_volume, write_series
+from radiology.models import AuditEvent, DenoiseJob
+from radiology.services.ingest import upload_ingest
+from radiology.services.jobs import (
+    JobRequestError,
+    denoise_job_cancel,
+    denoise_job_request,
+    denoise_job_run,
+    reconcile_stale_jobs,
+)
+from radiology.storage import load_array, media_path
+from tests.inference.inference_fixtures import REDCNN, identity_weights, metadata
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def models_root(settings, tmp_path):
+    root = tmp_path / "models"
+    inference.write_bundle(
+        root / "tiny",
+        metadata=metadata("tiny", "1.0.0"),
+        state_dict=identity_weights(REDCNN),
+    )
+    inference.write_bundle(
+        root / "tiny-1.1.0",
+        metadata=metadata("tiny", "1.1.0"),
+        state_dict=identity_weights(REDCNN),
+    )
+    (root / "DEFAULT").write_text("tiny\n")
+    settings.MODELS_ROOT = root
+    settings.DENOISE_DEFAULT_MODEL = ""
+    inference.clear_cache()
+    return root
+
+
+@pytest.fixture
+def series(alice, tmp_path):
+    write_series(
+        tmp_path / "s", phantom_volume((4, 48, 48), seed=5), spacing_mm=(2, 1, 1)
+    )
+    return upload_ingest(sources=[(tmp_path / "s", "s")], owner=alice).series[0]
+
+
+def test_asking_twice_returns_the_same_job(alice, series, models_root):
+    first, created = denoise_job_request(series=series, requested_by=alice)
+    again, created_again = denoise_job_request(series=series, requested_by=alice)
+    assert created and not created_again and first.pk == again.pk
+    assert (first.model_name, first.model_version) == ("tiny", "1.1.0")
+
+
+def test_other_parameters_or_version_make_another_job(alice, series, models_root):
+    a, _ = denoise_job_request(series=series, requested_by=alice)
+    b, _ = denoise_job_request(series=series, requested_by=alice, model="tiny:1.0.0")
+    c, _ = denoise_job_request(
+        series=series, requested_by=alice, params={"batch_size": 2}
+    )
+    assert len({a.pk, b.pk, c.pk}) == 3
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"model": "nope"}, "no model 'nope'"),
+        ({"params": {"bogus": 1}}, "unknown parameter"),
+        ({"params": {"precision": "fp8"}}, "precision must be"),
+        ({"params": {"batch_size": 0}}, "batch_size must be"),
+    ],
+)
+def test_bad_requests_are_refused_and_queue_nothing(
+    alice, series, models_root, kwargs, message
+):
+    with pytest.raises(JobRequestError, match=message):
+        denoise_job_request(series=series, requested_by=alice, **kwargs)
+    assert DenoiseJob.objects.count() == 0
+
+
+def test_derived_series_is_never_denoised(alice, series, models_root):
+    series.derived = True
+    series.save()
+    with pytest.raises(JobRequestError, match="derived"):
+        denoise_job_request(series=series, requested_by=alice)
+
+
+def test_run_stores_outputs_and_provenance(alice, series, models_root):
+    job, _ = denoise_job_request(series=series, requested_by=alice)
+    done = denoise_job_run(job_id=job.pk, worker="test@host")
+    assert done.status == DenoiseJob.Status.SUCCEEDED, done.error
+    assert done.progress == 1.0 and done.attempts == 1
+    original = load_array(series.volume_file)
+    recon, residual = (
+        load_array(done.reconstruction_file),
+        load_array(done.residual_file),
+    )
+    np.testing.assert_allclose(recon + residual, original, atol=1e-3)
+    assert done.provenance["model"]["weights_sha256"] == done.weights_sha256
+    assert done.provenance["requested_by"] == "alice"
+    assert "flagged_slices" in done.metrics
+    assert set(done.timings_s) >= {"load_model", "denoise", "write_outputs", "total"}
+    assert not list(media_path(done.reconstruction_file).parent.glob("*.partial"))
+    assert audit_verify().ok
+
+
+def test_a_second_delivery_of_a_finished_job_does_nothing(alice, series, models_root):
+    job, _ = denoise_job_request(series=series, requested_by=alice)
+    denoise_job_run(job_id=job.pk)
+    assert denoise_job_run(job_id=job.pk) is None
+    assert DenoiseJob.objects.get(pk=job.pk).attempts == 1
+    assert AuditEvent.objects.filter(action="job.succeeded").count() == 1
+
+
+def test_tampered_weights_fail_the_job_clearly(alice, series, models_root):
+    job, _ = denoise_job_request(series=series, requested_by=alice)
+    weights = models_root / "tiny-1.1.0" / "models" / "model.pt"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    inference.clear_cache()
+    done = denoise_job_run(job_id=job.pk)
+    assert done.status == DenoiseJob.Status.FAILED
+    assert "sha" in done.error.lower() or "hash" in done.error.lower()
+    assert AuditEvent.objects.filter(action="job.failed").count() == 1
+
+
+def test_failed_job_requested_again_is_requeued(alice, series, models_root):
+    job, _ = denoise_job_request(series=series, requested_by=alice)
+    DenoiseJob.objects.filter(pk=job.pk).update(status="failed", error="boom")
+    again, created = denoise_job_request(series=series, requested_by=alice)
+    assert not created and again.pk == job.pk and again.status == "queued"
+
+
+def test_cancel_then_run_does_nothing(alice, series, models_root):
+    job, _ = denoise_job_request(series=series, requested_by=alice)
+    denoise_job_cancel(job=job, actor=alice)
+    assert denoise_job_run(job_id=job.pk) is None
+    assert DenoiseJob.objects.get(pk=job.pk).status == "cancelled"
+
+
+def test_reconciler_requeues_jobs_of_a_restarted_worker(alice, series, models_root):
+    job, _ = denoise_job_request(series=series, requested_by=alice)
+    DenoiseJob.objects.filter(pk=job.pk).update(
+        status="running", worker="w1@host", claim="old", attempts=1
+    )
+    assert reconcile_stale_jobs(restarted_worker="w2@host") == []
+    assert reconcile_stale_jobs(restarted_worker="w1@host") == [job.pk]
+    done = denoise_job_run(job_id=job.pk)
+    assert done.status == "succeeded" and done.attempts == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_denoise_command_wait_json(alice, series, models_root, capsys):
+    # Eager: the task runs in-process once the request commits (real workers are
+    # exercised in tests/integration).
+
+    app.conf.task_always_eager = True
+    try:
+        call_command("denoise", str(series.pk), "--wait", "--json", "--timeout", "60")
+    finally:
+        app.conf.task_always_eager = False
+    job = json.loads(capsys.readouterr().out)
+    assert job["status"] == "succeeded"
+    assert job["provenance"]["model"]["version"] == "1.1.0"
+    assert "noise_sd_before" in job["metrics"]
+
+
+def test_models_command_lists_bundles(models_root, capsys):
+    call_command("models", "--json")
+    rows = json.loads(capsys.readouterr().out)
+    assert {(r["name"], r["version"]) for r in rows} == {("tiny", "1.0.0"), ("tiny", "1.1.0")}
+    assert all(len(r["sha256"]) == 64 for r in rows)
+    assert sum(r["default"] for r in rows) >= 1

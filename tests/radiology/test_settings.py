@@ -1,0 +1,111 @@
+"""Configuration: settings from the environment, deploy checks, compose file, system checks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+PRODUCTION = {
+    "DEBUG": "0",
+    "SECRET_KEY": "x9!k2#" + "a7Qm3pL0vZ" * 6,
+    "ALLOWED_HOSTS": "review.example.org",
+    "DATABASE_URL": "sqlite:////tmp/deploy-check.sqlite3",
+}
+
+
+def _manage(*args, env):
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=REPO,
+        env={k: v for k, v in {**os.environ, **env}.items() if v is not None},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_check_deploy_is_clean_with_production_variables(tmp_path):
+    result = _manage(
+        "check",
+        "--deploy",
+        "--fail-level",
+        "WARNING",
+        env={**PRODUCTION, "VAR_DIR": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_refuses_to_start_without_secret_key_when_debug_is_off(tmp_path):
+    env = {**PRODUCTION, "SECRET_KEY": "", "VAR_DIR": str(tmp_path)}
+    result = _manage("check", env=env)
+    assert result.returncode != 0
+    assert "SECRET_KEY is not set and DEBUG is off" in result.stderr
+
+
+def test_bad_boolean_is_a_clear_error(tmp_path):
+    result = _manage("check", env={"DEBUG": "maybe", "VAR_DIR": str(tmp_path)})
+    assert result.returncode != 0
+    assert "DEBUG must be a boolean" in result.stderr
+
+
+def test_visibility_timeout_exceeds_hard_time_limit(settings):
+    from radiology.checks import check_time_limits
+
+    assert (
+        settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
+        > settings.CELERY_TASK_ANNOTATIONS["radiology.tasks.run_denoise_job"][
+            "time_limit"
+        ]
+    )
+    assert check_time_limits(None) == []
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 60}
+    assert [e.id for e in check_time_limits(None)] == ["radiology.E001"]
+
+
+def test_task_settings_are_safe_for_worker_death(settings):
+    assert settings.CELERY_TASK_ACKS_LATE is True
+    assert settings.CELERY_TASK_REJECT_ON_WORKER_LOST is True
+    assert settings.CELERY_WORKER_PREFETCH_MULTIPLIER == 1
+    assert (
+        settings.CELERY_TASK_ROUTES["radiology.tasks.run_denoise_job"]["queue"] == "gpu"
+    )
+
+
+def test_docker_compose_runs_web_gpu_worker_redis_postgres():
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"web", "worker", "redis", "postgres"} <= set(services)
+    assert "--appendonly yes" in services["redis"]["command"]
+    worker = services["worker"]
+    assert "-Q gpu" in worker["command"]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
+    for name in ("web", "worker"):
+        env = services[name]["environment"]
+        assert env["DATABASE_URL"].startswith("postgres://")
+        assert env["CELERY_BROKER_URL"].startswith("redis://redis:6379")
+        assert env["DEBUG"] == "0"
+    assert (REPO / services["web"].get("build", ".") / "Dockerfile").exists()
+
+
+@pytest.mark.parametrize("path", ["inference", "training"])
+def test_pure_packages_never_import_django(path):
+    offenders = [
+        str(p.relative_to(REPO))
+        for p in (REPO / path).rglob("*.py")
+        if any(
+            line.lstrip().startswith(
+                ("import django", "from django", "import radiology", "from radiology")
+            )
+            for line in p.read_text().splitlines()
+        )
+    ]
+    assert offenders == []
