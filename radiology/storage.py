@@ -8,7 +8,7 @@ import time
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -32,43 +32,90 @@ def generated_name(kind: str, suffix: str) -> str:
     return f"{kind}/{token[:2]}/{token}{suffix}"
 
 
-def _write_atomic(name: str, chunks: Iterator[bytes]) -> tuple[str, int]:
-    """Write chunks to a temp file beside the target, fsync, then rename into place.
-
-    A crash at any point leaves either no file or the complete file under ``name``;
-    temp files (``*.partial``) are removed by the orphan sweep.
-    """
-    target = media_path(name)
+def _temp_beside(target: Path) -> tuple[int, str]:
     target.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".", suffix=TEMP_SUFFIX)
+    return tempfile.mkstemp(dir=target.parent, prefix=".", suffix=TEMP_SUFFIX)
+
+
+def _npy_bytes(array: np.ndarray) -> memoryview:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getbuffer()
+
+
+class BatchWriter:
+    """Write many files atomically: all data first, one parallel fsync, then renames.
+
+    Inside ``with BatchWriter() as batch:`` each ``batch.write(name, data)`` goes to a
+    temp file beside its target. On a clean exit every temp file is fsynced (in
+    parallel: a flush per file is the slow part of ingest) and only then renamed into
+    place, so a stored name always holds complete, durable data. On an exception the
+    temp files are removed and no name appears.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[str, Path]] = []
+
+    def __enter__(self) -> BatchWriter:
+        return self
+
+    def write(
+        self, name: str, data: bytes | memoryview, *, sha256: str | None = None
+    ) -> str:
+        """Queue ``data`` for ``name``; returns its SHA-256 (``sha256`` when the caller
+        already hashed these exact bytes)."""
+        target = media_path(name)
+        fd, tmp = _temp_beside(target)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.chmod(tmp, 0o640)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self._pending.append((tmp, target))
+        return sha256 or hashlib.sha256(data).hexdigest()
+
+    def write_array(self, name: str, array: np.ndarray) -> str:
+        """Queue an array as ``.npy``; returns the SHA-256 of the file."""
+        return self.write(name, _npy_bytes(array))
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            for tmp, _ in self._pending:
+                Path(tmp).unlink(missing_ok=True)
+            return
+        try:
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                list(pool.map(_fsync_path, (tmp for tmp, _ in self._pending)))
+            for tmp, target in self._pending:
+                os.replace(tmp, target)
+        except BaseException:
+            for tmp, _ in self._pending:
+                Path(tmp).unlink(missing_ok=True)
+            raise
+        for directory in {target.parent for _, target in self._pending}:
+            _fsync_path(directory)
+
+
+def _fsync_path(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            for chunk in chunks:
-                digest.update(chunk)
-                handle.write(chunk)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o640)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return digest.hexdigest(), target.stat().st_size
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
-def store_bytes(name: str, data: bytes) -> str:
-    """Store bytes under ``name``; returns their SHA-256."""
-    sha, _ = _write_atomic(name, iter([data]))
+def store_bytes(name: str, data: bytes | memoryview) -> str:
+    """Store bytes under ``name`` atomically (temp file + fsync + rename); its SHA-256."""
+    with BatchWriter() as batch:
+        sha = batch.write(name, data)
     return sha
 
 
 def store_array(name: str, array: np.ndarray) -> str:
     """Store an array as ``.npy``; returns the SHA-256 of the file."""
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    view = buffer.getbuffer()
-    return store_bytes(name, bytes(view))
+    return store_bytes(name, _npy_bytes(array))
 
 
 def load_array(name: str, mmap: bool = True) -> np.ndarray:
@@ -81,12 +128,6 @@ def file_sha256(name: str) -> str:
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def array_sha256(array: np.ndarray) -> str:
-    """Checksum of the array's values (float32, C order), independent of file format."""
-    data = np.ascontiguousarray(array, dtype=np.float32)
-    return hashlib.sha256(data.tobytes()).hexdigest()
 
 
 def sweep_orphans(max_age_s: float = 3600.0) -> int:

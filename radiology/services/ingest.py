@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import transaction
@@ -14,7 +15,7 @@ from django.db import transaction
 from ..audit import audit_record
 from ..dicomio import DicomRejected, Limits, assemble_series, iter_members, read_instance
 from ..models import AuditEvent, Instance, Series, Study, Upload
-from ..storage import array_sha256, generated_name, media_path, store_array, store_bytes
+from ..storage import BatchWriter, generated_name, media_path
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,16 @@ def _drop_mixed_patients(read, rejections):
     return kept
 
 
+def compact_volume(volume: np.ndarray) -> np.ndarray:
+    """int16 when that is lossless (CT in whole HU, most MR), else float32 as given."""
+    low, high = float(volume.min()), float(volume.max())
+    if low >= -32768 and high <= 32767:
+        as_int = volume.astype(np.int16)
+        if np.array_equal(as_int, volume):
+            return as_int
+    return volume
+
+
 def default_group(user) -> Group | None:
     return user.groups.order_by("name").first()
 
@@ -131,10 +142,14 @@ def upload_ingest(
     with transaction.atomic():
         upload = Upload.objects.create(owner=owner, file_count=file_count)
         stored_series = []
-        for volume in assembly.series:
-            series = _store_series(volume, raw_by_sop, owner, group, limits, rejections)
-            if series is not None:
-                stored_series.append(series)
+        # Files become durable and visible (renamed) before the rows naming them commit.
+        with BatchWriter() as batch:
+            for volume in assembly.series:
+                series = _store_series(
+                    volume, raw_by_sop, owner, group, limits, rejections, batch
+                )
+                if series is not None:
+                    stored_series.append(series)
         upload.accepted_count = upload.file_count - len(rejections)
         upload.rejections = rejections
         upload.save()
@@ -159,7 +174,9 @@ def upload_ingest(
     return IngestReport(upload=upload, series=stored_series, rejections=rejections)
 
 
-def _store_series(volume, raw_by_sop, owner, group, limits, rejections) -> Series | None:
+def _store_series(
+    volume, raw_by_sop, owner, group, limits, rejections, batch: BatchWriter
+) -> Series | None:
     first = raw_by_sop[volume.slices[0].sop_instance_uid][0]
     study, _ = Study.objects.get_or_create(
         owner=owner,
@@ -184,7 +201,7 @@ def _store_series(volume, raw_by_sop, owner, group, limits, rejections) -> Serie
             return existing
 
     volume_name = generated_name("volumes", ".npy")
-    store_array(volume_name, volume.volume)
+    volume_sha256 = batch.write_array(volume_name, compact_volume(volume.volume))
     fields = {
         "modality": volume.modality,
         "description": volume.description[:256],
@@ -194,7 +211,7 @@ def _store_series(volume, raw_by_sop, owner, group, limits, rejections) -> Serie
         "orientation": [float(v) for v in volume.orientation or ()],
         "instance_count": len(sop_uids),
         "volume_file": volume_name,
-        "volume_sha256": array_sha256(volume.volume),
+        "volume_sha256": volume_sha256,
         "warnings": list(volume.warnings),
         "derived": volume.derived,
     }
@@ -216,6 +233,7 @@ def _store_series(volume, raw_by_sop, owner, group, limits, rejections) -> Serie
         first_slice.setdefault(ref.sop_instance_uid, index)
         frames[ref.sop_instance_uid] += 1
     known = dict(series.instances.values_list("sop_instance_uid", "pk"))
+    new_instances = []
     for sop, index in first_slice.items():
         if sop in known:
             Instance.objects.filter(pk=known[sop]).update(
@@ -224,17 +242,21 @@ def _store_series(volume, raw_by_sop, owner, group, limits, rejections) -> Serie
             continue
         inst, data = raw_by_sop[sop]
         name = generated_name("originals", ".dcm")
-        Instance.objects.create(
-            series=series,
-            sop_instance_uid=sop,
-            sop_class_uid=inst.sop_class_uid,
-            original_name=inst.name[:255],
-            file=name,
-            sha256=store_bytes(name, data),
-            size_bytes=len(data),
-            slice_index=index,
-            frame_count=frames[sop],
+        batch.write(name, data, sha256=inst.sha256)
+        new_instances.append(
+            Instance(
+                series=series,
+                sop_instance_uid=sop,
+                sop_class_uid=inst.sop_class_uid,
+                original_name=inst.name[:255],
+                file=name,
+                sha256=inst.sha256,
+                size_bytes=len(data),
+                slice_index=index,
+                frame_count=frames[sop],
+            )
         )
+    Instance.objects.bulk_create(new_instances, batch_size=500)
     audit_record(
         action=action,
         actor=owner,

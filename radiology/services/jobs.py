@@ -10,6 +10,7 @@ import time
 import uuid
 from datetime import timedelta
 
+import numpy as np
 from django.conf import settings
 from django.db import OperationalError, transaction
 from django.utils import timezone
@@ -264,7 +265,7 @@ def _run_claimed(job: DenoiseJob, token: str) -> DenoiseJob:
     timings["load_model"] = time.perf_counter() - started
 
     tick = time.perf_counter()
-    volume = load_array(job.series.volume_file, mmap=False)
+    volume = load_array(job.series.volume_file).astype(np.float32)
     timings["read_volume"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
