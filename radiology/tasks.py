@@ -53,3 +53,10 @@ def requeue_jobs_of_this_worker(sender, **kwargs) -> None:
         logger.warning(
             "requeued jobs lost by a previous run of %s: %s", sender.hostname, requeued
         )
+
+
+@shared_task
+def sweep_orphan_files() -> int:
+    from .storage import sweep_orphans
+
+    return sweep_orphans()

@@ -1,0 +1,77 @@
+"""Stored files: atomic batches, no partial file ever under a stored name, orphan sweep."""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+import numpy as np
+import pytest
+
+from radiology import storage
+
+
+def test_batch_files_appear_only_after_a_clean_exit():
+    with storage.BatchWriter() as batch:
+        sha = batch.write("a/one.bin", b"abc")
+        assert not storage.media_path("a/one.bin").exists()
+    assert storage.media_path("a/one.bin").read_bytes() == b"abc"
+    assert sha == storage.file_sha256("a/one.bin")
+
+
+def test_failed_batch_leaves_nothing_behind():
+    with pytest.raises(RuntimeError), storage.BatchWriter() as batch:
+        batch.write("b/one.bin", b"abc")
+        raise RuntimeError("crash before rename")
+    folder = storage.media_path("b/one.bin").parent
+    assert list(folder.iterdir()) == []
+
+
+def test_disk_full_during_write_leaves_no_partial_file(monkeypatch):
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode)))
+    with pytest.raises(OSError) as info:
+        storage.store_bytes("c/out.bin", b"x" * 100)
+    assert info.value.errno == errno.ENOSPC
+    assert list(storage.media_path("c/out.bin").parent.iterdir()) == []
+
+
+def test_array_round_trip_keeps_dtype_and_values():
+    array = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
+    storage.store_array("d/v.npy", array)
+    loaded = storage.load_array("d/v.npy")
+    assert loaded.dtype == np.int16 and np.array_equal(loaded, array)
+
+
+def test_sweep_removes_only_old_temp_files():
+    folder = storage.media_path("e/x").parent
+    folder.mkdir(parents=True)
+    old = folder / ".old.partial"
+    fresh = folder / ".fresh.partial"
+    keep = folder / "kept.npy"
+    for path in (old, fresh, keep):
+        path.write_bytes(b"1")
+    past = time.time() - 7200
+    os.utime(old, (past, past))
+    assert storage.sweep_orphans(max_age_s=3600) == 1
+    assert not old.exists() and fresh.exists() and keep.exists()
+
+
+def test_names_outside_media_root_are_refused():
+    with pytest.raises(ValueError, match="outside MEDIA_ROOT"):
+        storage.media_path("../../etc/passwd")
