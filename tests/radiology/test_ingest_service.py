@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import json
 import zipfile
 
@@ -138,3 +139,27 @@ def test_ingest_command_exits_1_when_nothing_ingested(alice, tmp_path):
     junk.write_bytes(b"garbage")
     with pytest.raises(CommandError, match="nothing ingested"):
         call_command("ingest", str(junk), "--owner", "alice")
+
+
+def test_every_pydicom_test_file_uploads_without_a_server_error(client, alice):
+    from pydicom.data import get_testdata_files
+
+    paths = [
+        p
+        for p in get_testdata_files("*")
+        if os.path.isfile(p) and not p.endswith((".py", ".txt"))
+    ]
+    assert len(paths) > 50
+    handles = [open(p, "rb") for p in paths]
+    try:
+        client.force_login(alice)
+        response = client.post("/api/uploads", {"files": handles})
+    finally:
+        for handle in handles:
+            handle.close()
+    assert response.status_code == 201, response.content[:500]
+    body = response.json()
+    names = {r["name"] for r in body["rejected"]}
+    assert all(r["reason"] for r in body["rejected"])
+    assert len(body["series"]) >= 1
+    assert len(names) + sum(s["instances"] for s in body["series"]) <= len(paths)
