@@ -196,6 +196,24 @@ class DenoiseJob(models.Model):
         }
 
 
+class FixityIssue(models.Model):
+    """A stored file that no longer hashes to what was recorded (or is missing)."""
+
+    series = models.ForeignKey(Series, on_delete=models.PROTECT, related_name="fixity_issues")
+    file = models.CharField(max_length=255)
+    role = models.CharField(max_length=32, help_text="original, volume, reconstruction, residual")
+    expected_sha256 = models.CharField(max_length=64)
+    actual_sha256 = models.CharField(max_length=64, blank=True, help_text="blank: missing")
+    detected_at = models.DateTimeField(auto_now_add=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-detected_at"]
+
+    def __str__(self) -> str:
+        return f"{self.role} {self.file}: fixity failure"
+
+
 class Review(models.Model):
     class Verdict(models.TextChoices):
         ACCEPT = "accept"

@@ -217,6 +217,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "radiology.tasks.reconcile_stale_jobs",
         "schedule": 60.0,
     },
+    "check-fixity": {
+        "task": "radiology.tasks.check_fixity",
+        "schedule": 24 * 3600.0,
+    },
     "sweep-orphan-temp-files": {
         "task": "radiology.tasks.sweep_orphan_files",
         "schedule": 3600.0,

@@ -60,3 +60,10 @@ def sweep_orphan_files() -> int:
     from .storage import sweep_orphans
 
     return sweep_orphans()
+
+
+@shared_task
+def check_fixity() -> int:
+    from .services.fixity import fixity_check
+
+    return len(fixity_check().issues)
