@@ -84,6 +84,7 @@ def job_json(job: DenoiseJob) -> dict:
 
 def series_json(series) -> dict:
     latest = selectors.latest_job(series)
+    open_issues = list(series.fixity_issues.filter(resolved_at__isnull=True))
     data = series_summary(series)
     data.update(
         {
@@ -96,6 +97,18 @@ def series_json(series) -> dict:
             },
             "created_at": series.created_at,
             "latest_job": job_json(latest) if latest else None,
+            "fixity": {
+                "ok": not open_issues,
+                "issues": [
+                    {
+                        "role": i.role,
+                        "file": i.file,
+                        "detected_at": i.detected_at,
+                        "missing": not i.actual_sha256,
+                    }
+                    for i in open_issues
+                ],
+            },
         }
     )
     return data
