@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import logging
+
+from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 
 from . import selectors
+from .models import AuditEvent
+
+logger = logging.getLogger(__name__)
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -26,3 +33,50 @@ def upload(request: HttpRequest) -> HttpResponse:
 def series_detail(request: HttpRequest, pk: int) -> HttpResponse:
     series = selectors.series_for(request.user, pk)
     return render(request, "radiology/series.html", {"series": series})
+
+
+def compare(request: HttpRequest, pk: int) -> HttpResponse:
+    """The compare viewer of one job: original | denoised | residual."""
+    job = selectors.job_for(request.user, pk)
+    return render(request, "radiology/compare.html", {"job": job, "series": job.series})
+
+
+def audit_log(request: HttpRequest) -> HttpResponse:
+    return render(
+        request, "radiology/audit.html", {"actions": AuditEvent.Action.values}
+    )
+
+
+def model_registry(request: HttpRequest) -> HttpResponse:
+    """Registered bundles with their metadata and model cards (docs/README.md)."""
+    import inference
+
+    cards, error = [], ""
+    try:
+        infos = inference.list_models(settings.MODELS_ROOT)
+    except Exception as exc:  # a broken registry is shown, not a server error
+        logger.exception("model registry unreadable")
+        infos, error = [], f"{type(exc).__name__}: {exc}"
+    for info in infos:
+        cards.append(
+            {
+                "info": info,
+                "metadata": _read_json(info.path / "configs" / "metadata.json"),
+                "readme": _read_text(info.path / "docs" / "README.md"),
+            }
+        )
+    return render(request, "radiology/models.html", {"cards": cards, "error": error})
+
+
+def _read_json(path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _read_text(path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        return ""

@@ -1,0 +1,136 @@
+"""Binary volume endpoints for the viewer: access-checked int16 slabs with scale/offset.
+
+The browser receives each voxel once, as little-endian int16 ``q``, and recovers the
+original units (HU for CT) as ``offset + scale * q``. The original and the
+reconstruction of a series share one quantisation, so the client can blend them
+(``alpha * denoised + (1 - alpha) * original``) without leaving integer space. Clients
+ask for slabs of slices (``z0``..``z1``) so the first image shows before the rest
+arrives.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from django.http import HttpRequest, HttpResponse
+from ninja import Router
+from ninja.errors import HttpError
+
+from . import selectors
+from .models import DenoiseJob
+from .storage import load_array, media_path
+
+__all__ = ["router", "Quantisation", "quantise"]
+
+router = Router(tags=["viewer"])
+
+_INT16_SPAN = 65534.0
+#: Head-room beyond the original's range, so a reconstruction that overshoots a little
+#: still fits the shared quantisation.
+_MARGIN = 0.1
+
+
+@dataclass(frozen=True)
+class Quantisation:
+    """Maps stored values to int16: ``value = offset + scale * q``."""
+
+    scale: float
+    offset: float
+
+
+@functools.lru_cache(maxsize=64)
+def _value_range(path: str, mtime_ns: int) -> tuple[float, float]:
+    """Min and max of a stored array; stored files never change, so cache by mtime."""
+    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    return float(np.min(array)), float(np.max(array))
+
+
+def value_range(name: str) -> tuple[float, float]:
+    path = media_path(name)
+    return _value_range(str(path), path.stat().st_mtime_ns)
+
+
+def original_quantisation(name: str) -> Quantisation:
+    """Shared quantisation of a series' volume and its reconstructions."""
+    lo, hi = value_range(name)
+    pad = _MARGIN * (hi - lo) + 1.0
+    return Quantisation(scale=(hi - lo + 2 * pad) / _INT16_SPAN, offset=(hi + lo) / 2)
+
+
+def residual_quantisation(name: str) -> Quantisation:
+    """Symmetric quantisation around zero for a signed residual."""
+    lo, hi = value_range(name)
+    extent = max(abs(lo), abs(hi), 1e-3)
+    return Quantisation(scale=extent / 32767.0, offset=0.0)
+
+
+def quantise(array: np.ndarray, quant: Quantisation) -> np.ndarray:
+    """Float array to little-endian int16 under ``quant`` (clipped to int16)."""
+    scaled = (
+        np.asarray(array, dtype=np.float32) - np.float32(quant.offset)
+    ) / np.float32(quant.scale)
+    return np.clip(np.rint(scaled), -32767, 32767).astype("<i2")
+
+
+def _slab_response(
+    request: HttpRequest,
+    name: str,
+    quant: Quantisation,
+    z0: int,
+    z1: int | None,
+    etag: str,
+) -> HttpResponse:
+    volume = load_array(name)
+    if volume.ndim != 3:
+        raise HttpError(500, f"viewer: stored volume {name} is not 3-D")
+    depth = volume.shape[0]
+    stop = depth if z1 is None else z1
+    if not 0 <= z0 < stop <= depth:
+        raise HttpError(400, f"viewer: slice range {z0}..{stop} outside 0..{depth}")
+    tag = f'"{etag[:32]}-{z0}-{stop}"'
+    if request.headers.get("If-None-Match") == tag:
+        return HttpResponse(status=304)
+    data = quantise(volume[z0:stop], quant).tobytes()
+    response = HttpResponse(data, content_type="application/octet-stream")
+    response["X-Volume-Shape"] = ",".join(str(s) for s in volume.shape)
+    response["X-Volume-Scale"] = repr(quant.scale)
+    response["X-Volume-Offset"] = repr(quant.offset)
+    response["X-Slice-Range"] = f"{z0},{stop}"
+    response["ETag"] = tag
+    # Stored volumes and outputs are never overwritten, so the browser may keep them.
+    response["Cache-Control"] = "private, max-age=86400"
+    return response
+
+
+@router.get("/series/{series_id}/volume")
+def series_volume(request, series_id: int, z0: int = 0, z1: int | None = None):
+    """The series' volume as int16 slices ``z0``..``z1`` (default: all)."""
+    series = selectors.series_for(request.user, series_id)
+    quant = original_quantisation(series.volume_file)
+    return _slab_response(
+        request, series.volume_file, quant, z0, z1, series.volume_sha256
+    )
+
+
+@router.get("/jobs/{job_id}/volume/{kind}")
+def job_volume(
+    request,
+    job_id: int,
+    kind: Literal["reconstruction", "residual"],
+    z0: int = 0,
+    z1: int | None = None,
+):
+    """A succeeded job's reconstruction (series quantisation) or residual, as int16."""
+    job = selectors.job_for(request.user, job_id)
+    if job.status != DenoiseJob.Status.SUCCEEDED:
+        raise HttpError(400, f"viewer: job {job.pk} is {job.status}; no outputs yet")
+    if kind == "reconstruction":
+        name, sha = job.reconstruction_file, job.reconstruction_sha256
+        quant = original_quantisation(job.series.volume_file)
+    else:
+        name, sha = job.residual_file, job.residual_sha256
+        quant = residual_quantisation(name)
+    return _slab_response(request, name, quant, z0, z1, sha)

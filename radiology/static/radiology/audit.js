@@ -1,0 +1,59 @@
+// Audit log: filtered reads of /api/audit (each read is audited by the API) and CSV export.
+import { api, el, formatTime } from "./common.js";
+
+const form = document.getElementById("audit-filters");
+const body = document.getElementById("audit");
+let events = [];
+
+for (const [key, value] of new URLSearchParams(location.search)) {
+  if (form.elements[key]) form.elements[key].value = value;
+}
+
+function params() {
+  const out = new URLSearchParams({ limit: "500" });
+  for (const key of ["action", "actor", "target_type", "target_id"]) {
+    const value = form.elements[key].value.trim();
+    if (value) out.set(key, value);
+  }
+  if (form.elements.since.value) out.set("since", `${form.elements.since.value}T00:00:00`);
+  if (form.elements.until.value) {
+    const until = new Date(`${form.elements.until.value}T00:00:00`);
+    until.setDate(until.getDate() + 1);
+    out.set("until", until.toISOString().slice(0, 19));
+  }
+  return out;
+}
+
+function details(extra) {
+  const text = JSON.stringify(extra);
+  return text === "{}" ? "" : text;
+}
+
+async function load() {
+  events = await api(`/audit?${params()}`);
+  body.replaceChildren(...events.map((e) => el("tr", { dataset: { action: e.action } },
+    el("td", {}, e.id), el("td", { class: "small" }, formatTime(e.created_at)), el("td", {}, e.actor),
+    el("td", {}, el("span", { class: `badge action` }, e.action)),
+    el("td", {}, e.target_type ? `${e.target_type}:${e.target_id}` : "—"),
+    el("td", { class: "small details" }, details(e.extra_data)),
+    el("td", { class: "mono small", title: e.hash }, e.hash.slice(0, 10)))));
+  if (!events.length) body.append(el("tr", {}, el("td", { colspan: "7", class: "muted" }, "No events match.")));
+}
+
+function csvCell(value) {
+  const text = value === null || value === undefined ? "" : typeof value === "object" ? JSON.stringify(value) : String(value);
+  return /[",\n\r]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+}
+
+document.getElementById("csv-export").addEventListener("click", () => {
+  const columns = ["id", "created_at", "actor", "action", "target_type", "target_id", "study", "extra_data", "prev_hash", "hash"];
+  const lines = [columns.join(",")].concat(events.map((e) => columns.map((c) => csvCell(e[c])).join(",")));
+  const blob = new Blob([lines.join("\r\n") + "\r\n"], { type: "text/csv" });
+  const link = el("a", { href: URL.createObjectURL(blob), download: `audit-${new Date().toISOString().slice(0, 19)}.csv` });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+});
+form.addEventListener("submit", (event) => { event.preventDefault(); load(); });
+load();

@@ -1,0 +1,820 @@
+// Compare viewer: original | denoised | residual, rendered on canvas from int16 volumes
+// fetched once; scrolling, window/level, blending and ROI statistics never call the server.
+import { api, el } from "./common.js";
+
+const root = document.getElementById("viewer");
+const jobId = root.dataset.jobId;
+const seriesId = root.dataset.seriesId;
+const modality = root.dataset.modality;
+const unit = modality === "CT" ? " HU" : "";
+const PRESETS = { soft: [400, 40], lung: [1500, -600], bone: [1800, 400], brain: [80, 40] };
+const MODES = ["side", "swipe", "flicker", "overlay"];
+const SLAB_BYTES = 4 * 1024 * 1024;
+const REFORMAT_MIN_SLICES = 8;
+
+const state = {
+  plane: "axial", index: { axial: 0, coronal: 0, sagittal: 0 },
+  zoom: 1, panX: 0, panY: 0, ww: 400, wc: 40, alpha: 1, mode: "side", tool: "wl",
+  opacity: 0.6, swipe: 0.5, flickerDenoised: false, roi: null, residualWindow: 50,
+};
+const stats = { frames: 0, lastFrameMs: 0, firstImageMs: null };
+const vol = { shape: null, spacing: null, orig: null, den: null, res: null, loaded: null, complete: false };
+const viewerApi = { state, stats, vol, roiStats: null, ready: false, job: null, render: () => scheduleRender() };
+window.viewer = viewerApi;
+
+const panesEl = document.getElementById("panes");
+const panes = [...panesEl.querySelectorAll(".pane")].map((figure) => ({
+  name: figure.dataset.pane, figure, canvas: figure.querySelector("canvas"),
+  readout: figure.querySelector(".readout"), label: figure.querySelector(".label"),
+  layers: [document.createElement("canvas"), document.createElement("canvas")], images: [null, null],
+}));
+const $ = (id) => document.getElementById(id);
+
+// ---------------------------------------------------------------- geometry
+
+function planeDims(plane = state.plane) {
+  const [nz, ny, nx] = vol.shape;
+  const [sz, sy, sx] = vol.spacing;
+  if (plane === "axial") return { w: nx, h: ny, depth: nz, aspect: sy / sx };
+  if (plane === "coronal") return { w: nx, h: nz, depth: ny, aspect: sz / sx };
+  return { w: ny, h: nz, depth: nx, aspect: sz / sy };
+}
+
+function voxelOf(col, row, plane = state.plane, index = state.index[plane]) {
+  const nz = vol.shape[0];
+  if (plane === "axial") return [index, row, col];
+  if (plane === "coronal") return [nz - 1 - row, index, col];
+  return [nz - 1 - row, col, index];
+}
+
+function extract(volume, plane = state.plane, index = state.index[plane]) {
+  const [nz, ny, nx] = vol.shape;
+  const data = volume.data;
+  if (plane === "axial") return data.subarray(index * ny * nx, (index + 1) * ny * nx);
+  if (plane === "coronal") {
+    const out = new Int16Array(nz * nx);
+    for (let r = 0; r < nz; r++) {
+      const start = (nz - 1 - r) * ny * nx + index * nx;
+      out.set(data.subarray(start, start + nx), r * nx);
+    }
+    return out;
+  }
+  const out = new Int16Array(nz * ny);
+  for (let r = 0; r < nz; r++) {
+    const base = (nz - 1 - r) * ny * nx + index;
+    for (let c = 0; c < ny; c++) out[r * ny + c] = data[base + c * nx];
+  }
+  return out;
+}
+
+function sliceReady() {
+  if (state.plane !== "axial") return vol.complete;
+  return vol.loaded && vol.loaded[state.index.axial] === 3;
+}
+
+function transformFor(pane) {
+  const { w, h, aspect } = planeDims();
+  const cw = pane.canvas.width;
+  const ch = pane.canvas.height;
+  const base = Math.min(cw / w, ch / (h * aspect));
+  const s = base * state.zoom;
+  const ox = (cw - w * s) / 2 + state.panX * devicePixelRatio;
+  const oy = (ch - h * aspect * s) / 2 + state.panY * devicePixelRatio;
+  return { s, sy: s * aspect, ox, oy, w, h };
+}
+
+function toImage(pane, event) {
+  const rect = pane.canvas.getBoundingClientRect();
+  const t = transformFor(pane);
+  const x = (event.clientX - rect.left) * devicePixelRatio;
+  const y = (event.clientY - rect.top) * devicePixelRatio;
+  return { col: (x - t.ox) / t.s, row: (y - t.oy) / t.sy, t };
+}
+
+// ---------------------------------------------------------------- look-up tables
+
+const grayLut = new Uint32Array(65536);
+const grayLevel = new Uint8Array(65536);
+const residualLut = new Uint32Array(65536);
+const overlayT = new Float32Array(65536);
+
+function value(volume, q) { return volume.offset + volume.scale * q; }
+
+function buildLuts() {
+  if (!vol.orig) return;
+  const { scale, offset } = vol.orig;
+  const low = state.wc - state.ww / 2;
+  const k = 255 / state.ww;
+  for (let i = 0; i < 65536; i++) {
+    let g = (offset + scale * (i - 32768) - low) * k;
+    g = g < 0 ? 0 : g > 255 ? 255 : g | 0;
+    grayLevel[i] = g;
+    grayLut[i] = 0xff000000 | (g << 16) | (g << 8) | g;
+  }
+  if (vol.res) {
+    const rw = state.residualWindow;
+    for (let i = 0; i < 65536; i++) {
+      const v = vol.res.scale * (i - 32768);
+      let g = ((v + rw) / (2 * rw)) * 255;
+      g = g < 0 ? 0 : g > 255 ? 255 : g | 0;
+      residualLut[i] = 0xff000000 | (g << 16) | (g << 8) | g;
+      const t = Math.abs(v) / rw;
+      overlayT[i] = t > 1 ? 1 : t;
+    }
+  }
+}
+
+// ---------------------------------------------------------------- painting
+
+function imageFor(pane, layer, w, h) {
+  const canvas = pane.layers[layer];
+  if (canvas.width !== w || canvas.height !== h) {
+    canvas.width = w;
+    canvas.height = h;
+    pane.images[layer] = null;
+  }
+  if (!pane.images[layer]) {
+    const image = new ImageData(w, h);
+    pane.images[layer] = { image, out: new Uint32Array(image.data.buffer) };
+  }
+  return pane.images[layer];
+}
+
+function paintGray(out, src) {
+  for (let i = 0, n = src.length; i < n; i++) out[i] = grayLut[src[i] + 32768];
+}
+
+function paintBlend(out, o, d, alpha) {
+  if (alpha >= 1) return paintGray(out, d);
+  if (alpha <= 0) return paintGray(out, o);
+  for (let i = 0, n = o.length; i < n; i++) {
+    const q = o[i] + alpha * (d[i] - o[i]);
+    out[i] = grayLut[(q + 32768.5) | 0];
+  }
+}
+
+function paintResidual(out, r) {
+  for (let i = 0, n = r.length; i < n; i++) out[i] = residualLut[r[i] + 32768];
+}
+
+function paintOverlay(out, o, r, opacity) {
+  // Signed heat map: red where the original is brighter than the denoised image (noise
+  // removed above the mean), blue where darker; strength grows with |residual|.
+  for (let i = 0, n = o.length; i < n; i++) {
+    const g = grayLevel[o[i] + 32768];
+    const q = r[i] + 32768;
+    const t = overlayT[q] * opacity;
+    let red; let green; let blue;
+    if (q >= 32768) { red = g + (255 - g) * t; green = g * (1 - t); blue = g * (1 - t); }
+    else { red = g * (1 - t); green = g + (110 - g) * t; blue = g + (255 - g) * t; }
+    out[i] = 0xff000000 | ((blue | 0) << 16) | ((green | 0) << 8) | (red | 0);
+  }
+}
+
+function blendedSlice(o, d) {
+  if (state.alpha >= 1) return d;
+  if (state.alpha <= 0) return o;
+  const out = new Int16Array(o.length);
+  for (let i = 0; i < o.length; i++) out[i] = Math.round(o[i] + state.alpha * (d[i] - o[i]));
+  return out;
+}
+
+function layerFor(pane, layer, paint) {
+  const { w, h } = planeDims();
+  const img = imageFor(pane, layer, w, h);
+  paint(img.out);
+  pane.layers[layer].getContext("2d").putImageData(img.image, 0, 0);
+  return pane.layers[layer];
+}
+
+function present(pane, first, second) {
+  const ctx = pane.canvas.getContext("2d");
+  const t = transformFor(pane);
+  ctx.setTransform(1, 0, 0, 1, 0, 0);
+  ctx.fillStyle = "#000";
+  ctx.fillRect(0, 0, pane.canvas.width, pane.canvas.height);
+  ctx.imageSmoothingEnabled = t.s < 1;
+  const dw = t.w * t.s;
+  const dh = t.h * t.sy;
+  ctx.drawImage(first, t.ox, t.oy, dw, dh);
+  if (second) {
+    const split = pane.canvas.width * state.swipe;
+    ctx.save();
+    ctx.beginPath();
+    ctx.rect(split, 0, pane.canvas.width - split, pane.canvas.height);
+    ctx.clip();
+    ctx.drawImage(second, t.ox, t.oy, dw, dh);
+    ctx.restore();
+    ctx.strokeStyle = "#ffd54a";
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    ctx.moveTo(split, 0);
+    ctx.lineTo(split, pane.canvas.height);
+    ctx.stroke();
+    ctx.fillStyle = "#ffd54a";
+    ctx.font = `${12 * devicePixelRatio}px sans-serif`;
+    ctx.fillText("original", Math.max(4, split - 60 * devicePixelRatio), 16 * devicePixelRatio);
+    ctx.fillText("denoised", split + 6, 16 * devicePixelRatio);
+  }
+  drawRoi(ctx, t, drawing || state.roi);
+}
+
+function drawRoi(ctx, t, roi) {
+  if (!roi || roi.plane !== state.plane) return;
+  const x = t.ox + roi.c0 * t.s;
+  const y = t.oy + roi.r0 * t.sy;
+  const w = (roi.c1 - roi.c0) * t.s;
+  const h = (roi.r1 - roi.r0) * t.sy;
+  ctx.strokeStyle = "#4ade80";
+  ctx.lineWidth = 1.5 * devicePixelRatio;
+  ctx.beginPath();
+  if (roi.kind === "ellipse") ctx.ellipse(x + w / 2, y + h / 2, Math.abs(w / 2), Math.abs(h / 2), 0, 0, 2 * Math.PI);
+  else ctx.rect(x, y, w, h);
+  ctx.stroke();
+}
+
+function presentPlaceholder(pane, text) {
+  const ctx = pane.canvas.getContext("2d");
+  ctx.setTransform(1, 0, 0, 1, 0, 0);
+  ctx.fillStyle = "#000";
+  ctx.fillRect(0, 0, pane.canvas.width, pane.canvas.height);
+  ctx.fillStyle = "#9aa4b2";
+  ctx.font = `${13 * devicePixelRatio}px sans-serif`;
+  ctx.fillText(text, 12, 24 * devicePixelRatio);
+}
+
+let pending = false;
+function scheduleRender() {
+  if (pending) return;
+  pending = true;
+  requestAnimationFrame(render);
+}
+
+function render() {
+  pending = false;
+  if (!vol.orig) return;
+  const started = performance.now();
+  if (!sliceReady()) {
+    for (const pane of panes) presentPlaceholder(pane, "loading slice…");
+    updateLabels();
+    return;
+  }
+  const o = extract(vol.orig);
+  const d = extract(vol.den);
+  const r = extract(vol.res);
+  const [p0, p1, p2] = panes;
+  if (state.mode === "side") {
+    present(p0, layerFor(p0, 0, (out) => paintGray(out, o)));
+    present(p1, layerFor(p1, 0, (out) => paintBlend(out, o, d, state.alpha)));
+    present(p2, layerFor(p2, 0, (out) => paintResidual(out, r)));
+  } else if (state.mode === "swipe") {
+    present(p0, layerFor(p0, 0, (out) => paintGray(out, o)),
+      layerFor(p0, 1, (out) => paintBlend(out, o, d, state.alpha)));
+  } else if (state.mode === "flicker") {
+    present(p0, layerFor(p0, 0, (out) => (state.flickerDenoised
+      ? paintBlend(out, o, d, state.alpha) : paintGray(out, o))));
+  } else {
+    present(p0, layerFor(p0, 0, (out) => paintOverlay(out, o, r, state.opacity)));
+  }
+  stats.frames += 1;
+  stats.lastFrameMs = performance.now() - started;
+  if (stats.firstImageMs === null) {
+    stats.firstImageMs = performance.now();
+    root.dataset.firstImage = "1";
+  }
+  updateLabels();
+}
+
+// ---------------------------------------------------------------- labels and readout
+
+function fmt(v, digits = 1) { return Number.isFinite(v) ? v.toFixed(digits) : "—"; }
+
+function updateLabels() {
+  const { depth } = planeDims();
+  const index = state.index[state.plane];
+  const flagged = state.plane === "axial" && flaggedSet.has(index);
+  $("slice-label").textContent = `${state.plane} ${index + 1}/${depth}${flagged ? " ⚑ flagged" : ""}`;
+  $("slice-label").classList.toggle("flagged", flagged);
+  $("zoom-label").textContent = `zoom ${state.zoom.toFixed(2)}× · W ${Math.round(state.ww)} L ${Math.round(state.wc)}`;
+  const slider = $("slice");
+  slider.max = String(depth - 1);
+  if (slider.value !== String(index)) slider.value = String(index);
+  if (document.activeElement !== $("ww")) $("ww").value = Math.round(state.ww);
+  if (document.activeElement !== $("wc")) $("wc").value = Math.round(state.wc);
+  const p0 = panes[0];
+  p0.label.textContent = {
+    side: "Original", swipe: "Swipe: original | denoised",
+    flicker: state.flickerDenoised ? "Flicker: DENOISED" : "Flicker: ORIGINAL",
+    overlay: "Original + residual overlay",
+  }[state.mode];
+  panes[1].label.textContent = state.alpha >= 1 ? "Denoised" : `Blend α ${state.alpha.toFixed(2)}`;
+}
+
+function readoutAt(col, row) {
+  const { w, h } = planeDims();
+  const c = Math.floor(col);
+  const r = Math.floor(row);
+  if (c < 0 || r < 0 || c >= w || r >= h || !sliceReady()) {
+    for (const pane of panes) pane.readout.textContent = "";
+    $("pos-label").textContent = "";
+    return;
+  }
+  const [z, y, x] = voxelOf(c, r);
+  const [, ny, nx] = vol.shape;
+  const i = z * ny * nx + y * nx + x;
+  const ov = value(vol.orig, vol.orig.data[i]);
+  const dv = value(vol.den, vol.den.data[i]);
+  const bv = ov + state.alpha * (dv - ov);
+  const rv = value(vol.res, vol.res.data[i]);
+  if (state.mode === "side") {
+    panes[0].readout.textContent = `${fmt(ov)}${unit}`;
+    panes[1].readout.textContent = `${fmt(bv)}${unit}`;
+    panes[2].readout.textContent = `${fmt(rv)}${unit}`;
+  } else {
+    panes[0].readout.textContent = `O ${fmt(ov)} · D ${fmt(bv)} · R ${fmt(rv)}${unit}`;
+  }
+  $("pos-label").textContent = `x ${x} y ${y} z ${z}`;
+}
+
+// ---------------------------------------------------------------- ROI
+
+let drawing = null;
+
+function roiFrom(kind, a, b) {
+  const { w, h } = planeDims();
+  const clamp = (v, hi) => Math.max(0, Math.min(hi, v));
+  return {
+    kind, plane: state.plane,
+    c0: clamp(Math.floor(Math.min(a.col, b.col)), w), c1: clamp(Math.ceil(Math.max(a.col, b.col)), w),
+    r0: clamp(Math.floor(Math.min(a.row, b.row)), h), r1: clamp(Math.ceil(Math.max(a.row, b.row)), h),
+  };
+}
+
+function roiMask(roi, w) {
+  const idx = [];
+  const cx = (roi.c0 + roi.c1) / 2;
+  const cy = (roi.r0 + roi.r1) / 2;
+  const rx = (roi.c1 - roi.c0) / 2;
+  const ry = (roi.r1 - roi.r0) / 2;
+  for (let r = roi.r0; r < roi.r1; r++) {
+    for (let c = roi.c0; c < roi.c1; c++) {
+      if (roi.kind === "ellipse") {
+        const u = (c + 0.5 - cx) / rx;
+        const v = (r + 0.5 - cy) / ry;
+        if (u * u + v * v > 1) continue;
+      }
+      idx.push(r * w + c);
+    }
+  }
+  return idx;
+}
+
+function meanSd(values) {
+  let sum = 0;
+  for (const v of values) sum += v;
+  const mean = sum / values.length;
+  let sq = 0;
+  for (const v of values) sq += (v - mean) ** 2;
+  return [mean, Math.sqrt(sq / values.length)];
+}
+
+function updateRoiStats() {
+  const table = $("roi-stats");
+  const roi = state.roi;
+  if (!roi || roi.plane !== state.plane || !sliceReady()) {
+    table.hidden = true;
+    viewerApi.roiStats = null;
+    return;
+  }
+  const { w } = planeDims();
+  const mask = roiMask(roi, w);
+  if (mask.length < 2) { table.hidden = true; viewerApi.roiStats = null; return; }
+  const o = extract(vol.orig);
+  const d = extract(vol.den);
+  const ov = mask.map((i) => value(vol.orig, o[i]));
+  const dv = mask.map((i) => { const x = value(vol.orig, o[i]); return x + state.alpha * (value(vol.den, d[i]) - x); });
+  const [om, os] = meanSd(ov);
+  const [dm, ds] = meanSd(dv);
+  const result = {
+    kind: roi.kind, plane: roi.plane, index: state.index[roi.plane],
+    c0: roi.c0, c1: roi.c1, r0: roi.r0, r1: roi.r1, n: mask.length, alpha: state.alpha,
+    origMean: om, origSd: os, denMean: dm, denSd: ds, sdRatio: os > 0 ? ds / os : NaN,
+  };
+  viewerApi.roiStats = result;
+  const cell = (k) => table.querySelector(`[data-k="${k}"]`);
+  cell("orig-mean").textContent = `${fmt(om)}${unit}`;
+  cell("orig-sd").textContent = fmt(os);
+  cell("den-mean").textContent = `${fmt(dm)}${unit}`;
+  cell("den-sd").textContent = fmt(ds);
+  cell("sd-ratio").textContent = fmt(result.sdRatio, 3);
+  cell("roi-desc").textContent = `${roi.kind} on ${roi.plane} ${result.index + 1}: cols ${roi.c0}–${roi.c1 - 1}, rows ${roi.r0}–${roi.r1 - 1}, ${mask.length} px${state.alpha < 1 ? `, denoised at α ${state.alpha.toFixed(2)}` : ""}`;
+  table.dataset.stats = JSON.stringify(result);
+  table.hidden = false;
+  $("roi-hint").hidden = true;
+}
+
+// ---------------------------------------------------------------- interaction
+
+function setSlice(index) {
+  const { depth } = planeDims();
+  const next = Math.max(0, Math.min(depth - 1, index));
+  if (next === state.index[state.plane]) return;
+  state.index[state.plane] = next;
+  updateRoiStats();
+  scheduleRender();
+}
+
+function setWindow(ww, wc) {
+  state.ww = Math.max(1, ww);
+  state.wc = wc;
+  buildLuts();
+  scheduleRender();
+}
+
+function autoWindow() {
+  if (!sliceReady()) return;
+  const o = extract(vol.orig);
+  const hist = new Uint32Array(65536);
+  for (let i = 0; i < o.length; i++) hist[o[i] + 32768] += 1;
+  const lowCount = o.length * 0.01;
+  const highCount = o.length * 0.99;
+  let acc = 0; let lo = 0; let hi = 65535;
+  for (let i = 0; i < 65536; i++) { acc += hist[i]; if (acc >= lowCount) { lo = i; break; } }
+  acc = 0;
+  for (let i = 0; i < 65536; i++) { acc += hist[i]; if (acc >= highCount) { hi = i; break; } }
+  const vlo = value(vol.orig, lo - 32768);
+  const vhi = value(vol.orig, hi - 32768);
+  setWindow(Math.max(vhi - vlo, 1), (vhi + vlo) / 2);
+}
+
+function applyPreset(name) {
+  if (name === "auto") autoWindow();
+  else setWindow(...PRESETS[name]);
+  for (const b of document.querySelectorAll("[data-preset]")) b.classList.toggle("active", b.dataset.preset === name);
+  root.dataset.preset = name;
+}
+
+function setMode(mode) {
+  state.mode = mode;
+  panesEl.className = `panes mode-${mode}`;
+  for (const b of document.querySelectorAll("[data-mode]")) b.classList.toggle("active", b.dataset.mode === mode);
+  for (const l of document.querySelectorAll(".mode-only")) l.hidden = l.dataset.for !== mode;
+  $("colorbar").hidden = mode !== "overlay";
+  root.dataset.mode = mode;
+  resizeCanvases();
+}
+
+function setPlane(plane) {
+  if (plane !== "axial" && !reformatsAvailable()) return;
+  state.plane = plane;
+  state.roi = null;
+  state.zoom = 1; state.panX = 0; state.panY = 0;
+  for (const b of document.querySelectorAll("[data-plane]")) b.classList.toggle("active", b.dataset.plane === plane);
+  $("slice-marks").hidden = plane !== "axial";
+  updateRoiStats();
+  scheduleRender();
+}
+
+function setTool(tool) {
+  state.tool = tool;
+  for (const b of document.querySelectorAll("[data-tool]")) b.classList.toggle("active", b.dataset.tool === tool);
+  panesEl.dataset.tool = tool;
+}
+
+function setAlpha(alpha) {
+  state.alpha = Math.round(Math.max(0, Math.min(1, alpha)) * 100) / 100;
+  $("alpha").value = String(state.alpha);
+  $("alpha-out").textContent = state.alpha.toFixed(2);
+  $("verdict-alpha").textContent = state.alpha.toFixed(2);
+  updateRoiStats();
+  scheduleRender();
+}
+
+function toggleFlicker() {
+  if (state.mode !== "flicker") setMode("flicker");
+  state.flickerDenoised = !state.flickerDenoised;
+  root.dataset.flicker = state.flickerDenoised ? "denoised" : "original";
+  scheduleRender();
+}
+
+function reformatsAvailable() { return vol.complete && vol.shape[0] >= REFORMAT_MIN_SLICES; }
+
+function resizeCanvases() {
+  for (const pane of panes) {
+    const w = Math.max(1, Math.round(pane.canvas.clientWidth * devicePixelRatio));
+    const h = Math.max(1, Math.round(pane.canvas.clientHeight * devicePixelRatio));
+    if (pane.canvas.width !== w || pane.canvas.height !== h) { pane.canvas.width = w; pane.canvas.height = h; }
+  }
+  scheduleRender();
+}
+
+function bindPane(pane) {
+  const canvas = pane.canvas;
+  let drag = null;
+  canvas.addEventListener("wheel", (event) => {
+    event.preventDefault();
+    if (event.ctrlKey) {
+      const factor = event.deltaY < 0 ? 1.15 : 1 / 1.15;
+      state.zoom = Math.max(0.25, Math.min(16, state.zoom * factor));
+      scheduleRender();
+    } else {
+      setSlice(state.index[state.plane] + (event.deltaY > 0 ? 1 : -1));
+    }
+  }, { passive: false });
+  canvas.addEventListener("pointerdown", (event) => {
+    if (!vol.orig) return;
+    canvas.setPointerCapture(event.pointerId);
+    const kind = event.button === 1 || event.shiftKey || state.tool === "pan" ? "pan"
+      : state.tool === "rect" || state.tool === "ellipse" ? "roi" : "wl";
+    drag = { kind, x: event.clientX, y: event.clientY, ww: state.ww, wc: state.wc,
+      panX: state.panX, panY: state.panY, start: toImage(pane, event) };
+    event.preventDefault();
+  });
+  canvas.addEventListener("pointermove", (event) => {
+    const point = toImage(pane, event);
+    readoutAt(point.col, point.row);
+    if (!drag) return;
+    const dx = event.clientX - drag.x;
+    const dy = event.clientY - drag.y;
+    if (drag.kind === "pan") {
+      state.panX = drag.panX + dx;
+      state.panY = drag.panY + dy;
+      scheduleRender();
+    } else if (drag.kind === "wl") {
+      const perPixel = Math.max(0.5, drag.ww / 200);
+      setWindow(drag.ww + dx * perPixel, drag.wc + dy * perPixel);
+      for (const b of document.querySelectorAll("[data-preset]")) b.classList.remove("active");
+    } else {
+      drawing = roiFrom(state.tool, drag.start, point);
+      scheduleRender();
+    }
+  });
+  const end = (event) => {
+    if (drag && drag.kind === "roi") {
+      const roi = roiFrom(state.tool, drag.start, toImage(pane, event));
+      drawing = null;
+      if (roi.c1 - roi.c0 >= 2 && roi.r1 - roi.r0 >= 2) state.roi = roi;
+      updateRoiStats();
+      scheduleRender();
+    }
+    drag = null;
+  };
+  canvas.addEventListener("pointerup", end);
+  canvas.addEventListener("pointercancel", end);
+  canvas.addEventListener("pointerleave", () => { if (!drag) readoutAt(-1, -1); });
+  canvas.addEventListener("auxclick", (event) => event.preventDefault());
+}
+
+function onKey(event) {
+  const target = event.target;
+  if (target instanceof HTMLElement && target.closest("input, textarea, select") && target.type !== "range") return;
+  if ($("help").open && event.key !== "?" ) return;
+  const step = { ArrowUp: -1, ArrowDown: 1, PageUp: -10, PageDown: 10 }[event.key];
+  if (step !== undefined) {
+    if (target.type === "range") return;
+    event.preventDefault();
+    setSlice(state.index[state.plane] + step);
+    return;
+  }
+  const key = event.key.toLowerCase();
+  const actions = {
+    home: () => setSlice(0), end: () => setSlice(planeDims().depth - 1),
+    "1": () => applyPreset("soft"), "2": () => applyPreset("lung"), "3": () => applyPreset("bone"),
+    "4": () => applyPreset("brain"), "0": () => applyPreset("auto"),
+    w: () => setTool("wl"), p: () => setTool("pan"), r: () => setTool("rect"), e: () => setTool("ellipse"),
+    m: () => setMode(MODES[(MODES.indexOf(state.mode) + 1) % MODES.length]),
+    f: toggleFlicker, z: () => setPlane("axial"), c: () => setPlane("coronal"), s: () => setPlane("sagittal"),
+    "[": () => setAlpha(state.alpha - 0.05), "]": () => setAlpha(state.alpha + 0.05),
+    "+": () => { state.zoom = Math.min(16, state.zoom * 1.25); scheduleRender(); },
+    "=": () => { state.zoom = Math.min(16, state.zoom * 1.25); scheduleRender(); },
+    "-": () => { state.zoom = Math.max(0.25, state.zoom / 1.25); scheduleRender(); },
+    x: () => { state.zoom = 1; state.panX = 0; state.panY = 0; scheduleRender(); },
+    "?": () => ($("help").open ? $("help").close() : $("help").showModal()),
+  };
+  if (event.ctrlKey || event.metaKey || event.altKey) return;
+  const action = actions[key];
+  if (action) { event.preventDefault(); action(); }
+}
+
+function bindControls() {
+  panes.forEach(bindPane);
+  document.addEventListener("keydown", onKey);
+  for (const b of document.querySelectorAll("[data-mode]")) b.addEventListener("click", () => setMode(b.dataset.mode));
+  for (const b of document.querySelectorAll("[data-plane]")) b.addEventListener("click", () => setPlane(b.dataset.plane));
+  for (const b of document.querySelectorAll("[data-preset]")) b.addEventListener("click", () => applyPreset(b.dataset.preset));
+  for (const b of document.querySelectorAll("[data-tool]")) b.addEventListener("click", () => setTool(b.dataset.tool));
+  $("slice").addEventListener("input", (e) => setSlice(Number(e.target.value)));
+  $("alpha").addEventListener("input", (e) => setAlpha(Number(e.target.value)));
+  $("swipe").addEventListener("input", (e) => { state.swipe = Number(e.target.value); scheduleRender(); });
+  $("opacity").addEventListener("input", (e) => { state.opacity = Number(e.target.value); scheduleRender(); });
+  $("ww").addEventListener("change", (e) => setWindow(Number(e.target.value), state.wc));
+  $("wc").addEventListener("change", (e) => setWindow(state.ww, Number(e.target.value)));
+  $("help-button").addEventListener("click", () => $("help").showModal());
+  let flickerTimer = null;
+  $("auto-flicker").addEventListener("change", (e) => {
+    clearInterval(flickerTimer);
+    if (e.target.checked) flickerTimer = setInterval(toggleFlicker, 500);
+  });
+  new ResizeObserver(resizeCanvases).observe(panesEl);
+  $("verdict-form").addEventListener("submit", submitVerdict);
+}
+
+// ---------------------------------------------------------------- side panel
+
+const flaggedSet = new Set();
+
+function renderFlags(metrics) {
+  const marks = $("slice-marks");
+  marks.replaceChildren();
+  const nz = vol.shape[0];
+  for (const entry of metrics.flagged_slices || []) {
+    const index = typeof entry === "number" ? entry : entry.index ?? entry.slice;
+    if (!Number.isInteger(index) || index < 0 || index >= nz) continue;
+    flaggedSet.add(index);
+    const score = metrics.per_slice && metrics.per_slice.structure_score ? metrics.per_slice.structure_score[index] : null;
+    const mark = el("button", {
+      type: "button", class: "mark", dataset: { slice: index },
+      title: `slice ${index + 1}: structure in residual${score !== null && score !== undefined ? ` (score ${Number(score).toFixed(3)})` : ""}`,
+      style: `left: ${nz > 1 ? (index / (nz - 1)) * 100 : 50}%`,
+      onclick: () => { setPlane("axial"); setSlice(index); },
+    });
+    marks.append(mark);
+  }
+  root.dataset.flagged = String(flaggedSet.size);
+}
+
+function findKey(object, key, depth = 0) {
+  if (!object || typeof object !== "object" || depth > 3) return undefined;
+  if (key in object && typeof object[key] !== "object") return object[key];
+  for (const value of Object.values(object)) {
+    const found = findKey(value, key, depth + 1);
+    if (found !== undefined) return found;
+  }
+  return undefined;
+}
+
+function renderProvenance(job) {
+  const prov = job.provenance || {};
+  const list = $("prov-list");
+  const timings = Object.entries(job.timings_s || {})
+    .map(([k, v]) => `${k} ${Number(v).toFixed(2)} s`).join(", ");
+  const metrics = job.metrics || {};
+  const rows = [
+    ["Model", `${job.model.name}`],
+    ["Version", job.model.version],
+    ["Weights", el("span", { class: "mono", title: job.model.weights_sha256 }, job.model.weights_sha256.slice(0, 12))],
+    ["Params", el("span", { class: "mono small" }, JSON.stringify(job.params))],
+    ["Device", findKey(prov, "device") ?? "—"],
+    ["Precision", findKey(prov, "precision") ?? job.params.precision ?? "—"],
+    ["Timings", timings || "—"],
+    ["Worker", job.worker || "—"],
+    ["Code", (findKey(prov, "git_commit") || "—").toString().slice(0, 12)],
+    ["Noise SD", metrics.noise_sd_before !== undefined
+      ? `${fmt(metrics.noise_sd_before)} → ${fmt(metrics.noise_sd_after)}${unit}` : "—"],
+    ["Flagged", `${(metrics.flagged_slices || []).length} slice(s)`],
+  ];
+  if ((job.warnings || []).length) rows.push(["Warnings", el("span", { class: "warn" }, job.warnings.join("; "))]);
+  list.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+  $("prov-json").textContent = JSON.stringify(prov, null, 2);
+  $("audit-link").href = `${root.dataset.auditUrl}?target_type=denoisejob&target_id=${job.id}`;
+}
+
+function renderReviews(job) {
+  $("reviews").replaceChildren(...job.reviews.map((r) => el("li", {},
+    el("span", { class: `badge verdict-${r.verdict}` }, r.verdict.replace("_", " ")),
+    ` ${r.reviewer} · α ${r.strength.toFixed(2)} · ${new Date(r.created_at).toLocaleString()}`,
+    r.comment ? el("div", { class: "small" }, r.comment) : null)));
+}
+
+async function submitVerdict(event) {
+  event.preventDefault();
+  const form = event.target;
+  const message = $("verdict-message");
+  const verdict = form.elements.verdict.value;
+  if (!verdict) { message.textContent = "Choose accept, reject or needs review."; message.className = "small error"; return; }
+  try {
+    const review = await api(`/jobs/${jobId}/review`, {
+      method: "POST", body: { verdict, comment: form.elements.comment.value, strength: state.alpha },
+    });
+    message.textContent = `Recorded: ${review.verdict.replace("_", " ")} by ${review.reviewer} at α ${review.strength.toFixed(2)}.`;
+    message.className = "small ok";
+    form.elements.comment.value = "";
+    const job = await api(`/jobs/${jobId}`);
+    renderReviews(job);
+  } catch (error) {
+    message.textContent = error.message;
+    message.className = "small error";
+  }
+}
+
+// ---------------------------------------------------------------- loading
+
+function slabOrder(nz, start, per) {
+  const slabs = [];
+  for (let z0 = 0; z0 < nz; z0 += per) slabs.push([z0, Math.min(nz, z0 + per)]);
+  const first = Math.floor(start / per);
+  const order = [first];
+  for (let k = 1; order.length < slabs.length; k++) {
+    if (first + k < slabs.length) order.push(first + k);
+    if (first - k >= 0) order.push(first - k);
+  }
+  return order.map((i) => slabs[i]);
+}
+
+async function fetchSlab(url, target, z0, z1, planeVoxels) {
+  const response = await fetch(`${url}?z0=${z0}&z1=${z1}`, { credentials: "same-origin" });
+  if (!response.ok) throw new Error(`${url}: ${response.status}`);
+  const buffer = await response.arrayBuffer();
+  const scale = Number(response.headers.get("X-Volume-Scale"));
+  const offset = Number(response.headers.get("X-Volume-Offset"));
+  if (!target.data) {
+    target.scale = scale;
+    target.offset = offset;
+    target.data = new Int16Array(vol.shape[0] * planeVoxels);
+  }
+  target.data.set(new Int16Array(buffer), z0 * planeVoxels);
+}
+
+async function loadVolumes(job) {
+  const [nz, ny, nx] = vol.shape;
+  const planeVoxels = ny * nx;
+  const per = Math.max(1, Math.floor(SLAB_BYTES / (planeVoxels * 2)));
+  vol.loaded = new Uint8Array(nz);
+  vol.orig = { data: null, scale: 1, offset: 0 };
+  vol.den = { data: null, scale: 1, offset: 0 };
+  vol.res = { data: null, scale: 1, offset: 0 };
+  const sources = [
+    [`/api/series/${seriesId}/volume`, vol.orig],
+    [`/api/jobs/${job.id}/volume/reconstruction`, vol.den],
+    [`/api/jobs/${job.id}/volume/residual`, vol.res],
+  ];
+  const queue = slabOrder(nz, state.index.axial, per).flatMap(([z0, z1]) => sources.map((s) => [s, z0, z1]));
+  const total = queue.length;
+  let done = 0;
+  let lutsBuilt = false;
+  const worker = async () => {
+    while (queue.length) {
+      const [[url, target], z0, z1] = queue.shift();
+      await fetchSlab(url, target, z0, z1, planeVoxels);
+      for (let z = z0; z < z1; z++) vol.loaded[z] += 1;
+      done += 1;
+      $("load-label").textContent = done < total ? `loading ${Math.round((done / total) * 100)}%` : "";
+      if (!lutsBuilt && vol.orig.data && vol.res.data && vol.den.data) {
+        lutsBuilt = true;
+        initialWindows();
+      }
+      if (z0 <= state.index.axial && state.index.axial < z1) { updateRoiStats(); scheduleRender(); }
+    }
+  };
+  await Promise.all([worker(), worker(), worker(), worker()]);
+  vol.complete = true;
+  for (const b of document.querySelectorAll("[data-plane]")) b.disabled = b.dataset.plane !== "axial" && !reformatsAvailable();
+  root.dataset.loaded = "1";
+  viewerApi.ready = true;
+  scheduleRender();
+}
+
+function initialWindows() {
+  const r = extract(vol.res, "axial", state.index.axial);
+  let sq = 0;
+  for (let i = 0; i < r.length; i++) { const v = vol.res.scale * r[i]; sq += v * v; }
+  state.residualWindow = Math.max(3 * Math.sqrt(sq / Math.max(r.length, 1)), vol.res.scale * 10, 1e-3);
+  $("colorbar").querySelector(".cb-max").textContent = `+${fmt(state.residualWindow)}${unit}`;
+  $("colorbar").querySelector(".cb-min").textContent = `−${fmt(state.residualWindow)}${unit}`;
+  if (modality === "CT") applyPreset("soft");
+  else applyPreset("auto");
+}
+
+async function start() {
+  bindControls();
+  setMode("side");
+  setTool("wl");
+  for (const b of document.querySelectorAll("[data-plane]")) b.disabled = b.dataset.plane !== "axial";
+  let job = await api(`/jobs/${jobId}`);
+  while (["queued", "running"].includes(job.status)) {
+    $("load-label").textContent = `job ${job.status} ${Math.round(job.progress * 100)}%`;
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    job = await api(`/jobs/${jobId}`);
+  }
+  viewerApi.job = job;
+  renderProvenance(job);
+  renderReviews(job);
+  if (job.status !== "succeeded") {
+    $("load-label").textContent = `job ${job.status}: ${job.error || "no outputs to compare"}`;
+    return;
+  }
+  const series = await api(`/series/${seriesId}`);
+  vol.shape = series.shape;
+  vol.spacing = series.spacing;
+  state.index.axial = Math.floor(vol.shape[0] / 2);
+  state.index.coronal = Math.floor(vol.shape[1] / 2);
+  state.index.sagittal = Math.floor(vol.shape[2] / 2);
+  renderFlags(job.metrics || {});
+  resizeCanvases();
+  await loadVolumes(job);
+}
+
+start().catch((error) => {
+  $("load-label").textContent = `Could not load: ${error.message}`;
+  root.dataset.error = error.message;
+});

@@ -1,0 +1,122 @@
+"""Debian's headless Chromium (never a downloaded one) against the live_server."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "e2e"
+
+
+@pytest.fixture
+def browser_page(monkeypatch):
+    """A 1280×800 page; any console error or uncaught exception fails the test."""
+    require(
+        Path(CHROMIUM).exists(), f"{CHROMIUM} is missing (apt-get install chromium)"
+    )
+    # Playwright's sync API runs an event loop in this thread; the test still reads the
+    # database directly (the ORM refuses that inside a loop unless told it is safe).
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    monkeypatch.setenv("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    errors: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS
+        )
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        page = context.new_page()
+        page.on(
+            "console",
+            lambda msg: (
+                errors.append(f"console: {msg.text} @ {msg.location}")
+                if msg.type == "error"
+                else None
+            ),
+        )
+        page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+        page.set_default_timeout(20_000)
+        page.console_errors = errors
+        try:
+            yield page
+        finally:
+            context.close()
+            browser.close()
+    assert not errors, "JavaScript console errors:\n" + "\n".join(errors)
+
+
+@pytest.fixture
+def shot(browser_page):
+    """Save a full-page screenshot under test-artifacts/e2e/NN-name.png."""
+    counter = iter(range(1, 100))
+
+    def take(name: str) -> Path:
+        path = ARTIFACTS / f"{next(counter):02d}-{name}.png"
+        browser_page.screenshot(path=str(path))
+        return path
+
+    return take
+
+
+@pytest.fixture
+def in_process_worker(live_server):
+    """Plays the Celery worker inside the test process.
+
+    The live server's in-memory SQLite database cannot be reached from a separate
+    worker process, so this thread claims queued jobs and runs them through the same
+    service the Celery task calls (``denoise_job_run``) on the live server's shared
+    connection. Real worker processes are covered by tests/integration. Messages the
+    request publishes go to an in-memory broker that nothing else reads.
+    """
+    from django.db import connections
+
+    from radiology.celery import app
+    from radiology.models import DenoiseJob
+    from radiology.services.jobs import denoise_job_run
+
+    previous_broker = app.conf.broker_url
+    app.conf.broker_url = "memory://"
+    shared = connections["default"]
+    shared.inc_thread_sharing()
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def loop() -> None:
+        connections["default"] = shared
+        while not stop.is_set():
+            try:
+                queued = list(
+                    DenoiseJob.objects.filter(
+                        status=DenoiseJob.Status.QUEUED
+                    ).values_list("pk", flat=True)
+                )
+                for pk in queued:
+                    denoise_job_run(job_id=pk, worker="e2e-in-process")
+            except BaseException as exc:  # surfaced by the test, not lost in the thread
+                failures.append(exc)
+                return
+            stop.wait(0.3)
+
+    thread = threading.Thread(target=loop, name="e2e-worker", daemon=True)
+    thread.start()
+    try:
+        yield failures
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        shared.dec_thread_sharing()
+        app.conf.broker_url = previous_broker

@@ -1,0 +1,185 @@
+"""A reviewer in a real browser: upload, progress, compare, ROI, verdict, audit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import inference
+from inference.networks import build_network
+from radiology.dicomio.synthetic import phantom_volume, write_series
+from radiology.models import DenoiseJob, Review, Series
+from radiology.storage import load_array
+from tests.inference.inference_fixtures import REDCNN, metadata
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+SHAPE = (12, 96, 96)
+
+
+@pytest.fixture
+def models_root(settings, tmp_path):
+    """A tiny real bundle whose output differs a little from its input."""
+    network = build_network(REDCNN)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in network.decoder[-1].parameters():
+            parameter.mul_(0.02)
+    root = tmp_path / "models"
+    inference.write_bundle(
+        root / "tiny",
+        metadata=metadata("tiny", "1.0.0"),
+        state_dict=network,
+        model_card="# tiny\n\nUntrained test bundle.\n",
+    )
+    (root / "DEFAULT").write_text("tiny\n")
+    settings.MODELS_ROOT = root
+    settings.DENOISE_DEFAULT_MODEL = ""
+    inference.clear_cache()
+    return root
+
+
+@pytest.fixture
+def dicom_files(tmp_path):
+    return write_series(
+        tmp_path / "dicom",
+        phantom_volume(SHAPE, seed=11),
+        spacing_mm=(2.5, 0.8, 0.8),
+        modality="CT",
+        patient_id="E2E-1",
+        description="E2E chest",
+    )
+
+
+def test_reviewer_uploads_compares_measures_and_records_a_verdict(
+    live_server, alice, models_root, dicom_files, in_process_worker, browser_page, shot
+):
+    page = browser_page
+    base = live_server.url
+
+    page.goto(f"{base}/")
+    page.fill("#id_username", "alice")
+    page.fill("#id_password", "review-pass-123")
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/")
+    shot("studies-empty")
+
+    page.goto(f"{base}/upload/")
+    page.set_input_files("#file-input", [str(p) for p in dicom_files])
+    page.wait_for_selector(".series-created li .badge")
+    assert page.locator("tr.file.accepted").count() == len(dicom_files)
+    shot("upload-done")
+
+    page.goto(f"{base}/")
+    row = page.locator("#studies tr[data-series-id]").first
+    row.wait_for()
+    shot("studies-progress")
+    compare = page.locator("#studies tr[data-status=succeeded] a:has-text('Compare')")
+    for _ in range(120):
+        assert not in_process_worker, in_process_worker
+        if compare.count():
+            break
+        page.wait_for_timeout(500)
+    shot("studies-succeeded")
+    page.click("#studies tr[data-status=succeeded] a:has-text('Compare')")
+
+    page.wait_for_selector("#viewer[data-loaded='1']")
+    page.wait_for_function("window.viewer.stats.frames > 0")
+    series = Series.objects.get(description="E2E chest")
+    job = DenoiseJob.objects.get(series=series)
+    assert job.status == DenoiseJob.Status.SUCCEEDED
+    shot("viewer-side-by-side")
+
+    page.locator(".pane[data-pane=original] canvas").hover()
+    assert "HU" in page.locator(".pane[data-pane=original] .readout").inner_text()
+    assert "HU" in page.locator(".pane[data-pane=residual] .readout").inner_text()
+
+    page.click("[data-preset=lung]")
+    assert page.evaluate("[window.viewer.state.ww, window.viewer.state.wc]") == [
+        1500,
+        -600,
+    ]
+    shot("viewer-lung-preset")
+    page.click("[data-preset=soft]")
+
+    page.click("[data-mode=swipe]")
+    page.eval_on_selector(
+        "#swipe", "el => { el.value = '0.3'; el.dispatchEvent(new Event('input')); }"
+    )
+    assert page.evaluate("window.viewer.state.swipe") == pytest.approx(0.3)
+    shot("viewer-swipe")
+
+    page.click("[data-mode=flicker]")
+    before = page.get_attribute("#viewer", "data-flicker")
+    page.keyboard.press("f")
+    assert page.get_attribute("#viewer", "data-flicker") != before
+    shot("viewer-flicker")
+
+    page.click("[data-mode=overlay]")
+    assert page.locator("#colorbar").is_visible()
+    shot("viewer-overlay")
+
+    page.click("[data-mode=side]")
+    page.keyboard.press("c")
+    page.wait_for_function("window.viewer.state.plane === 'coronal'")
+    shot("viewer-coronal")
+    page.keyboard.press("z")
+
+    page.keyboard.press("r")
+    box = page.locator(".pane[data-pane=original] canvas").bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.35, box["y"] + box["height"] * 0.40)
+    page.mouse.down()
+    page.mouse.move(
+        box["x"] + box["width"] * 0.60, box["y"] + box["height"] * 0.62, steps=5
+    )
+    page.mouse.up()
+    page.wait_for_selector("#roi-stats:not([hidden])")
+    roi = page.evaluate("window.viewer.roiStats")
+    shot("viewer-roi")
+    assert roi["plane"] == "axial" and roi["kind"] == "rect" and roi["n"] > 50
+    z, rows, cols = (
+        roi["index"],
+        slice(roi["r0"], roi["r1"]),
+        slice(roi["c0"], roi["c1"]),
+    )
+    original = np.asarray(
+        load_array(series.volume_file)[z, rows, cols], dtype=np.float64
+    )
+    denoised = np.asarray(
+        load_array(job.reconstruction_file)[z, rows, cols], dtype=np.float64
+    )
+    assert original.size == roi["n"]
+    assert roi["origMean"] == pytest.approx(original.mean(), abs=0.05)
+    assert roi["origSd"] == pytest.approx(original.std(), abs=0.05)
+    assert roi["denMean"] == pytest.approx(denoised.mean(), abs=0.05)
+    assert roi["denSd"] == pytest.approx(denoised.std(), abs=0.05)
+    assert roi["sdRatio"] == pytest.approx(denoised.std() / original.std(), abs=1e-3)
+    assert (
+        page.locator("[data-k=orig-mean]")
+        .inner_text()
+        .startswith(f"{original.mean():.1f}")
+    )
+
+    page.eval_on_selector(
+        "#alpha", "el => { el.value = '0.7'; el.dispatchEvent(new Event('input')); }"
+    )
+    page.check("input[name=verdict][value=accept]")
+    page.fill("textarea[name=comment]", "noise halved, edges kept")
+    page.click("#verdict-form button[type=submit]")
+    page.wait_for_selector("#verdict-message.ok")
+    shot("viewer-verdict")
+    review = Review.objects.get(job=job)
+    assert (review.verdict, review.strength, review.reviewer) == ("accept", 0.7, alice)
+
+    page.click("#audit-link")
+    page.wait_for_selector("#audit tr[data-action=review]")
+    assert (
+        "noise halved, edges kept"
+        in page.locator("#audit tr[data-action=review]").inner_text()
+    )
+    shot("audit")
+
+    page.goto(f"{base}/")
+    page.wait_for_selector("#studies .badge.verdict-accept")
+    shot("studies-verdict")

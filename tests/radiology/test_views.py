@@ -1,0 +1,179 @@
+"""Pages and the viewer's volume endpoints: login, rendering, int16, access."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import inference
+from radiology.dicomio.synthetic import phantom_volume, write_series
+from radiology.services.ingest import upload_ingest
+from radiology.services.jobs import denoise_job_request, denoise_job_run
+from radiology.storage import load_array
+from tests.inference.inference_fixtures import REDCNN, identity_weights, metadata
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def models_root(settings, tmp_path):
+    root = tmp_path / "models"
+    inference.write_bundle(
+        root / "tiny",
+        metadata=metadata("tiny", "1.0.0"),
+        state_dict=identity_weights(REDCNN),
+        model_card="# tiny\n\nIdentity test bundle.\n",
+    )
+    (root / "DEFAULT").write_text("tiny\n")
+    settings.MODELS_ROOT = root
+    settings.DENOISE_DEFAULT_MODEL = ""
+    inference.clear_cache()
+    return root
+
+
+@pytest.fixture
+def alice_series(alice, tmp_path):
+    write_series(
+        tmp_path / "s", phantom_volume((5, 40, 48), seed=3), spacing_mm=(2, 1, 1)
+    )
+    return upload_ingest(sources=[(tmp_path / "s", "s")], owner=alice).series[0]
+
+
+@pytest.fixture
+def alice_job(alice, alice_series, models_root):
+    job, _ = denoise_job_request(series=alice_series, requested_by=alice)
+    return denoise_job_run(job_id=job.pk, worker="test")
+
+
+def as_user(client, user):
+    client.force_login(user)
+    return client
+
+
+def decode(response) -> np.ndarray:
+    shape = [int(s) for s in response["X-Volume-Shape"].split(",")]
+    z0, z1 = (int(v) for v in response["X-Slice-Range"].split(","))
+    q = np.frombuffer(response.content, dtype="<i2").reshape(z1 - z0, *shape[1:])
+    return float(response["X-Volume-Offset"]) + float(response["X-Volume-Scale"]) * q
+
+
+@pytest.mark.parametrize("path", ["/audit/", "/models/", "/jobs/1/compare/"])
+def test_new_pages_redirect_anonymous_users_to_login(client, path):
+    response = client.get(path)
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/login/")
+
+
+@pytest.mark.parametrize("path", ["/", "/upload/", "/audit/"])
+def test_pages_render_for_a_reviewer(client, alice, path):
+    response = as_user(client, alice).get(path)
+    assert response.status_code == 200
+    assert b'type="module"' in response.content
+
+
+def test_series_and_compare_pages_render_for_the_owner(client, alice, alice_job):
+    as_user(client, alice)
+    assert client.get(f"/series/{alice_job.series_id}/").status_code == 200
+    page = client.get(f"/jobs/{alice_job.pk}/compare/")
+    assert page.status_code == 200
+    assert f'data-job-id="{alice_job.pk}"'.encode() in page.content
+
+
+def test_model_registry_page_shows_the_model_card(client, alice, models_root):
+    page = as_user(client, alice).get("/models/")
+    assert b"tiny" in page.content and b"Identity test bundle." in page.content
+
+
+def test_series_volume_round_trips_through_int16(client, alice, alice_series):
+    response = as_user(client, alice).get(f"/api/series/{alice_series.pk}/volume")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/octet-stream"
+    original = load_array(alice_series.volume_file)
+    decoded = decode(response)
+    assert decoded.shape == original.shape
+    assert (
+        np.abs(decoded - original).max() <= float(response["X-Volume-Scale"]) / 2 + 1e-3
+    )
+
+
+def test_a_slab_of_slices_is_served_with_the_volume_quantisation(
+    client, alice, alice_series
+):
+    as_user(client, alice)
+    whole = client.get(f"/api/series/{alice_series.pk}/volume")
+    slab = client.get(f"/api/series/{alice_series.pk}/volume?z0=2&z1=4")
+    assert slab["X-Slice-Range"] == "2,4"
+    assert slab["X-Volume-Scale"] == whole["X-Volume-Scale"]
+    assert np.array_equal(decode(slab), decode(whole)[2:4])
+
+
+def test_slice_range_outside_the_volume_is_refused(client, alice, alice_series):
+    response = as_user(client, alice).get(
+        f"/api/series/{alice_series.pk}/volume?z0=3&z1=99"
+    )
+    assert response.status_code == 400
+
+
+@pytest.mark.parametrize(
+    "kind, field",
+    [("reconstruction", "reconstruction_file"), ("residual", "residual_file")],
+)
+def test_job_outputs_round_trip_through_int16(client, alice, alice_job, kind, field):
+    response = as_user(client, alice).get(f"/api/jobs/{alice_job.pk}/volume/{kind}")
+    assert response.status_code == 200
+    stored = load_array(getattr(alice_job, field))
+    assert (
+        np.abs(decode(response) - stored).max()
+        <= float(response["X-Volume-Scale"]) / 2 + 1e-3
+    )
+
+
+def test_reconstruction_shares_the_original_quantisation(client, alice, alice_job):
+    as_user(client, alice)
+    original = client.get(f"/api/series/{alice_job.series_id}/volume")
+    recon = client.get(f"/api/jobs/{alice_job.pk}/volume/reconstruction")
+    assert (recon["X-Volume-Scale"], recon["X-Volume-Offset"]) == (
+        original["X-Volume-Scale"],
+        original["X-Volume-Offset"],
+    )
+
+
+def test_unknown_output_kind_is_refused(client, alice, alice_job):
+    response = as_user(client, alice).get(f"/api/jobs/{alice_job.pk}/volume/weights")
+    assert response.status_code == 422
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/series/{series}/",
+        "/jobs/{job}/compare/",
+        "/api/series/{series}/volume",
+        "/api/series/{series}/volume?z0=0&z1=1",
+        "/api/jobs/{job}/volume/reconstruction",
+        "/api/jobs/{job}/volume/residual",
+    ],
+)
+def test_another_users_pages_and_volume_bytes_are_404(client, bob, alice_job, path):
+    url = path.format(series=alice_job.series_id, job=alice_job.pk)
+    response = as_user(client, bob).get(url)
+    assert response.status_code == 404
+    assert not response.content.startswith(b"\x93NUMPY")
+
+
+def test_another_users_audit_entries_are_not_listed(client, alice, bob, alice_job):
+    as_user(client, alice)
+    client.post(
+        f"/api/jobs/{alice_job.pk}/review",
+        {"verdict": "accept", "comment": "secret", "strength": 0.8},
+        content_type="application/json",
+    )
+    client.logout()
+    events = as_user(client, bob).get("/api/audit?limit=1000").json()
+    assert not any(
+        e["target_id"] == str(alice_job.pk) and e["target_type"] == "denoisejob"
+        for e in events
+    )
+    assert not any("secret" in str(e["extra_data"]) for e in events)
+    filtered = client.get(f"/api/audit?target_type=denoisejob&target_id={alice_job.pk}")
+    assert filtered.status_code == 200 and filtered.json() == []
