@@ -2,7 +2,16 @@
 
 from django.contrib import admin
 
-from .models import ApiToken, AuditEvent, DenoiseJob, Instance, Review, Series, Study, Upload
+from .models import (
+    ApiToken,
+    AuditEvent,
+    DenoiseJob,
+    Instance,
+    Review,
+    Series,
+    Study,
+    Upload,
+)
 
 
 @admin.register(Study)
@@ -14,7 +23,14 @@ class StudyAdmin(admin.ModelAdmin):
 
 @admin.register(Series)
 class SeriesAdmin(admin.ModelAdmin):
-    list_display = ["pk", "modality", "description", "study", "instance_count", "derived"]
+    list_display = [
+        "pk",
+        "modality",
+        "description",
+        "study",
+        "instance_count",
+        "derived",
+    ]
     list_filter = ["modality", "derived"]
     search_fields = ["series_instance_uid", "description"]
 
@@ -49,7 +65,14 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
 @admin.register(AuditEvent)
 class AuditEventAdmin(admin.ModelAdmin):
-    list_display = ["pk", "created_at", "actor_name", "action", "target_type", "target_id"]
+    list_display = [
+        "pk",
+        "created_at",
+        "actor_name",
+        "action",
+        "target_type",
+        "target_id",
+    ]
     list_filter = ["action"]
 
     def has_add_permission(self, request):

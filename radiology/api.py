@@ -26,7 +26,9 @@ from .services.reviews import review_submit
 class TokenAuth(HttpBearer):
     def authenticate(self, request: HttpRequest, token: str):
         digest = hashlib.sha256(token.encode()).hexdigest()
-        found = ApiToken.objects.select_related("user").filter(key_sha256=digest).first()
+        found = (
+            ApiToken.objects.select_related("user").filter(key_sha256=digest).first()
+        )
         if found is None or not found.user.is_active:
             return None
         request.user = found.user
@@ -123,8 +125,10 @@ def job_request_error(request, exc):
 def too_many_files(request, exc):
     return api.create_response(
         request,
-        {"detail": f"too many files in one request (limit {settings.UPLOAD_MAX_FILES}, "
-         "UPLOAD_MAX_FILES): send them in several uploads or as a zip"},
+        {
+            "detail": f"too many files in one request (limit {settings.UPLOAD_MAX_FILES}, "
+            "UPLOAD_MAX_FILES): send them in several uploads or as a zip"
+        },
         status=413,
     )
 
@@ -235,15 +239,18 @@ def review(request, job_id: int, payload: ReviewIn):
         comment=payload.comment,
         strength=payload.strength,
     )
-    return Status(201, {
-        "id": created.pk,
-        "job": job.pk,
-        "verdict": created.verdict,
-        "comment": created.comment,
-        "strength": created.strength,
-        "reviewer": request.user.get_username(),
-        "created_at": created.created_at,
-    })
+    return Status(
+        201,
+        {
+            "id": created.pk,
+            "job": job.pk,
+            "verdict": created.verdict,
+            "comment": created.comment,
+            "strength": created.strength,
+            "reviewer": request.user.get_username(),
+            "created_at": created.created_at,
+        },
+    )
 
 
 def audit_json(event: AuditEvent) -> dict:
@@ -306,3 +313,4 @@ def models(request):
 
 
 api.add_router("", "radiology.api_viewer.router")
+api.add_router("", "radiology.api_export.router")

@@ -106,7 +106,9 @@ def audit_record(
             prev_hash=head.last_hash,
             hash=digest,
         )
-        AuditChainHead.objects.filter(pk=1).update(last_hash=digest, count=head.count + 1)
+        AuditChainHead.objects.filter(pk=1).update(
+            last_hash=digest, count=head.count + 1
+        )
     return event
 
 

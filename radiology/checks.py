@@ -9,7 +9,9 @@ from django.core.checks import Error, Tags, Warning, register
 @register(Tags.compatibility)
 def check_time_limits(app_configs, **kwargs):
     errors = []
-    visibility = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout", 3600)
+    visibility = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get(
+        "visibility_timeout", 3600
+    )
     if visibility <= settings.DENOISE_HARD_TIME_LIMIT_S:
         errors.append(
             Error(

@@ -91,14 +91,20 @@ class Series(models.Model):
 
 
 class Instance(models.Model):
-    series = models.ForeignKey(Series, on_delete=models.PROTECT, related_name="instances")
+    series = models.ForeignKey(
+        Series, on_delete=models.PROTECT, related_name="instances"
+    )
     sop_instance_uid = models.CharField(max_length=64)
     sop_class_uid = models.CharField(max_length=64, blank=True)
     original_name = models.CharField(max_length=255)
-    file = models.CharField(max_length=255, help_text="storage name of the original bytes")
+    file = models.CharField(
+        max_length=255, help_text="storage name of the original bytes"
+    )
     sha256 = models.CharField(max_length=64)
     size_bytes = models.PositiveBigIntegerField()
-    slice_index = models.PositiveIntegerField(help_text="first slice of the volume it fills")
+    slice_index = models.PositiveIntegerField(
+        help_text="first slice of the volume it fills"
+    )
     frame_count = models.PositiveIntegerField(default=1)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -151,7 +157,9 @@ class DenoiseJob(models.Model):
     progress = models.FloatField(default=0.0)
     progress_message = models.CharField(max_length=200, blank=True)
     attempts = models.PositiveIntegerField(default=0)
-    claim = models.CharField(max_length=64, blank=True, help_text="token of the attempt")
+    claim = models.CharField(
+        max_length=64, blank=True, help_text="token of the attempt"
+    )
     worker = models.CharField(max_length=200, blank=True)
     error = models.TextField(blank=True)
     requested_by = models.ForeignKey(
@@ -199,11 +207,17 @@ class DenoiseJob(models.Model):
 class FixityIssue(models.Model):
     """A stored file that no longer hashes to what was recorded (or is missing)."""
 
-    series = models.ForeignKey(Series, on_delete=models.PROTECT, related_name="fixity_issues")
+    series = models.ForeignKey(
+        Series, on_delete=models.PROTECT, related_name="fixity_issues"
+    )
     file = models.CharField(max_length=255)
-    role = models.CharField(max_length=32, help_text="original, volume, reconstruction, residual")
+    role = models.CharField(
+        max_length=32, help_text="original, volume, reconstruction, residual"
+    )
     expected_sha256 = models.CharField(max_length=64)
-    actual_sha256 = models.CharField(max_length=64, blank=True, help_text="blank: missing")
+    actual_sha256 = models.CharField(
+        max_length=64, blank=True, help_text="blank: missing"
+    )
     detected_at = models.DateTimeField(auto_now_add=True)
     resolved_at = models.DateTimeField(null=True, blank=True)
 
@@ -220,7 +234,9 @@ class Review(models.Model):
         REJECT = "reject"
         NEEDS_REVIEW = "needs_review"
 
-    job = models.ForeignKey(DenoiseJob, on_delete=models.PROTECT, related_name="reviews")
+    job = models.ForeignKey(
+        DenoiseJob, on_delete=models.PROTECT, related_name="reviews"
+    )
     reviewer = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="reviews"
     )

@@ -24,7 +24,9 @@ def _denied(user, kind: str, pk) -> Http404:
 
 
 def series_for(user, pk: int) -> Series:
-    series = Series.objects.visible_to(user).select_related("study").filter(pk=pk).first()
+    series = (
+        Series.objects.visible_to(user).select_related("study").filter(pk=pk).first()
+    )
     if series is None:
         if Series.objects.filter(pk=pk).exists():
             raise _denied(user, "series", pk)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import io
-import time
 import os
 import tempfile
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -119,7 +119,9 @@ def store_array(name: str, array: np.ndarray) -> str:
 
 
 def load_array(name: str, mmap: bool = True) -> np.ndarray:
-    return np.load(media_path(name), mmap_mode="r" if mmap else None, allow_pickle=False)
+    return np.load(
+        media_path(name), mmap_mode="r" if mmap else None, allow_pickle=False
+    )
 
 
 def file_sha256(name: str) -> str:

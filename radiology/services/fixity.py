@@ -32,7 +32,12 @@ def _stored_files(series_qs):
         series__in=series_qs, status=DenoiseJob.Status.SUCCEEDED
     ).select_related("series")
     for job in jobs:
-        yield job.series, job.reconstruction_file, job.reconstruction_sha256, "reconstruction"
+        yield (
+            job.series,
+            job.reconstruction_file,
+            job.reconstruction_sha256,
+            "reconstruction",
+        )
         yield job.series, job.residual_file, job.residual_sha256, "residual"
 
 

@@ -13,7 +13,13 @@ from django.contrib.auth.models import Group
 from django.db import transaction
 
 from ..audit import audit_record
-from ..dicomio import DicomRejected, Limits, assemble_series, iter_members, read_instance
+from ..dicomio import (
+    DicomRejected,
+    Limits,
+    assemble_series,
+    iter_members,
+    read_instance,
+)
 from ..models import AuditEvent, Instance, Series, Study, Upload
 from ..storage import BatchWriter, generated_name, media_path
 
@@ -287,8 +293,7 @@ def _merge_with_stored(existing: Series, volume, raw_by_sop, limits, rejections)
     combined.extend(
         raw_by_sop[ref.sop_instance_uid][0]
         for ref in volume.slices
-        if ref.sop_instance_uid not in stored_uids
-        and ref.frame_index == 0
+        if ref.sop_instance_uid not in stored_uids and ref.frame_index == 0
     )
     assembly = assemble_series(combined)
     rejections.extend({"name": n, "reason": r} for n, r in assembly.rejections)

@@ -168,8 +168,13 @@ def _claim(job_id: int, worker: str) -> str | None:
         job.progress = 0.0
         job.save(
             update_fields=[
-                "status", "claim", "worker", "attempts", "started_at",
-                "heartbeat_at", "progress",
+                "status",
+                "claim",
+                "worker",
+                "attempts",
+                "started_at",
+                "heartbeat_at",
+                "progress",
             ]
         )
         audit_record(
@@ -291,7 +296,9 @@ def _run_claimed(job: DenoiseJob, token: str) -> DenoiseJob:
     provenance.update(
         {
             "job": job.pk,
-            "requested_by": job.requested_by.get_username() if job.requested_by else None,
+            "requested_by": job.requested_by.get_username()
+            if job.requested_by
+            else None,
             "worker": job.worker,
             "attempt": job.attempts,
             "input_volume_sha256": job.input_sha256,
@@ -353,10 +360,14 @@ def _store_output(name: str, array) -> str:
 def _release_for_retry(job: DenoiseJob, token: str, reason: str) -> None:
     try:
         DenoiseJob.objects.filter(pk=job.pk, claim=token).update(
-            status=DenoiseJob.Status.QUEUED, claim="", error=f"retrying: {reason}"[:2000]
+            status=DenoiseJob.Status.QUEUED,
+            claim="",
+            error=f"retrying: {reason}"[:2000],
         )
     except OperationalError:
-        logger.warning("job %s: could not release for retry; the reconciler will", job.pk)
+        logger.warning(
+            "job %s: could not release for retry; the reconciler will", job.pk
+        )
 
 
 def denoise_job_fail(*, job_id: int, reason: str, token: str | None = None) -> None:
@@ -386,7 +397,9 @@ def denoise_job_cancel(*, job: DenoiseJob, actor) -> DenoiseJob:
     with transaction.atomic():
         if DenoiseJob.objects.filter(
             pk=job.pk, status__in=[DenoiseJob.Status.QUEUED, DenoiseJob.Status.RUNNING]
-        ).update(status=DenoiseJob.Status.CANCELLED, claim="", finished_at=timezone.now()):
+        ).update(
+            status=DenoiseJob.Status.CANCELLED, claim="", finished_at=timezone.now()
+        ):
             audit_record(
                 action=AuditEvent.Action.JOB_CANCELLED,
                 actor=actor,

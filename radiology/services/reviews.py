@@ -36,7 +36,11 @@ def review_submit(
         raise JobRequestError(f"review: strength must be within 0..1, got {strength}")
     with transaction.atomic():
         review = Review.objects.create(
-            job=job, reviewer=reviewer, verdict=verdict, comment=comment, strength=strength
+            job=job,
+            reviewer=reviewer,
+            verdict=verdict,
+            comment=comment,
+            strength=strength,
         )
         audit_record(
             action=AuditEvent.Action.REVIEW,

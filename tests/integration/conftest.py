@@ -40,7 +40,9 @@ def real_services():
         "PostgreSQL is not reachable",
     )
     broker = urlparse(settings.CELERY_BROKER_URL)
-    require(broker.scheme == "redis", "integration tests need CELERY_BROKER_URL=redis://...")
+    require(
+        broker.scheme == "redis", "integration tests need CELERY_BROKER_URL=redis://..."
+    )
     require(_reachable(broker.hostname, broker.port or 6379), "Redis is not reachable")
     require(
         any(settings.MODELS_ROOT.glob("*/configs/metadata.json")),
@@ -70,9 +72,22 @@ class Workers:
         log = open(self.log_dir / f"{name}.log", "ab")
         proc = subprocess.Popen(
             [
-                sys.executable, "-m", "celery", "-A", "radiology", "worker",
-                "-Q", "gpu,default", "--concurrency", "1", "-n", f"{name}@%h",
-                "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "radiology",
+                "worker",
+                "-Q",
+                "gpu,default",
+                "--concurrency",
+                "1",
+                "-n",
+                f"{name}@%h",
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
             ],
             cwd=REPO,
             env={**self.env, **extra_env},

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,16 +49,30 @@ def test_ingest_denoise_succeeds_with_full_provenance(alice, workers, tmp_path):
     np.testing.assert_allclose(recon + residual, original, atol=1e-3)
     prov = job.provenance
     for key in (
-        "model_name", "model_version", "weights_sha256", "torch_version",
-        "monai_version", "numpy_version", "device", "precision", "input_sha256",
-        "output_sha256", "host", "started_at", "finished_at", "requested_by", "worker",
+        "model_name",
+        "model_version",
+        "weights_sha256",
+        "torch_version",
+        "monai_version",
+        "numpy_version",
+        "device",
+        "precision",
+        "input_sha256",
+        "output_sha256",
+        "host",
+        "started_at",
+        "finished_at",
+        "requested_by",
+        "worker",
     ):
         assert prov.get(key) not in (None, ""), f"provenance lacks {key}"
     assert prov["weights_sha256"] == job.weights_sha256
     assert prov["requested_by"] == "alice"
     assert job.worker.startswith("w1@")
     actions = list(
-        AuditEvent.objects.filter(target_id=str(job.pk)).values_list("action", flat=True)
+        AuditEvent.objects.filter(target_id=str(job.pk)).values_list(
+            "action", flat=True
+        )
     )
     assert actions == ["job.requested", "job.started", "job.succeeded"]
     assert audit_verify().ok
@@ -99,10 +112,15 @@ def test_sigkill_mid_job_then_restart_completes_exactly_once(alice, workers, tmp
     assert done.attempts == 2
     recon_name, residual_name = output_names(done)
     folder = media_path(recon_name).parent
-    assert sorted(p.name for p in folder.iterdir()) == ["reconstruction.npy", "residual.npy"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "reconstruction.npy",
+        "residual.npy",
+    ]
     assert done.reconstruction_file == recon_name
     events = list(
-        AuditEvent.objects.filter(target_id=str(job.pk)).values_list("action", flat=True)
+        AuditEvent.objects.filter(target_id=str(job.pk)).values_list(
+            "action", flat=True
+        )
     )
     assert events.count("job.succeeded") == 1
     assert "job.requeued" in events
@@ -125,7 +143,9 @@ def test_concurrent_audit_writers_keep_one_chain(workers, tmp_path):
     script.write_text(WRITER)
     procs = [
         subprocess.Popen(
-            [sys.executable, str(script), "150", f"writer-{n}"], cwd=REPO, env=workers.env
+            [sys.executable, str(script), "150", f"writer-{n}"],
+            cwd=REPO,
+            env=workers.env,
         )
         for n in range(3)
     ]
@@ -134,4 +154,6 @@ def test_concurrent_audit_writers_keep_one_chain(workers, tmp_path):
     assert result.ok, result
     assert result.count == 450
     hashes = list(AuditEvent.objects.values_list("prev_hash", flat=True))
-    assert len(set(hashes)) == len(hashes), "two events share a parent: the chain forked"
+    assert len(set(hashes)) == len(hashes), (
+        "two events share a parent: the chain forked"
+    )

@@ -9,8 +9,8 @@ import pytest
 from django.core.management import call_command
 
 import inference
-from radiology.celery import app
 from radiology.audit import audit_verify
+from radiology.celery import app
 from radiology.dicomio.synthetic import phantom_volume, write_series
 from radiology.models import AuditEvent, DenoiseJob
 from radiology.services.ingest import upload_ingest
@@ -179,6 +179,9 @@ def test_denoise_command_wait_json(alice, series, models_root, capsys):
 def test_models_command_lists_bundles(models_root, capsys):
     call_command("models", "--json")
     rows = json.loads(capsys.readouterr().out)
-    assert {(r["name"], r["version"]) for r in rows} == {("tiny", "1.0.0"), ("tiny", "1.1.0")}
+    assert {(r["name"], r["version"]) for r in rows} == {
+        ("tiny", "1.0.0"),
+        ("tiny", "1.1.0"),
+    }
     assert all(len(r["sha256"]) == 64 for r in rows)
     assert sum(r["default"] for r in rows) >= 1

@@ -22,7 +22,9 @@ class Command(BaseCommand):
         parser.add_argument("--password-stdin", action="store_true", required=True)
         parser.add_argument("--group", default="radiology", help="department group")
         parser.add_argument("--staff", action="store_true", help="may use the admin")
-        parser.add_argument("--token", action="store_true", help="print a new API token")
+        parser.add_argument(
+            "--token", action="store_true", help="print a new API token"
+        )
 
     def handle(self, *args, **options):
         password = sys.stdin.readline().rstrip("\n")

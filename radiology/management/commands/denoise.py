@@ -18,15 +18,19 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("series_id", type=int)
-        parser.add_argument("--model", help="NAME[:VERSION], default: the default model")
+        parser.add_argument(
+            "--model", help="NAME[:VERSION], default: the default model"
+        )
         parser.add_argument("--wait", action="store_true")
         parser.add_argument("--timeout", type=float, default=3600.0, help="seconds")
         parser.add_argument("--json", action="store_true")
 
     def handle(self, *args, **options):
-        series = Series.objects.select_related("study__owner").filter(
-            pk=options["series_id"]
-        ).first()
+        series = (
+            Series.objects.select_related("study__owner")
+            .filter(pk=options["series_id"])
+            .first()
+        )
         if series is None:
             raise CommandError(f"denoise: no series {options['series_id']}")
         try:
@@ -40,7 +44,9 @@ class Command(BaseCommand):
         if options["wait"]:
             job = self._wait(job, options["timeout"], verbose=not options["json"])
         if options["json"]:
-            self.stdout.write(json.dumps(job_json(job), cls=DjangoJSONEncoder, indent=2))
+            self.stdout.write(
+                json.dumps(job_json(job), cls=DjangoJSONEncoder, indent=2)
+            )
         if job.status == DenoiseJob.Status.FAILED:
             raise CommandError(f"denoise: job {job.pk} failed: {job.error}")
 
@@ -49,10 +55,14 @@ class Command(BaseCommand):
         shown = -1.0
         while not job.is_finished:
             if time.monotonic() > deadline:
-                raise CommandError(f"denoise: job {job.pk} still {job.status} after {timeout} s")
+                raise CommandError(
+                    f"denoise: job {job.pk} still {job.status} after {timeout} s"
+                )
             time.sleep(0.5)
             job.refresh_from_db()
             if verbose and job.progress - shown >= 0.1:
                 shown = job.progress
-                self.stdout.write(f"  {job.status} {job.progress:.0%} {job.progress_message}")
+                self.stdout.write(
+                    f"  {job.status} {job.progress:.0%} {job.progress_message}"
+                )
         return job

@@ -37,7 +37,9 @@ class Command(BaseCommand):
                     f"({series['instances']} instances)"
                 )
             for rejection in data["rejected"]:
-                self.stderr.write(f"rejected {rejection['name']}: {rejection['reason']}")
+                self.stderr.write(
+                    f"rejected {rejection['name']}: {rejection['reason']}"
+                )
         if not data["series"]:
             raise CommandError(
                 f"ingest: nothing ingested ({len(data['rejected'])} file(s) rejected)"
@@ -50,9 +52,10 @@ class Command(BaseCommand):
             if user is None:
                 raise CommandError(f"ingest: no user {username!r}")
             return user
-        user = users.filter(is_superuser=True).order_by("pk").first() or users.order_by(
-            "pk"
-        ).first()
+        user = (
+            users.filter(is_superuser=True).order_by("pk").first()
+            or users.order_by("pk").first()
+        )
         if user is None:
             raise CommandError("ingest: no users exist; create one or pass --owner")
         return user

@@ -19,7 +19,9 @@ DEMO_SHAPE = (48, 256, 256)
 
 
 class Command(BaseCommand):
-    help = "Create the demo reviewer (demo / demo-review-2026) and ingest a sample scan."
+    help = (
+        "Create the demo reviewer (demo / demo-review-2026) and ingest a sample scan."
+    )
 
     def handle(self, *args, **options):
         user, created = get_user_model().objects.get_or_create(username=DEMO_USER)
@@ -40,7 +42,9 @@ class Command(BaseCommand):
                     patient_id="DEMO-0001",
                 )
                 report = upload_ingest(sources=[(Path(tmp), "demo-scan")], owner=user)
-            self.stdout.write(f"ingested sample scan: series {[s.pk for s in report.series]}")
+            self.stdout.write(
+                f"ingested sample scan: series {[s.pk for s in report.series]}"
+            )
         self.stdout.write(
             self.style.SUCCESS(
                 f"demo reviewer: username {DEMO_USER!r}, password {DEMO_PASSWORD!r}"

@@ -12,20 +12,37 @@ from django.core.management.base import BaseCommand
 
 
 class Command(BaseCommand):
-    help = "Start the development web server and one Celery worker (with the reconciler)."
+    help = (
+        "Start the development web server and one Celery worker (with the reconciler)."
+    )
 
     def add_arguments(self, parser):
-        parser.add_argument("--addr", default=os.environ.get("RUN_ADDR", "127.0.0.1:8000"))
+        parser.add_argument(
+            "--addr", default=os.environ.get("RUN_ADDR", "127.0.0.1:8000")
+        )
 
     def handle(self, *args, **options):
         var = settings.VAR_DIR
         var.mkdir(parents=True, exist_ok=True)
         worker = subprocess.Popen(
             [
-                sys.executable, "-m", "celery", "-A", "radiology", "worker",
-                "-Q", "gpu,default", "--concurrency", "1", "-n", "local@%h",
-                "--beat", "--schedule", str(var / "celerybeat-schedule"),
-                "--loglevel", "INFO",
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "radiology",
+                "worker",
+                "-Q",
+                "gpu,default",
+                "--concurrency",
+                "1",
+                "-n",
+                "local@%h",
+                "--beat",
+                "--schedule",
+                str(var / "celerybeat-schedule"),
+                "--loglevel",
+                "INFO",
             ],
             start_new_session=True,
         )
@@ -35,7 +52,13 @@ class Command(BaseCommand):
         )
         try:
             subprocess.call(
-                [sys.executable, "manage.py", "runserver", "--noreload", options["addr"]]
+                [
+                    sys.executable,
+                    "manage.py",
+                    "runserver",
+                    "--noreload",
+                    options["addr"],
+                ]
             )
         except KeyboardInterrupt:
             pass
