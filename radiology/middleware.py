@@ -22,6 +22,7 @@ class LoginRequiredMiddleware:
             or path.startswith(static)
             or path.startswith("/admin/")  # the admin has its own login
             or path.startswith("/api/")  # the API answers 401 itself (token or session)
+            or path.startswith("/dicomweb/")  # DICOMweb answers 401 itself
         ):
             return self.get_response(request)
         return redirect_to_login(request.get_full_path())

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import os
 
+import hypothesis  # noqa: F401  (see below)
 import pytest
+
+# Imported up front, in the main thread: hypothesis' pytest plugin otherwise imports it
+# at the end of the session, and CPython 3.11.7's parser can then fail with "AST
+# constructor recursion depth mismatch" after live-server threads have compiled code.
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 

@@ -1,0 +1,486 @@
+"""Build derived (denoised, residual) DICOM series from source headers and a volume.
+
+Every UID this module makes starts with :data:`UID_ROOT`, a UUID-derived root
+(``2.25.<UUID as integer>``, PS3.5 B.2, no registration needed) that belongs to
+this application. UIDs are hashed from the output's checksum and the source
+UIDs, so exporting the same result twice yields the same series, and a new model
+version or new output always yields new UIDs.
+
+Only classic single-frame sources (one instance per slice, e.g. CT Image Storage)
+are converted; enhanced multi-frame sources are refused with
+:class:`DerivedSeriesError` rather than written with half-right functional groups.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+from pydicom import dcmwrite
+from pydicom.datadict import keyword_for_tag
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from .errors import DicomIOError
+
+__all__ = [
+    "DENOISED",
+    "RESIDUAL",
+    "UID_ROOT",
+    "DerivedSeriesError",
+    "Provenance",
+    "build_derived_series",
+    "deidentify_series",
+    "device_uid",
+    "to_bytes",
+]
+
+#: Root of every UID this application creates (series, instance, device, ...).
+UID_ROOT = "2.25.245668327531281547092205570673594397792."
+IMPLEMENTATION_CLASS_UID = UID_ROOT + "1"
+IMPLEMENTATION_VERSION_NAME = "RADIOLOGY_DN_1"
+MANUFACTURER = "radiology-denoise"
+
+DENOISED = "denoised"
+RESIDUAL = "residual"
+
+# (code value, scheme, meaning). CID 7203 has no "noise reduction" concept; smoothing
+# is the nearest, and DerivationDescription says exactly what was done.
+_DERIVATION_CODES = {
+    DENOISED: ("113087", "DCM", "Smoothing"),
+    RESIDUAL: ("113062", "DCM", "Pixel by pixel subtraction"),
+}
+_SOURCE_IMAGE_PURPOSE = ("121322", "DCM", "Source image for image processing operation")
+_PROCESSING_EQUIPMENT = ("109102", "DCM", "Processing Equipment")
+_DEIDENTIFYING_EQUIPMENT = ("109104", "DCM", "De-identifying Equipment")
+_BASIC_PROFILE = ("113100", "DCM", "Basic Application Confidentiality Profile")
+_CLEAN_DESCRIPTORS = ("113105", "DCM", "Clean Descriptors Option")
+_MODIFIED_DATES = (
+    "113107",
+    "DCM",
+    "Retain Longitudinal Temporal Information Modified Dates Option",
+)
+_SERIES_NUMBER_OFFSET = {DENOISED: 1000, RESIDUAL: 2000}
+
+# Source attributes that would be wrong once the pixels change, or that belong to
+# the source's own derivation history.
+_DROPPED = (
+    "PixelData",
+    "FloatPixelData",
+    "DoubleFloatPixelData",
+    "SmallestImagePixelValue",
+    "LargestImagePixelValue",
+    "SmallestPixelValueInSeries",
+    "LargestPixelValueInSeries",
+    "PixelPaddingValue",
+    "PixelPaddingRangeLimit",
+    "ModalityLUTSequence",
+    "IconImageSequence",
+    "SourceImageSequence",
+    "DerivationCodeSequence",
+    "DerivationDescription",
+    "InstanceCreatorUID",
+    "DataSetTrailingPadding",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "RescaleType",
+)
+
+# Basic Profile (PS3.15 Table E.1-1) text attributes the UID/name/ID/date handlers
+# of dicognito leave alone: removed (X) or emptied when the IOD needs them (Z).
+_DEID_REMOVE = (
+    "StudyDescription",
+    "ImageComments",
+    "AdditionalPatientHistory",
+    "PatientComments",
+    "RequestedProcedureDescription",
+    "PerformedProcedureStepDescription",
+    "AdmittingDiagnosesDescription",
+    "AcquisitionComments",
+    "StudyComments",
+    "ProtocolName",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "EthnicGroup",
+    "Allergies",
+    "MedicalAlerts",
+    "PregnancyStatus",
+    "SmokingStatus",
+    "DeviceSerialNumber",
+    "OtherPatientIDsSequence",
+    "ReferencedPatientSequence",
+    "ReferencedStudySequence",
+    "RequestAttributesSequence",
+    "PerformedProcedureStepStartDate",
+    "PerformedProcedureStepStartTime",
+)
+_DEID_EMPTY = ("PatientBirthDate", "PatientSex", "ReferringPhysicianName", "StudyID")
+
+
+class DerivedSeriesError(DicomIOError):
+    """The derived series cannot be built from these sources.
+
+    Cause: the volume does not match the sources (slice count, rows, columns),
+    a source is an enhanced multi-frame object, or the values are not finite.
+    Fix: the message names the mismatch; export from the job that produced the
+    volume, or convert enhanced sources to classic single-frame images first.
+    """
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Who made the derived pixels, written into the DICOM header.
+
+    Args:
+        model_name: model (bundle) name, e.g. ``"redcnn-ct"``.
+        model_version: semantic version of the bundle.
+        weights_sha256: hex SHA-256 of the weights; the device UID is derived from it.
+        output_sha256: hex SHA-256 of the stored output; instance UIDs derive from it.
+        created: when the output was made (ContentDate/Time, SeriesDate/Time).
+        software_version: version of this application.
+        parameters: inference parameters, summarised in DerivationDescription.
+        record: full provenance record, stored as JSON in a private element.
+    """
+
+    model_name: str
+    model_version: str
+    weights_sha256: str
+    output_sha256: str
+    created: datetime
+    software_version: str = "unknown"
+    parameters: dict = field(default_factory=dict)
+    record: str = ""
+
+
+PRIVATE_CREATOR = "RADIOLOGY_DENOISE 1"
+_PRIVATE_GROUP = 0x0071
+
+
+def device_uid(weights_sha256: str, root: str = UID_ROOT) -> str:
+    """Device UID of a model version: the same weights always give the same UID."""
+    return generate_uid(prefix=root, entropy_srcs=["device", weights_sha256])
+
+
+def _code(value: tuple[str, str, str]) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value
+    return item
+
+
+def _lo(text: str) -> str:
+    return text[:64]
+
+
+def _ds(value: float) -> str:
+    return f"{float(value):.10g}"[:16]
+
+
+def _encode(
+    volume: np.ndarray, modality: str, kind: str
+) -> tuple[np.ndarray, float, float]:
+    """(int16 stored values, slope, intercept): slope 1 whenever the range fits."""
+    lo, hi = float(volume.min()), float(volume.max())
+    intercept = -1024.0 if modality == "CT" and kind == DENOISED else 0.0
+    if lo - intercept >= -32768 and hi - intercept <= 32767:
+        slope = 1.0
+    else:
+        slope = max((hi - lo) / 65000.0, 1e-6)
+        intercept = lo + 32500.0 * slope
+    stored = np.clip(np.rint((volume - intercept) / slope), -32768, 32767)
+    return stored.astype("<i2"), slope, intercept
+
+
+def _describe(provenance: Provenance, kind: str, unit: str) -> tuple[str, str]:
+    model = f"{provenance.model_name} {provenance.model_version}"
+    params = ", ".join(f"{k}={v}" for k, v in sorted(provenance.parameters.items()))
+    what = (
+        f"Denoised by model {model}"
+        if kind == DENOISED
+        else f"Residual (original minus denoised) of model {model}"
+    )
+    derivation = (
+        f"{what} (weights sha256 {provenance.weights_sha256}; parameters "
+        f"{params or 'default'}; software {MANUFACTURER} {provenance.software_version}"
+        f"); values in {unit} through Rescale Slope/Intercept"
+    )
+    label = "Denoised" if kind == DENOISED else "Residual"
+    return _lo(f"{label} {model}"), derivation[:1024]
+
+
+def _contributing_equipment(provenance: Provenance, root: str) -> Dataset:
+    """One IHE AI Results style Contributing Equipment item for the model."""
+    item = Dataset()
+    item.PurposeOfReferenceCodeSequence = DicomSequence([_code(_PROCESSING_EQUIPMENT)])
+    item.Manufacturer = MANUFACTURER
+    item.ManufacturerModelName = _lo(provenance.model_name)
+    item.SoftwareVersions = [
+        _lo(provenance.model_version),
+        _lo(f"{MANUFACTURER} {provenance.software_version}"),
+    ]
+    item.DeviceUID = device_uid(provenance.weights_sha256, root)
+    item.ContributionDateTime = provenance.created.strftime("%Y%m%d%H%M%S")
+    item.ContributionDescription = (
+        f"AI denoising: {provenance.model_name} {provenance.model_version}, "
+        f"weights sha256 {provenance.weights_sha256}"
+    )[:1024]
+    return item
+
+
+def _check(sources: Sequence[Dataset], volume: np.ndarray) -> None:
+    if volume.ndim != 3:
+        raise DerivedSeriesError(f"volume must be (z, y, x), got shape {volume.shape}")
+    if len(sources) != volume.shape[0]:
+        raise DerivedSeriesError(
+            f"volume has {volume.shape[0]} slices but there are {len(sources)} "
+            "source instances"
+        )
+    if not np.isfinite(volume).all():
+        raise DerivedSeriesError("volume has non-finite values")
+    for source in sources:
+        frames = int(source.get("NumberOfFrames") or 1)
+        if frames > 1 or "PerFrameFunctionalGroupsSequence" in source:
+            raise DerivedSeriesError(
+                f"source {source.get('SOPInstanceUID')} is a multi-frame object "
+                f"({frames} frames); only classic single-frame sources are exported"
+            )
+        if (int(source.Rows), int(source.Columns)) != volume.shape[1:]:
+            raise DerivedSeriesError(
+                f"source {source.SOPInstanceUID} is {source.Columns} x {source.Rows} "
+                f"but the volume slices are {volume.shape[2]} x {volume.shape[1]}"
+            )
+
+
+def build_derived_series(
+    sources: Sequence[Dataset],
+    volume: np.ndarray,
+    *,
+    provenance: Provenance,
+    kind: str = DENOISED,
+    denoised: Sequence[Dataset] = (),
+    root: str = UID_ROOT,
+) -> list[Dataset]:
+    """One derived instance per source instance, same geometry, new identity.
+
+    Args:
+        sources: source headers (no pixels needed), ``sources[k]`` holds slice ``k``.
+        volume: (z, y, x) values in original units (HU for CT).
+        provenance: model and output identity written into the headers.
+        kind: :data:`DENOISED` or :data:`RESIDUAL`.
+        denoised: for a residual, the denoised instances, referenced as sources too.
+        root: UID root. Default :data:`UID_ROOT`.
+
+    Returns:
+        Datasets with file meta, Explicit VR Little Endian, in slice order.
+
+    Raises:
+        DerivedSeriesError: when the volume does not fit the sources.
+        ValueError: on an unknown ``kind``.
+    """
+    if kind not in _DERIVATION_CODES:
+        raise ValueError(f"kind must be {DENOISED!r} or {RESIDUAL!r}, got {kind!r}")
+    volume = np.asarray(volume, dtype=np.float32)
+    _check(sources, volume)
+    modality = str(sources[0].get("Modality", "")).upper()
+    stored, slope, intercept = _encode(volume, modality, kind)
+    unit = "HU" if modality == "CT" else "original units"
+    description, derivation = _describe(provenance, kind, unit)
+    series_uid = generate_uid(
+        prefix=root,
+        entropy_srcs=[
+            provenance.output_sha256,
+            kind,
+            "series",
+            sources[0].SeriesInstanceUID,
+        ],
+    )
+    created_date = provenance.created.strftime("%Y%m%d")
+    created_time = provenance.created.strftime("%H%M%S")
+    equipment = _contributing_equipment(provenance, root)
+    window = _residual_window(volume) if kind == RESIDUAL else None
+
+    out = []
+    for k, source in enumerate(sources):
+        ds = copy.deepcopy(source)
+        ds.remove_private_tags()
+        for keyword in _DROPPED:
+            if keyword in ds:
+                del ds[keyword]
+        ds.SOPInstanceUID = generate_uid(
+            prefix=root,
+            entropy_srcs=[provenance.output_sha256, kind, source.SOPInstanceUID],
+        )
+        ds.SeriesInstanceUID = series_uid
+        image_type = list(source.get("ImageType") or [])
+        ds.ImageType = ["DERIVED", "SECONDARY", *image_type[2:]]
+        ds.SeriesNumber = (
+            int(source.get("SeriesNumber") or 0) + _SERIES_NUMBER_OFFSET[kind]
+        )
+        ds.SeriesDescription = description
+        ds.SeriesDate = ds.ContentDate = ds.InstanceCreationDate = created_date
+        ds.SeriesTime = ds.ContentTime = ds.InstanceCreationTime = created_time
+        ds.DerivationDescription = derivation
+        ds.DerivationCodeSequence = DicomSequence([_code(_DERIVATION_CODES[kind])])
+        references = [_reference(source)]
+        if k < len(denoised):
+            references.append(_reference(denoised[k]))
+        ds.SourceImageSequence = DicomSequence(references)
+        previous = list(source.get("ContributingEquipmentSequence") or [])
+        ds.ContributingEquipmentSequence = DicomSequence(
+            [*copy.deepcopy(previous), copy.deepcopy(equipment)]
+        )
+        ds.BurnedInAnnotation = "NO"
+        # Type 2C attributes synthetic and some vendor sources omit: present, empty.
+        for keyword in ("Laterality", "PatientPosition"):
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+        if str(ds.get("PresentationLUTShape", "IDENTITY")) != "IDENTITY":
+            del ds.PresentationLUTShape
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated = 16
+        ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 1
+        if modality == "CT" or (slope, intercept) != (1.0, 0.0):
+            ds.RescaleSlope = _ds(slope)
+            ds.RescaleIntercept = _ds(intercept)
+            ds.RescaleType = "HU" if modality == "CT" else "US"
+        if window is not None:
+            ds.WindowCenter, ds.WindowWidth = "0", _ds(window)
+            ds.WindowCenterWidthExplanation = "residual"
+            for keyword in ("VOILUTSequence", "VOILUTFunction"):
+                if keyword in ds:
+                    del ds[keyword]
+        ds.PixelData = stored[k].tobytes()
+        ds["PixelData"].VR = "OW"
+        if provenance.record:
+            block = ds.private_block(_PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
+            block.add_new(0x10, "UT", provenance.record)
+        ds.file_meta = _file_meta(ds)
+        out.append(ds)
+    return out
+
+
+def _residual_window(volume: np.ndarray) -> float:
+    """A window wide enough for the residual's bulk: six robust SDs, at least 20."""
+    mad = float(np.median(np.abs(volume - np.median(volume))))
+    return max(6.0 * 1.4826 * mad, 20.0)
+
+
+def _reference(source: Dataset) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = source.SOPClassUID
+    item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    item.PurposeOfReferenceCodeSequence = DicomSequence([_code(_SOURCE_IMAGE_PURPOSE)])
+    return item
+
+
+def _file_meta(ds: Dataset) -> FileMetaDataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    return meta
+
+
+def to_bytes(ds: Dataset) -> bytes:
+    """The dataset as a DICOM Part 10 file."""
+    buffer = io.BytesIO()
+    dcmwrite(buffer, ds, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def deidentify_series(
+    datasets: Sequence[Dataset], *, root: str = UID_ROOT, salt: str | None = None
+) -> str:
+    """De-identify datasets in place, one mapping for all (PS3.15 Annex E basic).
+
+    dicognito replaces names, IDs, addresses and shifts dates; every UID is
+    replaced by a salted hash under ``root``, the same source UID mapping to the
+    same new UID across all ``datasets`` (so two series of one export keep one
+    study and frame of reference). The model's Device UID is kept: it names the
+    algorithm, not the patient. Private elements, free-text descriptions of the
+    source and the attributes in ``_DEID_REMOVE`` are removed; our generated
+    Series and Derivation Descriptions stay (Clean Descriptors Option).
+
+    Args:
+        datasets: the instances of one export.
+        root: UID root of the replacement UIDs. Default :data:`UID_ROOT`.
+        salt: secret mixed into the UID hashes; random when ``None`` so the
+            mapping cannot be recomputed from known source UIDs.
+
+    Returns:
+        A one-line description of the method, for the audit log.
+    """
+    from dicognito import __version__ as dicognito_version
+    from dicognito.anonymizer import Anonymizer
+
+    anonymizer = Anonymizer()
+    anonymizer.add_element_handler(_SaltedUIDs(root, salt or secrets.token_hex(16)))
+    for ds in datasets:
+        ds.remove_private_tags()
+        for keyword in _DEID_REMOVE:
+            if keyword in ds:
+                del ds[keyword]
+        for keyword in _DEID_EMPTY:
+            if keyword in ds:
+                setattr(ds, keyword, "")
+        anonymizer.anonymize(ds)
+        ds.PatientIdentityRemoved = "YES"
+        ds.LongitudinalTemporalInformationModified = "MODIFIED"
+        ds.DeidentificationMethod = (
+            f"PS3.15 E.1 Basic Profile (dicognito {dicognito_version})"
+        )
+        ds.DeidentificationMethodCodeSequence = DicomSequence(
+            [_code(_BASIC_PROFILE), _code(_CLEAN_DESCRIPTORS), _code(_MODIFIED_DATES)]
+        )
+        item = Dataset()
+        item.PurposeOfReferenceCodeSequence = DicomSequence(
+            [_code(_DEIDENTIFYING_EQUIPMENT)]
+        )
+        item.Manufacturer = MANUFACTURER
+        item.ManufacturerModelName = "dicognito"
+        item.SoftwareVersions = _lo(str(dicognito_version))
+        ds.ContributingEquipmentSequence.append(item)
+    return (
+        f"PS3.15 Annex E Basic Application Confidentiality Profile with Clean "
+        f"Descriptors and Modified Dates options (dicognito {dicognito_version}); "
+        f"UIDs replaced under {root}"
+    )
+
+
+class _SaltedUIDs:
+    """dicognito element handler: UIDs to salted hashes under our root."""
+
+    _KEPT = {"DeviceUID", "TransferSyntaxUID", "ImplementationClassUID"}
+
+    def __init__(self, root: str, salt: str) -> None:
+        self.root, self.salt = root, salt
+
+    def __call__(self, dataset: Dataset, element: DataElement) -> bool:
+        if element.VR != "UI" or not element.value:
+            return False
+        keyword = keyword_for_tag(element.tag)
+        if keyword in self._KEPT or keyword.endswith("ClassUID"):
+            return True
+        if isinstance(element.value, str):
+            element.value = self._map(element.value)
+        else:
+            element.value = [self._map(v) for v in element.value]
+        return True
+
+    def _map(self, uid: str) -> str:
+        return generate_uid(prefix=self.root, entropy_srcs=[self.salt, str(uid)])
+
+    def describe_actions(self):
+        yield f"Replace UIDs with salted hashes under {self.root}"
