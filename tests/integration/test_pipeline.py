@@ -48,29 +48,21 @@ def test_ingest_denoise_succeeds_with_full_provenance(alice, workers, tmp_path):
     assert recon.shape == original.shape
     np.testing.assert_allclose(recon + residual, original, atol=1e-3)
     prov = job.provenance
-    for key in (
-        "model_name",
-        "model_version",
-        "weights_sha256",
-        "torch_version",
-        "monai_version",
-        "numpy_version",
-        "device",
-        "precision",
-        "input_sha256",
-        "output_sha256",
-        "host",
-        "started_at",
-        "finished_at",
-        "requested_by",
-        "worker",
-    ):
-        assert prov.get(key) not in (None, ""), f"provenance lacks {key}"
-    assert prov["weights_sha256"] == job.weights_sha256
+    assert prov["model"]["name"] and prov["model"]["version"]
+    assert prov["model"]["weights_sha256"] == job.weights_sha256
+    for key in ("torch", "monai", "numpy", "pydicom"):
+        assert prov["code"][key], f"provenance lacks the {key} version"
+    assert "git_commit" in prov["code"] and "cuda" in prov["code"]
+    assert prov["hardware"]["device"] and prov["hardware"]["host"]
+    assert prov["precision"] and prov["parameters"] is not None
+    assert len(prov["input_sha256"]) == len(prov["output_sha256"]) == 64
+    assert prov["started_at"] and prov["finished_at"]
     assert prov["requested_by"] == "alice"
+    assert prov["worker"].startswith("w1@")
+    assert prov["reconstruction_file_sha256"] == job.reconstruction_sha256
     assert job.worker.startswith("w1@")
     actions = list(
-        AuditEvent.objects.filter(target_id=str(job.pk)).values_list(
+        AuditEvent.objects.filter(target_type="denoisejob", target_id=str(job.pk)).values_list(
             "action", flat=True
         )
     )
@@ -118,7 +110,7 @@ def test_sigkill_mid_job_then_restart_completes_exactly_once(alice, workers, tmp
     ]
     assert done.reconstruction_file == recon_name
     events = list(
-        AuditEvent.objects.filter(target_id=str(job.pk)).values_list(
+        AuditEvent.objects.filter(target_type="denoisejob", target_id=str(job.pk)).values_list(
             "action", flat=True
         )
     )
