@@ -22,6 +22,7 @@ from pydicom.pixels.utils import _get_jpg_parameters, get_expected_length
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from .errors import DicomRejected
+from .sandbox import decode_isolated
 from .sources import Limits, archive_kind
 
 __all__ = ["Instance", "Orientation", "Vec3", "read_instance", "validate_uid"]
@@ -172,7 +173,7 @@ def _read(data: bytes, name: str, limits: Limits) -> Instance:
     identity = _identity(header, name)
     n_frames = _check_image_header(header, name, limits)
     ds = _parse(data, name, limits, stop_before_pixels=False)
-    pixels = _decode(ds, name, n_frames)
+    pixels = _decode(ds, name, n_frames, data)
     geometry = [_frame_geometry(ds, i, n_frames) for i in range(n_frames)]
     thickness = _slice_thickness(ds)
     pixels.flags.writeable = False
@@ -411,7 +412,7 @@ def _codestream_size(fragment: bytes) -> tuple[int, int]:
     return 0, 0
 
 
-def _decode(ds: Dataset, name: str, n_frames: int) -> np.ndarray:
+def _decode(ds: Dataset, name: str, n_frames: int, data: bytes) -> np.ndarray:
     keyword = next((k for k in _PIXEL_KEYWORDS if k in ds), None)
     if keyword is None:
         raise DicomRejected(
@@ -439,7 +440,8 @@ def _decode(ds: Dataset, name: str, n_frames: int) -> np.ndarray:
                 name, f"pixel data is {actual} bytes, expected {expected}"
             )
     try:
-        stored = ds.pixel_array
+        # Compressed data goes to third-party C/C++/Rust decoders: isolate them.
+        stored = decode_isolated(data) if syntax.is_encapsulated else ds.pixel_array
     except Exception as exc:
         label = syntax.name if syntax.is_encapsulated else "native"
         raise DicomRejected(

@@ -394,7 +394,9 @@ def _zip_member(
 ) -> Member:
     limits = budget.limits
     name = sanitise_name(f"{shown}/{info.filename}", limits.max_name_chars)
-    if info.is_dir():
+    if not info.filename:
+        return Member(name, error="entry with an empty name")
+    if info.filename.endswith("/"):
         return Member(name, error="directory entry")
     if info.create_system == 3 and (info.external_attr >> 16) & _S_IFMT == _S_IFLNK:
         return Member(name, error="symbolic link entry is not followed")

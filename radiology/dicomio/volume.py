@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -247,6 +248,32 @@ def _largest_grid(
     return keep
 
 
+def _majority_study(
+    uid: str, members: Sequence[Instance], rejections: list[tuple[str, str]]
+) -> list[Instance]:
+    """Keep the files of the study most of the series belongs to; refuse the rest.
+
+    A SeriesInstanceUID is unique to one study; files that reuse it under another
+    StudyInstanceUID come from elsewhere and must not be filed in this study.
+    """
+    studies = Counter(m.study_instance_uid for m in members)
+    if len(studies) <= 1:
+        return list(members)
+    majority, _ = studies.most_common(1)[0]
+    kept = []
+    for instance in members:
+        if instance.study_instance_uid == majority:
+            kept.append(instance)
+        else:
+            _reject(
+                rejections,
+                instance,
+                f"series {uid} belongs to StudyInstanceUID {majority}, but this file "
+                f"says {instance.study_instance_uid}",
+            )
+    return kept
+
+
 def _assemble_one(
     uid: str, members: Sequence[Instance], rejections: list[tuple[str, str]]
 ) -> SeriesVolume | None:
@@ -261,6 +288,7 @@ def _assemble_one(
                 "the whole series was refused",
             )
         return None
+    members = _majority_study(uid, members, rejections)
     members = _largest_grid(members, rejections)
     if not members:
         return None

@@ -138,11 +138,15 @@ def upload_ingest(
     rejections: list[dict[str, str]] = []
     read = list(_read_sources(sources, limits, rejections))
     read = _drop_mixed_patients(read, rejections)
-    raw_by_sop = {inst.sop_instance_uid: (inst, data) for inst, data in read}
+    raw_by_sop: dict[str, tuple] = {}
+    for inst, data in read:
+        # The first file of a SOPInstanceUID is kept; assemble_series drops identical
+        # copies and rejects later files whose content differs.
+        raw_by_sop.setdefault(inst.sop_instance_uid, (inst, data))
     group = group if group is not None else default_group(owner)
     file_count = len(read) + len(rejections)
 
-    assembly = assemble_series([inst for inst, _ in raw_by_sop.values()])
+    assembly = assemble_series([inst for inst, _ in read])
     rejections.extend({"name": n, "reason": r} for n, r in assembly.rejections)
 
     with transaction.atomic():
@@ -199,8 +203,18 @@ def _store_series(
     ).first()
     sop_uids = {ref.sop_instance_uid for ref in volume.slices}
     if existing is not None:
-        stored = set(existing.instances.values_list("sop_instance_uid", flat=True))
-        if sop_uids <= stored:
+        stored = dict(existing.instances.values_list("sop_instance_uid", "sha256"))
+        for sop in sorted(sop_uids & stored.keys()):
+            inst = raw_by_sop[sop][0]
+            if inst.sha256 != stored[sop]:
+                rejections.append(
+                    {
+                        "name": inst.name,
+                        "reason": f"SOPInstanceUID {sop} is already stored with "
+                        "different content; the stored file is kept",
+                    }
+                )
+        if sop_uids <= stored.keys():
             return existing  # the same instances again: nothing to do
         volume = _merge_with_stored(existing, volume, raw_by_sop, limits, rejections)
         if volume is None:

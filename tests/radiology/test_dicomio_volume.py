@@ -144,8 +144,12 @@ def test_same_sop_uid_with_different_content_is_rejected(
 def test_duplicate_positions_with_different_uids_are_rejected(
     tmp_path: Path, volume: np.ndarray
 ) -> None:
-    first = _read(write_series(tmp_path / "a", volume, series_uid="1.2.3"))
-    second = _read(write_series(tmp_path / "b", volume + 1, series_uid="1.2.3"))
+    first = _read(
+        write_series(tmp_path / "a", volume, series_uid="1.2.3", study_uid="1.2.4")
+    )
+    second = _read(
+        write_series(tmp_path / "b", volume + 1, series_uid="1.2.3", study_uid="1.2.4")
+    )
     result = assemble_series([*first, *second[:2]])
     assert len(result.rejections) == 2
     assert all("duplicates" in reason for _, reason in result.rejections)
@@ -153,8 +157,14 @@ def test_duplicate_positions_with_different_uids_are_rejected(
 
 
 def test_mismatched_grid_is_rejected(tmp_path: Path, volume: np.ndarray) -> None:
-    main = _read(write_series(tmp_path / "a", volume, series_uid="1.2.3"))
-    odd = _read(write_series(tmp_path / "b", volume[:2, :16], series_uid="1.2.3"))
+    main = _read(
+        write_series(tmp_path / "a", volume, series_uid="1.2.3", study_uid="1.2.4")
+    )
+    odd = _read(
+        write_series(
+            tmp_path / "b", volume[:2, :16], series_uid="1.2.3", study_uid="1.2.4"
+        )
+    )
     result = assemble_series([*odd, *main])
     assert [name for name, _ in result.rejections] == ["IM00001.dcm", "IM00002.dcm"]
     assert "image grid 24x16" in result.rejections[0][1]
