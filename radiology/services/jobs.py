@@ -12,7 +12,7 @@ from datetime import timedelta
 
 import numpy as np
 from django.conf import settings
-from django.db import OperationalError, transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
 import inference
@@ -358,6 +358,14 @@ def _store_output(name: str, array) -> str:
 
 
 def _release_for_retry(job: DenoiseJob, token: str, reason: str) -> None:
+    # A connection the server dropped stays broken for the rest of the task; without a
+    # fresh one the job stays "running" and the retry finds nothing to do.
+    if (
+        connection.connection is not None
+        and not connection.in_atomic_block
+        and not connection.is_usable()
+    ):
+        connection.close()
     try:
         DenoiseJob.objects.filter(pk=job.pk, claim=token).update(
             status=DenoiseJob.Status.QUEUED,
