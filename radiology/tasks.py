@@ -37,7 +37,7 @@ class DenoiseTask(DjangoTask):
     max_retries=4,
 )
 def run_denoise_job(self, job_id: int) -> None:
-    jobs.denoise_job_run(job_id=job_id, worker=self.request.hostname)
+    jobs.denoise_job_run(job_id=job_id, worker=jobs.worker_id(self.request.hostname))
 
 
 @shared_task

@@ -151,13 +151,54 @@ def denoise_job_request(
     return job, created
 
 
+def worker_id(nodename: str) -> str:
+    """``node#pid``: which worker node, and which of its processes, runs an attempt."""
+    return f"{nodename}#{os.getpid()}"
+
+
+def _attempt_is_dead(previous: str, current: str) -> bool:
+    """True when ``previous`` ran in another process of this same worker node and that
+    process is gone (a pool child killed, e.g. by the OOM killer)."""
+    node, _, pid = previous.rpartition("#")
+    our_node, _, our_pid = current.rpartition("#")
+    if not node or node != our_node or not pid.isdigit() or pid == our_pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def _claim(job_id: int, worker: str) -> str | None:
-    """Take a queued job for this attempt; ``None`` when someone else has it or it ended."""
+    """Take a queued job for this attempt; ``None`` when someone else has it or it ended.
+
+    A running job whose attempt died in another process of this worker node (Celery
+    redelivers the message of a killed pool child) is taken over at once instead of
+    waiting for the reconciler.
+    """
     token = uuid.uuid4().hex
     now = timezone.now()
     with transaction.atomic():
         job = DenoiseJob.objects.select_for_update().filter(pk=job_id).first()
-        if job is None or job.status != DenoiseJob.Status.QUEUED:
+        if job is None:
+            return None
+        if job.status == DenoiseJob.Status.RUNNING and _attempt_is_dead(
+            job.worker, worker
+        ):
+            audit_record(
+                action=AuditEvent.Action.JOB_REQUEUED,
+                target=job,
+                study=job.series.study,
+                extra_data={
+                    "reason": "worker process died; message redelivered",
+                    "worker": job.worker,
+                    "attempt": job.attempts,
+                },
+            )
+        elif job.status != DenoiseJob.Status.QUEUED:
             return None
         job.status = DenoiseJob.Status.RUNNING
         job.claim = token
@@ -229,7 +270,7 @@ def denoise_job_run(*, job_id: int, worker: str | None = None) -> DenoiseJob | N
     Raises ``TransientJobError`` for failures worth a retry; everything else marks the
     job failed with a readable reason.
     """
-    worker = worker or f"{socket.gethostname()}:{os.getpid()}"
+    worker = worker or worker_id(socket.gethostname())
     try:
         token = _claim(job_id, worker)
     except OperationalError as exc:
@@ -430,7 +471,7 @@ def reconcile_stale_jobs(*, restarted_worker: str | None = None) -> list[int]:
     running = DenoiseJob.objects.filter(status=DenoiseJob.Status.RUNNING)
     stale = running.filter(heartbeat_at__lt=cutoff)
     if restarted_worker:
-        stale = stale | running.filter(worker=restarted_worker)
+        stale = stale | running.filter(worker__startswith=f"{restarted_worker}#")
     requeued = []
     for job in stale.select_related("series__study"):
         with transaction.atomic():

@@ -152,12 +152,37 @@ def test_cancel_then_run_does_nothing(alice, series, models_root):
 def test_reconciler_requeues_jobs_of_a_restarted_worker(alice, series, models_root):
     job, _ = denoise_job_request(series=series, requested_by=alice)
     DenoiseJob.objects.filter(pk=job.pk).update(
-        status="running", worker="w1@host", claim="old", attempts=1
+        status="running", worker="w1@host#999999", claim="old", attempts=1
     )
     assert reconcile_stale_jobs(restarted_worker="w2@host") == []
     assert reconcile_stale_jobs(restarted_worker="w1@host") == [job.pk]
     done = denoise_job_run(job_id=job.pk)
     assert done.status == "succeeded" and done.attempts == 2
+
+
+def test_redelivery_takes_over_a_job_whose_pool_process_died(
+    alice, series, models_root
+):
+    job, _ = denoise_job_request(series=series, requested_by=alice)
+    # pid 999999 is beyond pid_max on this kind of machine: that process is gone.
+    DenoiseJob.objects.filter(pk=job.pk).update(
+        status="running", worker="w1@host#999999", claim="old", attempts=1
+    )
+    assert denoise_job_run(job_id=job.pk, worker="w2@host#1") is None
+    done = denoise_job_run(job_id=job.pk, worker="w1@host#1")
+    assert done.status == "succeeded" and done.attempts == 2
+    assert AuditEvent.objects.filter(action="job.requeued").count() == 1
+
+
+def test_a_live_attempt_is_never_taken_over(alice, series, models_root):
+    import os
+
+    job, _ = denoise_job_request(series=series, requested_by=alice)
+    DenoiseJob.objects.filter(pk=job.pk).update(
+        status="running", worker=f"w1@host#{os.getpid()}", claim="live", attempts=1
+    )
+    assert denoise_job_run(job_id=job.pk, worker="w1@host#1") is None
+    assert DenoiseJob.objects.get(pk=job.pk).claim == "live"
 
 
 @pytest.mark.django_db(transaction=True)
