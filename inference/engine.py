@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -11,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from inference.bundle import sha256_bytes
 from inference.devices import resolve_precision
 from inference.metrics import slice_statistics, summarise
 from inference.ood import check_ood, ood_statistics
@@ -29,6 +29,13 @@ ProgressCallback = Callable[[float, str], None]
 # the bar is post-processing (metrics, hashes), which is short next to inference.
 _PROGRESS_INFER_START = 0.05
 _PROGRESS_INFER_END = 0.9
+#: Slices per pass of the 2D pipeline (convert, infer, residual, metrics, hashes):
+#: big enough for whole batches, small enough that every temporary stays a few
+#: tens of MB, so memory does not grow with the series beyond its three arrays.
+CHUNK_SLICES = 32
+#: Above this many float32 bytes a percentile normalisation is taken over evenly
+#: spaced slices instead of the whole series, so it never loads a huge memmap.
+_EXACT_PERCENTILE_BYTES = 1 << 30
 
 
 @dataclass
@@ -65,12 +72,19 @@ def denoise_volume(
     batch_size: int | None = None,
     precision: str = "auto",
     modality: str | None = None,
+    reconstruction_out: np.ndarray | None = None,
+    residual_out: np.ndarray | None = None,
 ) -> DenoiseResult:
     """Denoise a CT/MR series and measure what was removed.
 
+    2D networks work through the series :data:`CHUNK_SLICES` slices at a time
+    (convert, check, infer, residual, metrics and hashes in one pass per chunk), so
+    a ``np.memmap`` input with memmap outputs is processed without ever holding the
+    whole series in memory. 3D networks see the whole volume.
+
     Args:
         volume: (z, y, x) or (y, x) array in original units (HU for CT); any real
-            dtype, converted to float32.
+            dtype, converted to float32 chunk by chunk; may be a ``np.memmap``.
         model: from :func:`inference.load_model`; runs on ``model.device``.
         spacing: voxel spacing in mm, one value per axis of ``volume``; recorded in
             the provenance.
@@ -78,56 +92,68 @@ def denoise_volume(
             increasing fraction in [0, 1], once per batch and last with 1.0.
         batch_size: slices (2D) or windows (3D) per forward pass; default the
             bundle's ``input_spec["batch_size"]``.
-        precision: "auto" (bf16, or fp16, with autocast on CUDA; fp32 on CPU),
-            "fp32", "bf16" or "fp16" (CUDA only).
+        precision: "auto" (bf16, or fp16, with autocast on CUDA; on CPU bf16 for
+            the network kinds of :data:`inference.devices.CPU_BF16_KINDS` on CPUs
+            with native bf16, else fp32), "fp32", "bf16" or "fp16" (CUDA only).
         modality: the series' DICOM modality; a mismatch with the bundle warns.
+        reconstruction_out: float32 array of ``volume``'s shape (e.g. a writable
+            ``np.memmap``) that receives the reconstruction; default a new array.
+        residual_out: the same for the residual.
 
     Returns:
-        A :class:`DenoiseResult`.
+        A :class:`DenoiseResult`; its ``reconstruction`` and ``residual`` are the
+        ``*_out`` arrays when given.
 
     Raises:
         ValueError: for a volume that is not 2D/3D, is empty, is not real-valued
-            or holds NaN/inf, a spacing that does not match it, or bad options.
+            or holds NaN/inf, a spacing that does not match it, an output array of
+            the wrong shape or dtype, or bad options.
     """
     started_at = utc_now()
     t_start = time.perf_counter()
     device = model.device
-    resolved_precision = resolve_precision(precision, device)
+    kind = model.metadata.get("network_def", {}).get("kind")
+    resolved_precision = resolve_precision(precision, device, kind)
     spec = model.input_spec
     batch = _check_batch_size(batch_size, spec)
     reporter = _Progress(progress)
     reporter(0.0, "preprocess")
 
-    x = _check_volume(volume)
-    spacing_mm = _check_spacing(spacing, x.ndim)
-    stack = x if x.ndim == 3 else x[None]
-    input_sha256 = sha256_bytes(x.data.cast("B"))
-    norm = normalisation_for(stack, spec)
-    t_pre = time.perf_counter()
-
-    reconstruction = np.empty_like(x)
+    source = _check_volume(volume)
+    spacing_mm = _check_spacing(spacing, source.ndim)
+    reconstruction = _check_output(reconstruction_out, source.shape, "reconstruction")
+    residual = _check_output(residual_out, source.shape, "residual")
+    stack = source if source.ndim == 3 else source[None]
+    recon_stack = reconstruction if source.ndim == 3 else reconstruction[None]
+    residual_stack = residual if source.ndim == 3 else residual[None]
+    norm = normalisation_for(_normalisation_sample(stack), spec)
     span = _PROGRESS_INFER_END - _PROGRESS_INFER_START
-    predict(
-        stack,
-        model.network,
-        spec=spec,
-        norm=norm,
-        device=device,
-        precision=resolved_precision,
-        batch_size=batch,
-        out=reconstruction if x.ndim == 3 else reconstruction[None],
-        progress=lambda done, total: reporter(
-            _PROGRESS_INFER_START + span * done / total, f"infer {done}/{total}"
-        ),
-    )
-    t_infer = time.perf_counter()
 
-    residual = np.subtract(x, reconstruction, dtype=np.float32)
-    per_slice = slice_statistics(
+    def report(done: int, total: int) -> None:
+        reporter(_PROGRESS_INFER_START + span * done / total, f"infer {done}/{total}")
+
+    run = _run_slices if int(spec["spatial_dims"]) == 2 else _run_whole
+    t_setup = time.perf_counter()
+    pass_ = run(
         stack,
-        reconstruction if x.ndim == 3 else reconstruction[None],
-        residual if x.ndim == 3 else residual[None],
+        recon_stack,
+        residual_stack,
+        lambda x, out, progress_: predict(
+            x,
+            model.network,
+            spec=spec,
+            norm=norm,
+            device=device,
+            precision=resolved_precision,
+            batch_size=batch,
+            out=out,
+            progress=progress_,
+        ),
+        batch,
+        report,
     )
+    t_post_start = time.perf_counter()
+    per_slice = pass_.per_slice
     metrics = summarise(per_slice)
     volume_stats = ood_statistics(per_slice, norm)
     metrics["ood"] = {
@@ -146,20 +172,20 @@ def denoise_volume(
             f"(score {metrics['structure_score_max']:.2f} > "
             f"{metrics['structure_threshold']}): the model may have removed anatomy"
         )
-    output_sha256 = sha256_bytes(reconstruction.data.cast("B"))
     t_post = time.perf_counter()
 
+    # Stages interleave chunk by chunk; each is the sum of its share of every chunk.
     timings = {
         "load": round(model.load_s, 6),
-        "preprocess": round(t_pre - t_start, 6),
-        "infer": round(t_infer - t_pre, 6),
-        "postprocess": round(t_post - t_infer, 6),
+        "preprocess": round(t_setup - t_start + pass_.preprocess_s, 6),
+        "infer": round(pass_.infer_s, 6),
+        "postprocess": round(pass_.postprocess_s + t_post - t_post_start, 6),
         "total": round(t_post - t_start, 6),
     }
     roi = spec.get("roi_size") or getattr(model.network, "fixed_roi", None)
     parameters = {
-        "shape": list(x.shape),
-        "input_dtype": str(np.asarray(volume).dtype),
+        "shape": list(source.shape),
+        "input_dtype": str(source.dtype),
         "spacing_mm": spacing_mm,
         "modality": modality,
         "batch_size": batch,
@@ -175,8 +201,8 @@ def denoise_volume(
         device=device,
         precision=resolved_precision,
         parameters=parameters,
-        input_sha256=input_sha256,
-        output_sha256=output_sha256,
+        input_sha256=pass_.input_sha256,
+        output_sha256=pass_.output_sha256,
         started_at=started_at,
         finished_at=utc_now(),
     )
@@ -185,7 +211,7 @@ def denoise_volume(
         "denoise_volume: %s shape=%s device=%s precision=%s ++ Latencies => "
         "Total: %.4f; Load: %.4f; Pre: %.4f; Inferer: %.4f; Post: %.4f",
         model.ref,
-        tuple(x.shape),
+        tuple(source.shape),
         device,
         resolved_precision,
         timings["total"],
@@ -223,7 +249,9 @@ class _Progress:
 
 
 def _check_volume(volume: Any) -> np.ndarray:
-    array = np.asarray(volume)
+    """The volume as an array, unconverted (a memmap stays one); values are checked
+    for NaN/inf chunk by chunk as they are converted."""
+    array = volume if isinstance(volume, np.ndarray) else np.asarray(volume)
     if array.ndim not in (2, 3):
         raise ValueError(
             f"denoise_volume: expected a (y, x) or (z, y, x) array, got shape "
@@ -235,13 +263,128 @@ def _check_volume(volume: Any) -> np.ndarray:
         raise ValueError(
             f"denoise_volume: expected real numbers, got dtype {array.dtype}"
         )
-    x = np.ascontiguousarray(array, dtype=np.float32)
+    return array
+
+
+def _as_float32(chunk: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(chunk, dtype=np.float32)
+    if x is chunk and not x.flags.writeable:
+        x = x.copy()
     if not np.isfinite(x).all():
         raise ValueError(
             "denoise_volume: the volume contains NaN or inf (after conversion to "
             "float32)"
         )
     return x
+
+
+def _check_output(
+    out: np.ndarray | None, shape: tuple[int, ...], name: str
+) -> np.ndarray:
+    if out is None:
+        return np.empty(shape, dtype=np.float32)
+    if out.shape != shape or out.dtype != np.float32 or not out.flags.writeable:
+        raise ValueError(
+            f"denoise_volume: {name}_out must be a writable float32 array of shape "
+            f"{shape}, got {out.dtype} {out.shape}"
+        )
+    return out
+
+
+def _normalisation_sample(stack: np.ndarray) -> np.ndarray:
+    """The slices a percentile normalisation is computed on: all of them unless the
+    series is too large to convert at once, then evenly spaced ones."""
+    step = max(1, math.ceil(stack.size * 4 / _EXACT_PERCENTILE_BYTES))
+    return stack[::step]
+
+
+@dataclass
+class _Pass:
+    """What one pass over the series produced besides the output arrays."""
+
+    per_slice: dict[str, np.ndarray]
+    input_sha256: str
+    output_sha256: str
+    preprocess_s: float = 0.0
+    infer_s: float = 0.0
+    postprocess_s: float = 0.0
+
+
+Predictor = Callable[[np.ndarray, np.ndarray, Callable[[int, int], None] | None], None]
+
+
+def _run_slices(
+    stack: np.ndarray,
+    recon: np.ndarray,
+    residual: np.ndarray,
+    predictor: Predictor,
+    batch: int,
+    report: Callable[[int, int], None],
+) -> _Pass:
+    depth = stack.shape[0]
+    chunk = max(batch, CHUNK_SLICES // batch * batch)
+    total = sum(
+        math.ceil((min(start + chunk, depth) - start) / batch)
+        for start in range(0, depth, chunk)
+    )
+    done = 0
+    sha_in, sha_out = hashlib.sha256(), hashlib.sha256()
+    parts: list[dict[str, np.ndarray]] = []
+    result = _Pass({}, "", "")
+    for start in range(0, depth, chunk):
+        stop = min(start + chunk, depth)
+        tick = time.perf_counter()
+        x = _as_float32(stack[start:stop])
+        sha_in.update(x.data.cast("B"))
+        t_pre = time.perf_counter()
+
+        def chunk_progress(step: int, _total: int, before: int = done) -> None:
+            report(before + step, total)
+
+        out = recon[start:stop]
+        predictor(x, out, chunk_progress)
+        done += math.ceil((stop - start) / batch)
+        t_infer = time.perf_counter()
+        np.subtract(x, out, out=residual[start:stop])
+        parts.append(slice_statistics(x, out, residual[start:stop]))
+        sha_out.update(np.ascontiguousarray(out).data.cast("B"))
+        t_post = time.perf_counter()
+        result.preprocess_s += t_pre - tick
+        result.infer_s += t_infer - t_pre
+        result.postprocess_s += t_post - t_infer
+    result.per_slice = {
+        name: np.concatenate([part[name] for part in parts]) for name in parts[0]
+    }
+    result.input_sha256 = sha_in.hexdigest()
+    result.output_sha256 = sha_out.hexdigest()
+    return result
+
+
+def _run_whole(
+    stack: np.ndarray,
+    recon: np.ndarray,
+    residual: np.ndarray,
+    predictor: Predictor,
+    batch: int,
+    report: Callable[[int, int], None],
+) -> _Pass:
+    tick = time.perf_counter()
+    x = _as_float32(stack)
+    input_sha256 = hashlib.sha256(x.data.cast("B")).hexdigest()
+    t_pre = time.perf_counter()
+    predictor(x, recon, report)
+    t_infer = time.perf_counter()
+    np.subtract(x, recon, out=residual)
+    per_slice = slice_statistics(x, recon, residual)
+    output_sha256 = hashlib.sha256(np.ascontiguousarray(recon).data.cast("B"))
+    return _Pass(
+        per_slice,
+        input_sha256,
+        output_sha256.hexdigest(),
+        preprocess_s=t_pre - tick,
+        infer_s=t_infer - t_pre,
+        postprocess_s=time.perf_counter() - t_infer,
+    )
 
 
 def _check_spacing(spacing: Sequence[float], ndim: int) -> list[float]:

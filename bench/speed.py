@@ -1,0 +1,674 @@
+"""Speed: a CT series end to end (real worker path), network variants, BM3D.
+
+``python -m bench speed [--json] [--slices 300] [--size 512] [--quick]`` measures in
+one run, each part in its own subprocess so every peak resident memory is clean:
+
+* end to end: DICOM files -> ``upload_ingest`` -> ``denoise_job_request`` ->
+  ``denoise_job_run`` (read volume, denoise, metrics, outputs written atomically,
+  job marked succeeded), with the job's stage times and peak memory;
+* model only, per variant (fp32, bf16 autocast, channels_last off, one thread,
+  TorchScript, ``torch.compile``): slices/s, achieved GFLOP/s (FLOPs from
+  ``FlopCounterMode``) against a large fp32 matmul timed in the same process, and
+  the PSNR change vs fp32 on held-out low-dose CT phantoms;
+* chunked processing of memmapped volumes at two depths: anonymous memory must not
+  grow with the depth;
+* BM3D on one slice, extrapolated to the volume.
+
+The machine may be shared: compare ratios measured in the same run. Prints one JSON
+object and writes ``bench/results/speed.md`` (``speed-quick.md`` with ``--quick``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["main", "VARIANTS"]
+
+RESULTS = Path(__file__).parent / "results"
+#: variant -> (precision, threads, how the network is prepared)
+VARIANTS: dict[str, tuple[str, int, str]] = {
+    "fp32": ("fp32", 2, "eager"),
+    "bf16": ("bf16", 2, "eager"),
+    "fp32_nchw": ("fp32", 2, "nchw"),
+    "fp32_1thread": ("fp32", 1, "eager"),
+    "bf16_1thread": ("bf16", 1, "eager"),
+    "fp32_torchscript": ("fp32", 2, "torchscript"),
+    "fp32_compile": ("fp32", 2, "compile"),
+    "bf16_compile": ("bf16", 2, "compile"),
+}
+QUICK_VARIANTS = ("fp32", "bf16")
+#: A variant may become the default only if it loses at most this much PSNR.
+MAX_PSNR_LOSS_DB = 0.1
+_CT_WINDOW = (-160.0, 240.0)  # soft tissue W400/L40
+_CT_RANGE = (-1024.0, 3071.0)
+
+
+# --------------------------------------------------------------------------- memory
+
+
+class _AnonPeak:
+    """Samples RssAnon every few ms: the memory a memmap cannot page out, unlike
+    ``ru_maxrss``, which also counts the file pages a memmap maps."""
+
+    def __init__(self) -> None:
+        self.peak_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_kb = max(self.peak_kb, _status_kb("RssAnon"))
+            self._stop.wait(0.005)
+
+    def __enter__(self) -> _AnonPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_kb = max(self.peak_kb, _status_kb("RssAnon"))
+
+
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _maxrss_mb() -> float:
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork + exec, so a child
+    # would report its parent's peak whenever that was larger.
+    return _status_kb("VmHWM") / 1024
+
+
+# --------------------------------------------------------------------------- children
+
+
+def _matmul_gflops(dtype_name: str = "fp32", n: int = 2048, repeat: int = 5) -> float:
+    import torch
+
+    dtype = torch.float32 if dtype_name == "fp32" else torch.bfloat16
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def _django(root: Path) -> None:
+    os.environ.update(
+        {
+            "DEBUG": "1",
+            "VAR_DIR": str(root / "var"),
+            "MEDIA_ROOT": str(root / "media"),
+            "DATABASE_URL": f"sqlite:///{root / 'db.sqlite3'}",
+            "DJANGO_SETTINGS_MODULE": "radiology.settings",
+        }
+    )
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def _child_e2e(params: dict[str, Any]) -> dict[str, Any]:
+    """The worker path, in-process: ingest, request, run."""
+    import torch
+
+    torch.set_num_threads(int(params["threads"]))
+    root = Path(params["tmp"])
+    _django(root)
+    from django.contrib.auth import get_user_model
+
+    from radiology.models import DenoiseJob
+    from radiology.services.ingest import upload_ingest
+    from radiology.services.jobs import denoise_job_request, denoise_job_run
+
+    owner = get_user_model().objects.create_user("bench", password="bench-pass-1")
+    baseline_mb = _status_kb("VmRSS") / 1024
+    started = time.perf_counter()
+    report = upload_ingest(
+        sources=[(Path(params["series_dir"]), "series")], owner=owner
+    )
+    ingested = time.perf_counter()
+    job, _ = denoise_job_request(series=report.series[0], requested_by=owner)
+    requested = time.perf_counter()
+    done = denoise_job_run(job_id=job.pk, worker="bench")
+    finished = time.perf_counter()
+    assert done is not None
+    return {
+        "status": done.status,
+        "error": done.error,
+        "succeeded": done.status == DenoiseJob.Status.SUCCEEDED,
+        "e2e_s": finished - started,
+        "ingest_s": ingested - started,
+        "request_s": requested - ingested,
+        "job_run_s": finished - requested,
+        "job_timings_s": done.timings_s,
+        "precision": done.provenance.get("precision"),
+        "baseline_rss_mb": baseline_mb,
+        "peak_rss_mb": _maxrss_mb(),
+    }
+
+
+def _prepare(variant: str, network: Any, batch: Any) -> tuple[Any, float]:
+    """The network as ``variant`` runs it, and the seconds preparing it took."""
+    import copy
+
+    import torch
+
+    _, _, how = VARIANTS[variant]
+    start = time.perf_counter()
+    if how == "nchw":
+        network = copy.deepcopy(network).to(memory_format=torch.contiguous_format)
+        # The network converts its input to channels_last itself; undo that so
+        # every layer really runs NCHW.
+        network.spatial_dims = 3 if network.spatial_dims == 2 else network.spatial_dims
+    elif how == "torchscript":
+        with torch.inference_mode():
+            network = torch.jit.freeze(torch.jit.trace(network, batch))
+    elif how == "compile":
+        import torch._inductor.config as inductor_config
+
+        # Freezing folds the weights in and lets oneDNN fuse conv + ReLU.
+        inductor_config.freezing = True
+        network = torch.compile(network, dynamic=False)
+    return network, time.perf_counter() - start
+
+
+def _child_model(params: dict[str, Any]) -> dict[str, Any]:
+    """One variant: time per slice, GFLOP/s vs matmul, PSNR on the held-out set."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from inference import load_model
+    from inference.devices import autocast
+
+    variant = params["variant"]
+    precision, threads, how = VARIANTS[variant]
+    torch.set_num_threads(threads)
+    model = load_model(device="cpu")
+    network = model.network.eval()
+    norm = model.input_spec["normalisation"]
+    offset, scale = float(norm["offset"]), float(norm["scale"])
+    batch_size = int(model.input_spec.get("batch_size", 8))
+    size = int(params["size"])
+    held = np.load(params["held_out"])
+    noisy, clean = held["noisy"], held["clean"]
+
+    with torch.inference_mode():
+        one = torch.zeros(1, 1, size, size)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            network(one)
+        flops_per_slice = counter.get_total_flops()
+    example = torch.zeros(batch_size, 1, size, size)
+    prepared, prepare_s = _prepare(variant, network, example)
+    device = torch.device("cpu")
+
+    def forward(images: np.ndarray) -> np.ndarray:
+        out = np.empty_like(images)
+        for start in range(0, len(images), batch_size):
+            part = images[start : start + batch_size]
+            full = np.zeros((batch_size, *part.shape[1:]), np.float32)
+            # Fixed batch shape: compiled variants never recompile for the tail.
+            full[: len(part)] = (part - offset) / scale
+            with torch.inference_mode(), autocast(device, precision):
+                result = prepared(torch.from_numpy(full)[:, None])
+            out[start : start + len(part)] = (
+                result.float()[: len(part), 0].numpy() * scale + offset
+            )
+        return out
+
+    warm_start = time.perf_counter()
+    forward(noisy[:batch_size])
+    first_call_s = time.perf_counter() - warm_start
+    matmul_before = _matmul_gflops("fp32")
+    timing_input = np.resize(noisy, (int(params["timing_slices"]), size, size))
+    runs = []
+    for _ in range(2):
+        start = time.perf_counter()
+        forward(timing_input)
+        runs.append(time.perf_counter() - start)
+    matmul_after = _matmul_gflops("fp32")
+    seconds = min(runs)
+    matmul = max(matmul_before, matmul_after)
+    per_slice_s = seconds / len(timing_input)
+    denoised = forward(noisy)
+    return {
+        "variant": variant,
+        "precision": precision,
+        "threads": threads,
+        "prepared": how,
+        "prepare_s": prepare_s,
+        "first_call_s": first_call_s,
+        "ms_per_slice": per_slice_s * 1000,
+        "slices_per_s": 1 / per_slice_s,
+        "gflop_per_slice": flops_per_slice / 1e9,
+        "network_gflops": flops_per_slice / per_slice_s / 1e9,
+        "matmul_fp32_gflops": matmul,
+        "matmul_bf16_gflops": _matmul_gflops("bf16"),
+        "fraction_of_matmul": flops_per_slice / per_slice_s / 1e9 / matmul,
+        "psnr_window_db": _psnr(clean, denoised, _CT_WINDOW),
+        "psnr_full_db": _psnr(clean, denoised, _CT_RANGE),
+        "peak_rss_mb": _maxrss_mb(),
+    }
+
+
+def _psnr(clean: np.ndarray, image: np.ndarray, window: tuple[float, float]) -> float:
+    """Mean over slices of the PSNR within ``window`` (values clipped to it)."""
+    low, high = window
+    values = []
+    for c, x in zip(clean, image, strict=True):
+        error = np.mean((np.clip(x, low, high) - np.clip(c, low, high)) ** 2)
+        values.append(10 * np.log10((high - low) ** 2 / max(float(error), 1e-12)))
+    return float(np.mean(values))
+
+
+def _child_memmap(params: dict[str, Any]) -> dict[str, Any]:
+    """``denoise_volume`` from a memmapped int16 series into memmapped outputs."""
+    import torch
+
+    from inference import denoise_volume, load_model
+
+    torch.set_num_threads(int(params["threads"]))
+    depth, size = int(params["depth"]), int(params["size"])
+    folder = Path(params["tmp"])
+    source = np.lib.format.open_memmap(
+        folder / "volume.npy", mode="w+", dtype=np.int16, shape=(depth, size, size)
+    )
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    body = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2) < (0.4 * size) ** 2
+    base = np.where(body, 40, -1000).astype(np.int16)
+    for z in range(depth):
+        source[z] = base + rng.normal(0, 20, base.shape).astype(np.int16)
+    source.flush()
+    del source
+    model = load_model(device="cpu")
+    volume = np.load(folder / "volume.npy", mmap_mode="r")
+    outputs = [
+        np.lib.format.open_memmap(
+            folder / f"{name}.npy", mode="w+", dtype=np.float32, shape=volume.shape
+        )
+        for name in ("reconstruction", "residual")
+    ]
+    baseline_kb = _status_kb("RssAnon")
+    start = time.perf_counter()
+    with _AnonPeak() as peak:
+        result = denoise_volume(
+            volume,
+            model,
+            spacing=(1.0, 0.7, 0.7),
+            reconstruction_out=outputs[0],
+            residual_out=outputs[1],
+        )
+    elapsed = time.perf_counter() - start
+    volume_mb = depth * size * size * 4 / 2**20
+    return {
+        "shape": [depth, size, size],
+        "float32_volume_mb": volume_mb,
+        "seconds": elapsed,
+        "anon_peak_mb": peak.peak_kb / 1024,
+        "anon_growth_mb": (peak.peak_kb - baseline_kb) / 1024,
+        "outputs_are_memmaps": isinstance(result.reconstruction, np.memmap),
+        "precision": result.provenance["precision"],
+    }
+
+
+_CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "e2e": _child_e2e,
+    "model": _child_model,
+    "memmap": _child_memmap,
+}
+
+
+def _spawn(kind: str, params: dict[str, Any], timeout_s: float = 900) -> dict[str, Any]:
+    command = [
+        sys.executable,
+        "-m",
+        "bench",
+        "speed",
+        "--child",
+        kind,
+        "--params",
+        json.dumps(params),
+    ]
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        command, cwd=root, capture_output=True, text=True, timeout=timeout_s
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        return {"error": f"{kind} exited {done.returncode}: {' | '.join(tail)}"}
+    return json.loads(lines[-1])
+
+
+# --------------------------------------------------------------------------- parent
+
+
+def _held_out(count: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out low-dose CT phantoms (quarter and tenth dose), never trained on."""
+    from training.data import HELD_OUT_PHANTOM_SEED
+    from training.evaluate import held_out_pairs
+
+    pairs = held_out_pairs(
+        "CT",
+        (0.25, 0.1),
+        count=count,
+        size=size,
+        real=False,
+        seed=HELD_OUT_PHANTOM_SEED,
+    )
+    flat = [pair for level in sorted(pairs) for pair in pairs[level]]
+    noisy = np.stack([np.asarray(p.noisy, np.float32) for p in flat])
+    clean = np.stack([np.asarray(p.clean.image, np.float32) for p in flat])
+    return noisy, clean
+
+
+def _bm3d_slice_s(noisy: np.ndarray, clean: np.ndarray, crop: int | None) -> float:
+    """Seconds BM3D takes on one full slice (timed on a crop and scaled by pixels)."""
+    import bm3d
+
+    image, reference = noisy, clean
+    if crop:
+        y0 = (image.shape[0] - crop) // 2
+        x0 = (image.shape[1] - crop) // 2
+        image = image[y0 : y0 + crop, x0 : x0 + crop]
+        reference = reference[y0 : y0 + crop, x0 : x0 + crop]
+    sd = float(np.std(image - reference)) / 4096.0
+    start = time.perf_counter()
+    bm3d.bm3d((image.astype(np.float64) + 1024.0) / 4096.0, sigma_psd=sd)
+    elapsed = time.perf_counter() - start
+    return elapsed * noisy.size / image.size
+
+
+def run(*, slices: int = 300, size: int = 512, quick: bool = False) -> dict[str, Any]:
+    """Run the benchmark; returns the JSON-safe report (see the module docstring)."""
+    from radiology.dicomio.synthetic import phantom_volume, write_series
+
+    started = time.perf_counter()
+    threads = min(2, len(os.sched_getaffinity(0)))
+    report: dict[str, Any] = {
+        "benchmark": "speed",
+        "quick": quick,
+        "shape": [slices, size, size],
+        "cpus": len(os.sched_getaffinity(0)),
+        "threads": threads,
+        "float32_volume_mb": slices * size * size * 4 / 2**20,
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-speed-") as tmp:
+        root = Path(tmp)
+        series_dir = root / "series"
+        series_dir.mkdir()
+        volume = phantom_volume((slices, size, size), seed=1)
+        write_series(series_dir, volume, spacing_mm=(1.0, 0.7, 0.7))
+        del volume
+        e2e_dir = root / "e2e"
+        e2e_dir.mkdir()
+        report["e2e"] = _spawn(
+            "e2e",
+            {"tmp": str(e2e_dir), "series_dir": str(series_dir), "threads": threads},
+        )
+
+        noisy, clean = _held_out(1 if quick else 4, 512)
+        held_path = root / "held_out.npz"
+        np.savez(held_path, noisy=noisy, clean=clean)
+        variants: dict[str, Any] = {}
+        for name in QUICK_VARIANTS if quick else VARIANTS:
+            variants[name] = _spawn(
+                "model",
+                {
+                    "variant": name,
+                    "size": 512,
+                    "held_out": str(held_path),
+                    "timing_slices": 8 if quick else 32,
+                },
+            )
+        reference = variants.get("fp32", {})
+        for row in variants.values():
+            if "psnr_window_db" in row and "psnr_window_db" in reference:
+                row["psnr_window_change_db"] = (
+                    row["psnr_window_db"] - reference["psnr_window_db"]
+                )
+                row["psnr_full_change_db"] = (
+                    row["psnr_full_db"] - reference["psnr_full_db"]
+                )
+                row["speedup_vs_fp32"] = reference["ms_per_slice"] / row["ms_per_slice"]
+                row["quality_ok"] = row["psnr_window_change_db"] >= -MAX_PSNR_LOSS_DB
+        report["variants"] = variants
+
+        memmap_size = 512 if quick else 1024
+        depths = (8, 16) if quick else (32, 64)
+        memmaps = []
+        for depth in depths:
+            folder = root / f"memmap-{depth}"
+            folder.mkdir()
+            memmaps.append(
+                _spawn(
+                    "memmap",
+                    {
+                        "tmp": str(folder),
+                        "depth": depth,
+                        "size": memmap_size,
+                        "threads": threads,
+                    },
+                )
+            )
+        report["memmap"] = memmaps
+
+        bm3d_s = _bm3d_slice_s(noisy[0], clean[0], 128 if quick else None)
+        report["bm3d"] = {
+            "seconds_per_512_slice": bm3d_s,
+            "timed_on": "128x128 crop, scaled by pixels"
+            if quick
+            else "one 512x512 slice",
+            "volume_s_extrapolated": bm3d_s * slices * size * size / 512**2,
+        }
+    report["summary"] = _summary(report, slices)
+    report["goals"] = _goals(report)
+    report["elapsed_s"] = time.perf_counter() - started
+    report = _rounded(report)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = "speed-quick" if quick else "speed"
+    (RESULTS / f"{stem}.md").write_text(_markdown(report))
+    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _default_variant(variants: dict[str, Any]) -> str | None:
+    """The fastest 2-thread variant within the PSNR budget that needs no compile step
+    at load (what ``precision="auto"`` should pick)."""
+    eager = [
+        (row["ms_per_slice"], name)
+        for name, row in variants.items()
+        if row.get("quality_ok")
+        and row.get("prepared") == "eager"
+        and row.get("threads") == max(r.get("threads", 0) for r in variants.values())
+    ]
+    return min(eager)[1] if eager else None
+
+
+def _summary(report: dict[str, Any], slices: int) -> dict[str, Any]:
+    e2e = report["e2e"]
+    variants = report["variants"]
+    default = _default_variant(variants)
+    chosen = variants.get(e2e.get("precision") or "", variants.get(default or "", {}))
+    summary: dict[str, Any] = {
+        "e2e_s": e2e.get("e2e_s"),
+        "e2e_precision": e2e.get("precision"),
+        "model_only_s": (chosen.get("ms_per_slice", 0) / 1000 * slices) or None,
+        "model_only_slices_per_s": chosen.get("slices_per_s"),
+        "e2e_slices_per_s": slices / e2e["e2e_s"] if e2e.get("e2e_s") else None,
+        "fastest_quality_ok_eager_variant": default,
+        "network_gflops": chosen.get("network_gflops"),
+        "matmul_fp32_gflops": chosen.get("matmul_fp32_gflops"),
+        "network_fraction_of_fp32_matmul": chosen.get("fraction_of_matmul"),
+        "fp32_network_fraction_of_fp32_matmul": variants.get("fp32", {}).get(
+            "fraction_of_matmul"
+        ),
+        "peak_rss_mb": e2e.get("peak_rss_mb"),
+        "peak_rss_growth_mb": (
+            e2e["peak_rss_mb"] - e2e["baseline_rss_mb"]
+            if "peak_rss_mb" in e2e
+            else None
+        ),
+    }
+    if e2e.get("e2e_s"):
+        summary["speedup_vs_bm3d"] = (
+            report["bm3d"]["volume_s_extrapolated"] / e2e["e2e_s"]
+        )
+    return summary
+
+
+def _goals(report: dict[str, Any]) -> dict[str, Any]:
+    summary = report["summary"]
+    volume_mb = report["float32_volume_mb"]
+    memmaps = [m for m in report["memmap"] if "anon_growth_mb" in m]
+    growth = [m["anon_growth_mb"] for m in memmaps]
+    full_size = report["shape"] == [300, 512, 512]
+    return {
+        "measured_at_issue_size": full_size,
+        "e2e_le_15_s": bool(summary["e2e_s"] and summary["e2e_s"] <= 15),
+        "speedup_vs_bm3d_ge_100": bool(summary.get("speedup_vs_bm3d", 0) >= 100),
+        "network_ge_half_of_matmul": bool(
+            (summary["network_fraction_of_fp32_matmul"] or 0) >= 0.5
+        ),
+        "peak_rss_growth_le_3x_volume": bool(
+            summary["peak_rss_growth_mb"] is not None
+            and summary["peak_rss_growth_mb"] <= 3 * volume_mb
+        ),
+        "peak_rss_le_3x_volume": bool(
+            summary["peak_rss_mb"] and summary["peak_rss_mb"] <= 3 * volume_mb
+        ),
+        # Doubling the depth of a memmapped series must grow anonymous memory by
+        # less than a quarter of the data added: memory follows the chunk, not the
+        # series.
+        "memmap_memory_flat_in_depth": bool(
+            len(growth) == 2
+            and growth[1] - growth[0]
+            <= 0.25
+            * (memmaps[1]["float32_volume_mb"] - memmaps[0]["float32_volume_mb"])
+        ),
+    }
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    s, g, e2e = report["summary"], report["goals"], report["e2e"]
+    shape = "x".join(str(v) for v in report["shape"])
+    lines = [
+        f"# Speed benchmark{' (quick)' if report['quick'] else ''}",
+        "",
+        f"{shape} CT, {report['cpus']} CPUs, {report['threads']} torch threads. "
+        "Each part ran in its own process; the machine may be shared, so compare "
+        "ratios from the same run.",
+        "",
+        "## End to end (upload_ingest -> denoise_job_request -> denoise_job_run)",
+        "",
+        f"- total {s['e2e_s']} s ({e2e.get('precision')}): ingest "
+        f"{e2e.get('ingest_s')} s, job {e2e.get('job_run_s')} s; job stages "
+        f"{json.dumps(e2e.get('job_timings_s'))}",
+        f"- peak RSS {s['peak_rss_mb']} MB ({s['peak_rss_growth_mb']} MB above the "
+        f"process before ingest); float32 volume {report['float32_volume_mb']} MB",
+        f"- BM3D {report['bm3d']['seconds_per_512_slice']} s per 512² slice "
+        f"({report['bm3d']['timed_on']}), {report['bm3d']['volume_s_extrapolated']} s "
+        f"for the volume: end to end is {s.get('speedup_vs_bm3d')}x faster",
+        "",
+        "## Network variants (model only, held-out CT phantoms at 1/4 and 1/10 dose)",
+        "",
+        "| variant | ms/slice | slices/s | x fp32 | GFLOP/s | % fp32 matmul | "
+        "fp32 matmul GFLOP/s | PSNR win dB | Δ vs fp32 dB | prepare s | "
+        "peak RSS MB | ok |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in report["variants"].items():
+        if "error" in row:
+            lines.append(f"| {name} | {row['error']} |" + " |" * 10)
+            continue
+        cells = [
+            f"{row['ms_per_slice']:.1f}",
+            f"{row['slices_per_s']:.1f}",
+            f"{row.get('speedup_vs_fp32', 0):.2f}",
+            f"{row['network_gflops']:.1f}",
+            f"{100 * row['fraction_of_matmul']:.0f}",
+            f"{row['matmul_fp32_gflops']:.0f}",
+            f"{row['psnr_window_db']:.2f}",
+            f"{row.get('psnr_window_change_db', 0):+.3f}",
+            f"{row['prepare_s'] + row['first_call_s']:.1f}",
+            f"{row['peak_rss_mb']:.0f}",
+            "yes" if row.get("quality_ok") else "no",
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "## Memory-mapped series (chunked)", ""]
+    for m in report["memmap"]:
+        if "error" in m:
+            lines.append(f"- {m['error']}")
+            continue
+        lines.append(
+            f"- {'x'.join(map(str, m['shape']))}: {m['seconds']} s, float32 volume "
+            f"{m['float32_volume_mb']} MB, anonymous memory grew {m['anon_growth_mb']} "
+            f"MB (peak {m['anon_peak_mb']} MB)"
+        )
+    lines += ["", "## Goals", ""]
+    lines += [f"- {name}: {value}" for name, value in g.items()]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench speed",
+        description="End-to-end and model speed of the default CT denoiser.",
+    )
+    parser.add_argument("--json", action="store_true", help="(output is always JSON)")
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument(
+        "--quick", action="store_true", help="48 slices, three variants (~60 s)"
+    )
+    parser.add_argument("--child", choices=sorted(_CHILDREN), help=argparse.SUPPRESS)
+    parser.add_argument("--params", default="{}", help=argparse.SUPPRESS)
+    args = parser.parse_args(list(argv))
+    if args.child:
+        print(json.dumps(_CHILDREN[args.child](json.loads(args.params))))
+        return 0
+    slices = 48 if args.quick and args.slices == 300 else args.slices
+    report = run(slices=slices, size=args.size, quick=args.quick)
+    print(json.dumps(report))
+    return 0 if report["e2e"].get("succeeded") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,177 @@
+"""Correctness of the engine fast paths: chunked memmap pass, bf16 default, metrics."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from inference import denoise_volume, devices, engine, load_model, metrics
+from inference.registry import LoadedModel
+
+from .inference_fixtures import BundleFactory, phantom
+
+SPACING = (2.5, 0.7, 0.7)
+FAST_UNET = {
+    "kind": "fast_unet_noise",
+    "args": {
+        "stem_channels": 4,
+        "channels": [4, 8],
+        "encoder_blocks": [1, 1],
+        "decoder_blocks": [1],
+    },
+}
+
+
+@pytest.fixture
+def unet_model(make_bundle: BundleFactory, models_root: Path) -> LoadedModel:
+    make_bundle("unet", network_def=FAST_UNET)
+    return load_model("unet", models_root=models_root, device="cpu")
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "CHUNK_SLICES", 4)
+
+
+def test_memmap_in_and_out_matches_the_in_memory_result(
+    unet_model: LoadedModel, tmp_path: Path, small_chunks: None
+) -> None:
+    volume = phantom((11, 32, 24), seed=1).round().astype(np.int16)
+    np.save(tmp_path / "volume.npy", volume)
+    source = np.load(tmp_path / "volume.npy", mmap_mode="r")
+    outputs = [
+        np.lib.format.open_memmap(
+            tmp_path / f"{name}.npy", mode="w+", dtype=np.float32, shape=volume.shape
+        )
+        for name in ("reconstruction", "residual")
+    ]
+    streamed = denoise_volume(
+        source,
+        unet_model,
+        spacing=SPACING,
+        precision="fp32",
+        reconstruction_out=outputs[0],
+        residual_out=outputs[1],
+    )
+    in_memory = denoise_volume(volume, unet_model, spacing=SPACING, precision="fp32")
+    assert streamed.reconstruction is outputs[0]
+    np.testing.assert_array_equal(outputs[0], in_memory.reconstruction)
+    np.testing.assert_array_equal(outputs[1], in_memory.residual)
+    assert streamed.metrics == in_memory.metrics
+    as_float = volume.astype(np.float32)
+    assert (
+        streamed.provenance["input_sha256"]
+        == hashlib.sha256(as_float.tobytes()).hexdigest()
+    )
+    assert (
+        streamed.provenance["output_sha256"]
+        == hashlib.sha256(in_memory.reconstruction.tobytes()).hexdigest()
+    )
+
+
+def test_progress_stays_increasing_across_chunks(
+    unet_model: LoadedModel, small_chunks: None
+) -> None:
+    fractions: list[float] = []
+    denoise_volume(
+        phantom((10, 16, 16), seed=2),
+        unet_model,
+        spacing=SPACING,
+        batch_size=2,
+        progress=lambda f, _: fractions.append(f),
+    )
+    assert fractions == sorted(set(fractions))
+    assert fractions[-1] == 1.0 and len(fractions) >= 5 + 2
+
+
+def test_nan_in_a_later_chunk_is_refused(
+    unet_model: LoadedModel, small_chunks: None
+) -> None:
+    volume = phantom((9, 16, 16), seed=3)
+    volume[8, 3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf"):
+        denoise_volume(volume, unet_model, spacing=SPACING)
+
+
+def test_output_array_of_the_wrong_shape_is_refused(unet_model: LoadedModel) -> None:
+    volume = phantom((2, 16, 16), seed=4)
+    with pytest.raises(ValueError, match="reconstruction_out"):
+        denoise_volume(
+            volume,
+            unet_model,
+            spacing=SPACING,
+            reconstruction_out=np.empty((2, 16, 8), np.float32),
+        )
+
+
+@pytest.mark.parametrize(
+    ("kind", "native", "expected"),
+    [
+        ("fast_unet_noise", True, "bf16"),
+        ("fast_unet_noise", False, "fp32"),
+        ("redcnn", True, "fp32"),
+        (None, True, "fp32"),
+    ],
+)
+def test_auto_precision_on_cpu_is_bf16_only_for_validated_kinds(
+    monkeypatch: pytest.MonkeyPatch, kind: str | None, native: bool, expected: str
+) -> None:
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native)
+    cpu = devices.select_device("cpu")
+    assert devices.resolve_precision("auto", cpu, kind) == expected
+    assert devices.resolve_precision("fp32", cpu, kind) == "fp32"
+
+
+def test_bf16_output_stays_close_to_fp32(unet_model: LoadedModel) -> None:
+    volume = phantom((3, 32, 32), seed=5)
+    fp32 = denoise_volume(volume, unet_model, spacing=SPACING, precision="fp32")
+    bf16 = denoise_volume(volume, unet_model, spacing=SPACING, precision="bf16")
+    assert bf16.provenance["precision"] == "bf16"
+    # The input skips bf16 (x - noise is fp32); only the noise estimate is rounded.
+    np.testing.assert_allclose(
+        bf16.reconstruction, fp32.reconstruction, atol=0.02 * 4096
+    )
+
+
+def _flat_reference(chunk: np.ndarray, pad: bool) -> np.ndarray:
+    if pad:
+        size = (1, 3, 3)
+        return ndimage.maximum_filter(chunk, size=size, mode="nearest") != (
+            ndimage.minimum_filter(chunk, size=size, mode="nearest")
+        )
+    views = [
+        chunk[:, dy : chunk.shape[1] - 2 + dy, dx : chunk.shape[2] - 2 + dx]
+        for dy in range(3)
+        for dx in range(3)
+    ]
+    return np.maximum.reduce(views) != np.minimum.reduce(views)
+
+
+@pytest.mark.parametrize("pad", [True, False])
+def test_not_flat_matches_the_max_min_filter_definition(pad: bool) -> None:
+    rng = np.random.default_rng(6)
+    chunk = rng.integers(0, 3, size=(3, 19, 23)).astype(np.float32)
+    chunk[:, :8, :9] = 5.0
+    chunk[1] = 1.0
+    np.testing.assert_array_equal(
+        metrics._not_flat(chunk, pad=pad), _flat_reference(chunk, pad)
+    )
+
+
+def test_separable_filters_match_their_3x3_kernels() -> None:
+    chunk = np.random.default_rng(7).normal(size=(2, 17, 13)).astype(np.float32)
+    laplace = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+    sobel_x = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32)
+    expected_l = np.stack([ndimage.correlate(c, laplace) for c in chunk])
+    gx = np.stack([ndimage.correlate(c, sobel_x) for c in chunk])
+    gy = np.stack([ndimage.correlate(c, sobel_x.T) for c in chunk])
+    np.testing.assert_allclose(
+        metrics._laplacian(chunk), expected_l[:, 1:-1, 1:-1], atol=1e-5
+    )
+    np.testing.assert_allclose(
+        metrics._sobel_magnitude(chunk), np.hypot(gx, gy)[:, 1:-1, 1:-1], atol=1e-5
+    )
