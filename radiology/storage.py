@@ -118,18 +118,72 @@ def store_array(name: str, array: np.ndarray) -> str:
     return store_bytes(name, _npy_bytes(array))
 
 
+class ArrayFile:
+    """A new ``.npy`` output, filled in place through a memory map, then committed.
+
+    ``array`` is a writable memmap of a temp file beside ``name``; nothing shows under
+    ``name`` until :meth:`commit`, which flushes, fsyncs, hashes and renames it. When
+    ``name`` already holds identical bytes (an earlier attempt got that far) the
+    temp file is dropped and the stored one kept: outputs are never overwritten.
+    """
+
+    def __init__(self, name: str, shape: tuple[int, ...], dtype=np.float32) -> None:
+        self.name = name
+        target = media_path(name)
+        fd, tmp = _temp_beside(target)
+        os.close(fd)
+        self._tmp = Path(tmp)
+        try:
+            self.array = np.lib.format.open_memmap(
+                self._tmp, mode="w+", dtype=dtype, shape=tuple(shape)
+            )
+            # Reserve every block now: on a full disk this raises ENOSPC here, as an
+            # OSError, instead of a SIGBUS later when a page of the map is written.
+            fd = os.open(self._tmp, os.O_RDWR)
+            try:
+                os.posix_fallocate(fd, 0, os.path.getsize(self._tmp))
+            finally:
+                os.close(fd)
+        except BaseException:
+            self.discard()
+            raise
+
+    def commit(self) -> str:
+        """Make the file durable and visible under ``name``; returns its SHA-256."""
+        self.array.flush()
+        del self.array
+        _fsync_path(self._tmp)
+        sha = _sha256_path(self._tmp)
+        target = media_path(self.name)
+        if target.exists() and _sha256_path(target) == sha:
+            self._tmp.unlink()
+            return sha
+        os.chmod(self._tmp, 0o640)
+        os.replace(self._tmp, target)
+        _fsync_path(target.parent)
+        return sha
+
+    def discard(self) -> None:
+        self.__dict__.pop("array", None)
+        self._tmp.unlink(missing_ok=True)
+
+
 def load_array(name: str, mmap: bool = True) -> np.ndarray:
     return np.load(
         media_path(name), mmap_mode="r" if mmap else None, allow_pickle=False
     )
 
 
-def file_sha256(name: str) -> str:
+def _sha256_path(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(media_path(name), "rb") as handle:
+    with open(path, "rb") as handle:
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def file_sha256(name: str) -> str:
+    return _sha256_path(media_path(name))
 
 
 def sweep_orphans(max_age_s: float = 3600.0) -> int:

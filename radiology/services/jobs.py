@@ -10,7 +10,6 @@ import time
 import uuid
 from datetime import timedelta
 
-import numpy as np
 from django.conf import settings
 from django.db import OperationalError, connection, transaction
 from django.utils import timezone
@@ -19,7 +18,7 @@ import inference
 
 from ..audit import audit_record, canonical_json
 from ..models import AuditEvent, DenoiseJob, Series
-from ..storage import load_array, media_path, store_array
+from ..storage import ArrayFile, load_array
 
 logger = logging.getLogger(__name__)
 
@@ -311,26 +310,33 @@ def _run_claimed(job: DenoiseJob, token: str) -> DenoiseJob:
     timings["load_model"] = time.perf_counter() - started
 
     tick = time.perf_counter()
-    volume = load_array(job.series.volume_file).astype(np.float32)
-    timings["read_volume"] = time.perf_counter() - tick
-
-    tick = time.perf_counter()
-    result = inference.denoise_volume(
-        volume,
-        model,
-        spacing=tuple(job.series.spacing_mm),
-        progress=_Heartbeat(job.pk, token),
-        batch_size=job.params.get("batch_size"),
-        precision=job.params.get("precision", "auto"),
-        modality=job.series.modality,
-    )
-    timings["denoise"] = time.perf_counter() - tick
-
-    tick = time.perf_counter()
+    # Memory-mapped in and out: the engine converts and denoises a chunk at a time,
+    # so a volume larger than memory goes through without being loaded whole.
+    volume = load_array(job.series.volume_file, mmap=True)
     recon_name, residual_name = output_names(job)
-    recon_sha = _store_output(recon_name, result.reconstruction)
-    residual_sha = _store_output(residual_name, result.residual)
-    timings["write_outputs"] = time.perf_counter() - tick
+    outputs = [ArrayFile(name, volume.shape) for name in (recon_name, residual_name)]
+    timings["read_volume"] = time.perf_counter() - tick
+    try:
+        tick = time.perf_counter()
+        result = inference.denoise_volume(
+            volume,
+            model,
+            spacing=tuple(job.series.spacing_mm),
+            progress=_Heartbeat(job.pk, token),
+            batch_size=job.params.get("batch_size"),
+            precision=job.params.get("precision", "auto"),
+            modality=job.series.modality,
+            reconstruction_out=outputs[0].array,
+            residual_out=outputs[1].array,
+        )
+        timings["denoise"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        recon_sha, residual_sha = (output.commit() for output in outputs)
+        timings["write_outputs"] = time.perf_counter() - tick
+    except BaseException:
+        for output in outputs:
+            output.discard()
+        raise
     timings["total"] = time.perf_counter() - started
 
     provenance = dict(result.provenance)
@@ -385,17 +391,6 @@ def _run_claimed(job: DenoiseJob, token: str) -> DenoiseJob:
                 },
             )
     return DenoiseJob.objects.get(pk=job.pk)
-
-
-def _store_output(name: str, array) -> str:
-    """Write an output once; an identical file from an earlier attempt is reused."""
-    from ..storage import file_sha256
-
-    if media_path(name).exists():
-        existing = load_array(name)
-        if existing.shape == array.shape and (existing == array).all():
-            return file_sha256(name)
-    return store_array(name, array)
 
 
 def _release_for_retry(job: DenoiseJob, token: str, reason: str) -> None:

@@ -89,6 +89,20 @@ def fdopen(fd, *args, **kwargs):
     return handle
 
 
+_real_fallocate = os.posix_fallocate
+
+
+def posix_fallocate(fd, offset, length):
+    """Output files are memory-mapped; their space is reserved here, so a full disk
+    shows up here."""
+    path = os.readlink(f"/proc/self/fd/{fd}")
+    if "/outputs/" in path and path.endswith(".partial"):
+        limit = int(os.environ["FAULT_ENOSPC_WRITES"])
+        if limit < 0 or _counter("FAULT_ENOSPC_COUNTER") < limit:
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+    return _real_fallocate(fd, offset, length)
+
+
 def replace(src, dst, *args, **kwargs):
     marker = os.environ.get("FAULT_CRASH_MARKER")
     if marker and "/outputs/" in str(dst) and not os.path.exists(marker):
@@ -100,6 +114,7 @@ def replace(src, dst, *args, **kwargs):
 
 if os.environ.get("FAULT_ENOSPC_WRITES"):
     os.fdopen = fdopen
+    os.posix_fallocate = posix_fallocate
 if os.environ.get("FAULT_CRASH_MARKER"):
     os.replace = replace
 '''

@@ -13,7 +13,7 @@ from radiology.dicomio.synthetic import phantom_volume, write_series
 from radiology.models import AuditEvent, DenoiseJob
 from radiology.services.ingest import upload_ingest
 from radiology.services.jobs import denoise_job_request, output_names
-from radiology.storage import load_array, media_path
+from radiology.storage import load_array, media_path, sweep_orphans
 
 from .conftest import REPO, wait_for
 
@@ -62,9 +62,9 @@ def test_ingest_denoise_succeeds_with_full_provenance(alice, workers, tmp_path):
     assert prov["reconstruction_file_sha256"] == job.reconstruction_sha256
     assert job.worker.startswith("w1@")
     actions = list(
-        AuditEvent.objects.filter(target_type="denoisejob", target_id=str(job.pk)).values_list(
-            "action", flat=True
-        )
+        AuditEvent.objects.filter(
+            target_type="denoisejob", target_id=str(job.pk)
+        ).values_list("action", flat=True)
     )
     assert actions == ["job.requested", "job.started", "job.succeeded"]
     assert audit_verify().ok
@@ -104,15 +104,20 @@ def test_sigkill_mid_job_then_restart_completes_exactly_once(alice, workers, tmp
     assert done.attempts == 2
     recon_name, residual_name = output_names(done)
     folder = media_path(recon_name).parent
+    # The killed attempt's temp files stay until the orphan sweep; never referenced.
+    names = [p.name for p in folder.iterdir()]
+    partial = [n for n in names if n.endswith(".partial")]
+    assert sorted(set(names) - set(partial)) == ["reconstruction.npy", "residual.npy"]
+    assert sweep_orphans(max_age_s=0) == len(partial)
     assert sorted(p.name for p in folder.iterdir()) == [
         "reconstruction.npy",
         "residual.npy",
     ]
     assert done.reconstruction_file == recon_name
     events = list(
-        AuditEvent.objects.filter(target_type="denoisejob", target_id=str(job.pk)).values_list(
-            "action", flat=True
-        )
+        AuditEvent.objects.filter(
+            target_type="denoisejob", target_id=str(job.pk)
+        ).values_list("action", flat=True)
     )
     assert events.count("job.succeeded") == 1
     assert "job.requeued" in events

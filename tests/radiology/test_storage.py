@@ -75,3 +75,34 @@ def test_sweep_removes_only_old_temp_files():
 def test_names_outside_media_root_are_refused():
     with pytest.raises(ValueError, match="outside MEDIA_ROOT"):
         storage.media_path("../../etc/passwd")
+
+
+def test_array_file_is_invisible_until_committed():
+    output = storage.ArrayFile("f/out.npy", (2, 3))
+    output.array[:] = 7
+    assert not storage.media_path("f/out.npy").exists()
+    sha = output.commit()
+    assert np.array_equal(storage.load_array("f/out.npy"), np.full((2, 3), 7.0))
+    assert sha == storage.file_sha256("f/out.npy")
+    assert [p.name for p in storage.media_path("f/out.npy").parent.iterdir()] == [
+        "out.npy"
+    ]
+
+
+def test_array_file_reuses_an_identical_stored_output():
+    for _ in range(2):
+        output = storage.ArrayFile("g/out.npy", (4,))
+        output.array[:] = 1
+        output.commit()
+    assert len(list(storage.media_path("g/out.npy").parent.iterdir())) == 1
+
+
+def test_array_file_on_a_full_disk_raises_enospc_and_leaves_nothing(monkeypatch):
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(OSError) as info:
+        storage.ArrayFile("h/out.npy", (64, 64))
+    assert info.value.errno == errno.ENOSPC
+    assert list(storage.media_path("h/out.npy").parent.iterdir()) == []
