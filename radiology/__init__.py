@@ -1,4 +1,4 @@
-"""Django project and app for denoising review; exposes the Celery app as ``radiology``."""
+"""Django project and app for denoising review; the Celery app is ``radiology``."""
 
 from .celery import app as celery_app
 

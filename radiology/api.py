@@ -126,7 +126,8 @@ def too_many_files(request, exc):
     return api.create_response(
         request,
         {
-            "detail": f"too many files in one request (limit {settings.UPLOAD_MAX_FILES}, "
+            "detail": "too many files in one request "
+            f"(limit {settings.UPLOAD_MAX_FILES}, "
             "UPLOAD_MAX_FILES): send them in several uploads or as a zip"
         },
         status=413,
@@ -140,7 +141,7 @@ def not_found(request, exc):
 
 @api.post("/uploads", response={201: dict, 400: dict})
 def upload(request, files: File[list[UploadedFile]]):
-    """Upload DICOM files, folders' files or zip archives; returns series and rejections."""
+    """Upload DICOM files, folders' files or zips; returns series and rejections."""
     if not files:
         raise HttpError(400, "no files in the request (multipart field 'files')")
     workdir = Path(tempfile.mkdtemp(prefix="upload-"))

@@ -22,7 +22,7 @@ def canonical_json(value: Any) -> str:
 
 
 def normalise(extra: dict[str, Any] | None) -> dict[str, Any]:
-    """What the JSON column will give back, so the hash is computed on the stored value."""
+    """What the JSON column gives back: the hash is computed on the stored value."""
     return json.loads(canonical_json(extra or {}))
 
 
@@ -121,7 +121,7 @@ class AuditVerification:
 
 
 def audit_verify() -> AuditVerification:
-    """Recompute the chain from the first event; stop at the first that does not hold."""
+    """Recompute the chain from the first event; stop at the first that fails."""
     prev = GENESIS_HASH
     count = 0
     for event in AuditEvent.objects.order_by("id").iterator(chunk_size=2000):

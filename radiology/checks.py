@@ -18,7 +18,8 @@ def check_time_limits(app_configs, **kwargs):
                 f"broker visibility_timeout ({visibility} s) must exceed the denoise "
                 f"hard time limit ({settings.DENOISE_HARD_TIME_LIMIT_S} s), or running "
                 "jobs are delivered twice.",
-                hint="Raise CELERY_VISIBILITY_TIMEOUT_S or lower DENOISE_HARD_TIME_LIMIT_S.",
+                hint="Raise CELERY_VISIBILITY_TIMEOUT_S or lower "
+                "DENOISE_HARD_TIME_LIMIT_S.",
                 id="radiology.E001",
             )
         )
@@ -39,7 +40,7 @@ def check_model_bundle(app_configs, **kwargs):
         return [
             Warning(
                 f"no model bundle under MODELS_ROOT={root}: denoise jobs will fail.",
-                hint="Point MODELS_ROOT at a folder of bundles (the repository's models/).",
+                hint="Point MODELS_ROOT at a folder of bundles (the repo's models/).",
                 id="radiology.W001",
             )
         ]

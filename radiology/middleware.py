@@ -29,7 +29,7 @@ class LoginRequiredMiddleware:
 
 
 class RequestSizeLimitMiddleware:
-    """Refuse a request body over ``UPLOAD_MAX_BYTES`` before anything reads it (413)."""
+    """Refuse a body over ``UPLOAD_MAX_BYTES`` before anything reads it (413)."""
 
     def __init__(self, get_response):
         self.get_response = get_response

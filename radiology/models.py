@@ -1,4 +1,4 @@
-"""Database models: studies, series and their instances, denoise jobs, reviews, audit log."""
+"""Database models: studies, series, instances, denoise jobs, reviews, audit log."""
 
 from __future__ import annotations
 
@@ -181,7 +181,7 @@ class DenoiseJob(models.Model):
     class Meta:
         ordering = ["-created_at"]
         constraints = [
-            # One job, and so one output, per input volume, model weights and parameters.
+            # One job, so one output, per input volume, model weights and parameters.
             models.UniqueConstraint(
                 fields=["series", "input_sha256", "weights_sha256", "params_sha256"],
                 name="one_job_per_input_model_params",

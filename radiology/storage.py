@@ -107,7 +107,7 @@ def _fsync_path(path: str | Path) -> None:
 
 
 def store_bytes(name: str, data: bytes | memoryview) -> str:
-    """Store bytes under ``name`` atomically (temp file + fsync + rename); its SHA-256."""
+    """Store bytes under ``name`` atomically (temp, fsync, rename); their SHA-256."""
     with BatchWriter() as batch:
         sha = batch.write(name, data)
     return sha
@@ -187,7 +187,7 @@ def file_sha256(name: str) -> str:
 
 
 def sweep_orphans(max_age_s: float = 3600.0) -> int:
-    """Remove temp files older than ``max_age_s`` left by crashed writes; returns count."""
+    """Remove temp files older than ``max_age_s`` left by crashed writes; a count."""
     root = Path(settings.MEDIA_ROOT)
     if not root.exists():
         return 0

@@ -1,4 +1,4 @@
-"""Shared fixtures: isolated media storage, users, and loud failures for missing services in CI."""
+"""Shared fixtures: isolated media, users, and loud failures for missing CI services."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
 def require(condition: bool, reason: str) -> None:
-    """Skip with a visible reason locally; fail loudly in CI, where every part must run."""
+    """Skip with a visible reason locally; fail in CI, where every part must run."""
     if condition:
         return
     if IN_CI:

@@ -1,4 +1,4 @@
-"""Fixity: re-hash stored originals, volumes and outputs; record and audit any change."""
+"""Fixity: re-hash stored originals, volumes and outputs; record and audit changes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Ingest service: uploaded files, folders and zips become stored originals and volumes."""
+"""Ingest service: uploaded files, folders and zips become originals and volumes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Denoise jobs: request, claim, run, fail, cancel and reconcile; each writes its audit event."""
+"""Denoise jobs: request, claim, run, fail, cancel, reconcile; each writes its audit."""
 
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ def normalise_params(params: dict | None) -> tuple[dict, str]:
         merged[key] = value
     if merged["precision"] not in {"auto", "fp32", "bf16", "fp16"}:
         raise JobRequestError(
-            f"denoise: precision must be auto, fp32, bf16 or fp16, got {merged['precision']!r}"
+            "denoise: precision must be auto, fp32, bf16 or fp16, got "
+            f"{merged['precision']!r}"
         )
     batch = merged["batch_size"]
     if batch is not None and (not isinstance(batch, int) or not 1 <= batch <= 512):
@@ -172,7 +173,7 @@ def _attempt_is_dead(previous: str, current: str) -> bool:
 
 
 def _claim(job_id: int, worker: str) -> str | None:
-    """Take a queued job for this attempt; ``None`` when someone else has it or it ended.
+    """Claim a queued job for this attempt; ``None`` when another has it or it ended.
 
     A running job whose attempt died in another process of this worker node (Celery
     redelivers the message of a killed pool child) is taken over at once instead of

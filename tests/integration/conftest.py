@@ -118,7 +118,8 @@ class Workers:
 def workers(transactional_db, settings, tmp_path, redis_flushed):
     db = connection.settings_dict
     url = (
-        f"postgres://{db['USER']}:{db.get('PASSWORD') or ''}@{db['HOST'] or '127.0.0.1'}:"
+        f"postgres://{db['USER']}:{db.get('PASSWORD') or ''}@"
+        f"{db['HOST'] or '127.0.0.1'}:"
         f"{db['PORT'] or 5432}/{db['NAME']}"
     )
     env = {

@@ -1,4 +1,4 @@
-"""Access rules: login everywhere, owners and their groups only, 404 for the rest, CSRF."""
+"""Access: login everywhere, owners and their groups only, 404 for the rest, CSRF."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The audit log: append-only at the model and database layers, hash chain verification."""
+"""The audit log: append-only in the model and the database; chain verification."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Ingest through the service, the API and the command: storage, idempotence, rejections."""
+"""Ingest via the service, the API and the command: storage, idempotence, rejections."""
 
 from __future__ import annotations
 

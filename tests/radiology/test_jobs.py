@@ -1,4 +1,4 @@
-"""Denoise jobs in-process: one job per input, a full run with provenance, failures, cancel."""
+"""Denoise jobs in-process: one job per input, a run with provenance, failures."""
 
 from __future__ import annotations
 

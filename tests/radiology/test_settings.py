@@ -1,4 +1,4 @@
-"""Configuration: settings from the environment, deploy checks, compose file, system checks."""
+"""Configuration: environment settings, deploy checks, compose file, system checks."""
 
 from __future__ import annotations
 

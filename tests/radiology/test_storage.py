@@ -1,4 +1,4 @@
-"""Stored files: atomic batches, no partial file ever under a stored name, orphan sweep."""
+"""Stored files: atomic batches, never a partial file under a stored name, sweep."""
 
 from __future__ import annotations
 

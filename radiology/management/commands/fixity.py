@@ -1,4 +1,4 @@
-"""``manage.py fixity [--series ID] [--json]``: re-hash stored files; exit 1 on a change."""
+"""``manage.py fixity [--series ID] [--json]``: re-hash stored files; 1 on a change."""
 
 from __future__ import annotations
 

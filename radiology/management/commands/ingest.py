@@ -1,4 +1,4 @@
-"""``manage.py ingest PATH... [--owner USER] [--json]``: files, folders or zip archives."""
+"""``manage.py ingest PATH... [--owner USER] [--json]``: files, folders or zips."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from radiology.services.ingest import upload_ingest
 
 
 class Command(BaseCommand):
-    help = "Ingest DICOM files, folders or .zip archives; exit 1 when nothing was ingested."
+    help = "Ingest DICOM files, folders or .zip archives; exit 1 when nothing went in."
 
     def add_arguments(self, parser):
         parser.add_argument("paths", nargs="+", type=Path)

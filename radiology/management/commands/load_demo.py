@@ -1,4 +1,4 @@
-"""``manage.py load_demo``: the demo reviewer account and a sample CT scan (idempotent)."""
+"""``manage.py load_demo``: the demo reviewer and a sample CT scan (idempotent)."""
 
 from __future__ import annotations
 

@@ -34,5 +34,6 @@ class Command(BaseCommand):
         for row in rows:
             mark = "*" if row["default"] else " "
             self.stdout.write(
-                f"{mark} {row['name']}:{row['version']} {row['modality']} {row['sha256'][:16]}"
+                f"{mark} {row['name']}:{row['version']} {row['modality']} "
+                f"{row['sha256'][:16]}"
             )

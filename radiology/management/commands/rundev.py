@@ -1,4 +1,4 @@
-"""``manage.py rundev``: the web server and one local Celery worker, stopped together."""
+"""``manage.py rundev``: the web server and one local Celery worker, run together."""
 
 from __future__ import annotations
 
