@@ -1,8 +1,8 @@
-"""Denoising autoencoders built from MONAI blocks, constructed from a bundle's network definition."""
+"""Denoising autoencoders built from MONAI blocks, from a bundle's network_def."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -24,7 +24,7 @@ __all__ = [
 
 
 class DenoisingNetwork(nn.Module):
-    """Base of every denoiser: maps a normalised noisy batch to a normalised clean batch.
+    """Base of every denoiser: maps a normalised noisy batch to a normalised clean one.
 
     Subclasses set ``size_multiple`` (each spatial size of the input must be a multiple
     of it; the engine pads) and ``fixed_roi`` (a fixed input window, or ``None`` when
@@ -78,7 +78,7 @@ class PlainAutoEncoder(DenoisingNetwork):
             channels=tuple(channels),
             strides=tuple(strides),
             num_res_units=num_res_units,
-            norm=None,
+            norm=None,  # type: ignore[arg-type]  # MONAI takes None: no norm
         )
         multiple = 1
         for stride in strides:
@@ -147,7 +147,7 @@ class VariationalAutoEncoder(DenoisingNetwork):
             latent_size=latent_size,
             channels=tuple(channels),
             strides=tuple(strides),
-            norm=None,
+            norm=None,  # type: ignore[arg-type]  # MONAI takes None: no norm
             use_sigmoid=False,
             use_mean_at_inference=True,
         )
@@ -189,8 +189,9 @@ class REDCNN(DenoisingNetwork):
         super().__init__()
         if depth < 2:
             raise ValueError(f"depth must be >= 2, got {depth}")
-        conv: Callable[..., Convolution] = lambda cin, cout, transposed, last: (
-            Convolution(
+
+        def conv(cin: int, cout: int, transposed: bool, last: bool) -> Convolution:
+            return Convolution(
                 spatial_dims,
                 cin,
                 cout,
@@ -200,9 +201,10 @@ class REDCNN(DenoisingNetwork):
                 is_transposed=transposed,
                 conv_only=last,
             )
-        )
+
         self.encoder = nn.ModuleList(
-            conv(1 if i == 0 else features, features, False, False) for i in range(depth)
+            conv(1 if i == 0 else features, features, False, False)
+            for i in range(depth)
         )
         self.decoder = nn.ModuleList(
             conv(features, 1 if i == depth - 1 else features, True, i == depth - 1)
@@ -251,7 +253,7 @@ class NoiseUNet(DenoisingNetwork):
             in_channels=1,
             out_channels=1,
             features=tuple(features),
-            norm=None,
+            norm=None,  # type: ignore[arg-type]  # MONAI takes None: no norm
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -306,14 +308,27 @@ class FastNoiseUNet(DenoisingNetwork):
 
         def conv(cin: int, cout: int, *, strides: int = 1) -> Convolution:
             return Convolution(
-                spatial_dims, cin, cout, strides=strides, kernel_size=3,
-                act="relu", norm=None,
+                spatial_dims,
+                cin,
+                cout,
+                strides=strides,
+                kernel_size=3,
+                act="relu",
+                norm=None,
             )
 
         def up(cin: int, cout: int) -> Convolution:
             return Convolution(
-                spatial_dims, cin, cout, strides=2, kernel_size=2, act="relu",
-                norm=None, is_transposed=True, padding=0, output_padding=0,
+                spatial_dims,
+                cin,
+                cout,
+                strides=2,
+                kernel_size=2,
+                act="relu",
+                norm=None,
+                is_transposed=True,
+                padding=0,
+                output_padding=0,
             )
 
         widths = [stem_channels, *channels]
@@ -329,7 +344,9 @@ class FastNoiseUNet(DenoisingNetwork):
             up(widths[i + 1], widths[i]) for i in range(len(channels))
         )
         self.decode = nn.ModuleList(
-            nn.Sequential(*(conv(widths[i], widths[i]) for _ in range(decoder_blocks[i - 1])))
+            nn.Sequential(
+                *(conv(widths[i], widths[i]) for _ in range(decoder_blocks[i - 1]))
+            )
             if i > 0
             else nn.Identity()
             for i in range(len(channels))
@@ -337,9 +354,13 @@ class FastNoiseUNet(DenoisingNetwork):
         self.head = Convolution(
             spatial_dims, stem_channels, 1, kernel_size=3, conv_only=True
         )
+        # A zero noise estimate at initialisation: training starts from the
+        # identity instead of from a random image added to every input.
+        for parameter in self.head.parameters():
+            nn.init.zeros_(parameter)
         self.size_multiple = 2 ** len(channels)
         if spatial_dims == 2:
-            self.to(memory_format=torch.channels_last)
+            self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.spatial_dims == 2:
@@ -378,7 +399,7 @@ def build_network(definition: Mapping[str, Any]) -> DenoisingNetwork:
     Returns:
         The network, in training mode, on the CPU.
     """
-    kind = definition.get("kind")
+    kind = str(definition.get("kind"))
     if kind not in NETWORK_KINDS:
         raise ValueError(
             f"network kind must be one of {sorted(NETWORK_KINDS)}, got {kind!r}"

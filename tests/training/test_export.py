@@ -1,0 +1,112 @@
+"""Export: the bundle loads back bit-exactly and its SHA-256 matches the weights."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from inference import load_model
+from inference.bundle import read_metadata
+from training.cli import main as cli_main
+from training.data import real_slices
+from training.infer import denoise_slices
+
+
+@pytest.fixture
+def exported(tiny, tmp_path):
+    config = tiny(train__epochs=1, train__steps_per_epoch=3)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    models = tmp_path / "models"
+    assert cli_main(["train", "--config", str(path), "--no-progress"]) == 0
+    assert (
+        cli_main(["export", "--config", str(path), "--models-root", str(models)]) == 0
+    )
+    return config, path, models
+
+
+def test_export_then_load_round_trips_bit_exactly(exported):
+    config, _, models = exported
+    checkpoint = torch.load(
+        f"{config['train']['output_dir']}/checkpoint_best.pt", weights_only=False
+    )
+    loaded = load_model("tiny-ct", models_root=models, device="cpu")
+    state = loaded.network.state_dict()
+    assert state.keys() == checkpoint["state_dict"].keys()
+    for key, value in checkpoint["state_dict"].items():
+        assert torch.equal(state[key], value), key
+    weights = (models / "tiny-ct" / "models" / "model.pt").read_bytes()
+    assert loaded.sha256 == hashlib.sha256(weights).hexdigest()
+    assert read_metadata(models / "tiny-ct")["weights_sha256"] == loaded.sha256
+    image = np.random.default_rng(0).normal(40, 20, (64, 64)).astype(np.float32)
+    from inference.networks import build_network
+
+    fresh = build_network(checkpoint["network_def"])
+    fresh.load_state_dict(checkpoint["state_dict"])
+    spec = loaded.input_spec
+    np.testing.assert_array_equal(
+        denoise_slices(loaded.network, [image], spec)[0],
+        denoise_slices(fresh, [image], spec)[0],
+    )
+
+
+def test_metadata_has_every_key_of_the_bundle_format(exported):
+    _, _, models = exported
+    meta = read_metadata(models / "tiny-ct")
+    for key in (
+        "schema",
+        "name",
+        "version",
+        "changelog",
+        "monai_version",
+        "pytorch_version",
+        "numpy_version",
+        "task",
+        "intended_use",
+        "network_def",
+        "network_data_format",
+        "input_spec",
+        "weights_sha256",
+        "training",
+        "metrics",
+        "ood_reference",
+    ):
+        assert key in meta, key
+    assert meta["intended_use"] == "research use, not for diagnosis"
+    assert meta["training"]["parent"] is None
+    assert meta["training"]["noise_model"]["kind"] == "ct_projection_domain"
+    assert set(meta["metrics"]) == {"dose_0.25", "dose_0.1"}
+    assert meta["ood_reference"]["n_slices"] >= 1
+    card = (models / "tiny-ct" / "docs" / "README.md").read_text()
+    assert "research use, not for diagnosis" in card
+    assert "| dose_0.25 |" in card and "Limitations" in card
+
+
+def test_exporting_the_same_version_twice_fails_and_keeps_the_first(exported):
+    _, path, models = exported
+    before = (models / "tiny-ct" / "models" / "model.pt").read_bytes()
+    assert (
+        cli_main(
+            [
+                "export",
+                "--config",
+                str(path),
+                "--models-root",
+                str(models),
+                "--folder",
+                "again",
+            ]
+        )
+        == 1
+    )
+    assert (models / "tiny-ct" / "models" / "model.pt").read_bytes() == before
+
+
+def test_held_out_real_slices_are_never_training_slices():
+    train_sources = {s.source for s in real_slices("CT", "train")}
+    held_out = {s.source for s in real_slices("CT", "held_out")}
+    assert held_out and not train_sources & held_out

@@ -1,0 +1,421 @@
+"""Training and evaluation data: phantom pairs, bundled real DICOM, user folders."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from scipy import ndimage
+
+from training.errors import DataError
+from training.noise import CTNoiseModel, add_rician_noise
+from training.phantoms import ct_phantom, mr_phantom
+
+__all__ = [
+    "HELD_OUT_PHANTOM_SEED",
+    "REAL_SLICES",
+    "Slice",
+    "Pair",
+    "PairPool",
+    "bundled_dicom_files",
+    "read_dicom_slices",
+    "real_slices",
+    "phantom_slices",
+    "make_pairs",
+    "normaliser",
+]
+
+#: Phantom seeds at or above this are reserved for evaluation and the benchmark;
+#: training refuses them, so held-out phantoms are never seen in training.
+HELD_OUT_PHANTOM_SEED = 900_000
+
+#: Real slices shipped with pydicom (``test_files``) and pydicom-data
+#: (``data_store/data``). Duplicates (the same scan in other transfer syntaxes)
+#: are left out. ``held_out`` files are never used for training: they are the
+#: real part of ``python -m training evaluate`` and ``python -m bench quality``.
+REAL_SLICES: dict[str, dict[str, tuple[str, ...]]] = {
+    "CT": {
+        "train": (
+            "693_UNCR.dcm",
+            "J2K_pixelrep_mismatch.dcm",
+            "bad_sequence.dcm",
+            "eCT_Supplemental.dcm",
+        ),
+        "held_out": ("explicit_VR-UN.dcm", "CT_small.dcm"),
+    },
+    "MR": {
+        # examples_overlay.dcm is left out: it is a crop of the Siemens slice.
+        "train": ("MR2_UNCR.dcm", "MR-SIEMENS-DICOM-WithOverlays.dcm"),
+        "held_out": ("MR_small.dcm", "emri_small.dcm"),
+    },
+}
+
+
+@dataclass
+class Slice:
+    """One clean (or full-dose) 2D image with where it came from.
+
+    Attributes:
+        image: float32 ``(y, x)``, HU for CT, magnitude for MR.
+        pixel_mm: in-plane spacing in mm.
+        source: a short description, e.g. ``"phantom:1003"`` or
+            ``"dicom:693_UNCR.dcm#0"``.
+        full_dose: ``True`` for real scans, which already carry full-dose noise.
+        lesion_mask: labelled lesion mask for phantoms, else ``None``.
+        lesion_contrast: contrast of each lesion label (1-based), for phantoms.
+    """
+
+    image: np.ndarray
+    pixel_mm: float
+    source: str
+    full_dose: bool = False
+    lesion_mask: np.ndarray | None = None
+    lesion_contrast: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Pair:
+    """A clean slice and one noisy realisation of it."""
+
+    clean: Slice
+    noisy: np.ndarray
+    level: float  # CT dose fraction, or MR sigma as a fraction of the 99.5th percentile
+
+
+def bundled_dicom_files() -> dict[str, Path]:
+    """Map file name to path for the DICOM files bundled in pydicom and pydicom-data.
+
+    Reads the installed folders directly: pydicom's own look-up may try to download.
+    """
+    from pydicom.data.data_manager import DATA_ROOT
+
+    folders = [Path(DATA_ROOT) / "test_files"]
+    try:
+        import data_store
+
+        folders.append(Path(data_store.__file__).parent / "data")
+    except ImportError:  # pydicom-data is optional; only its slices go missing
+        pass
+    files: dict[str, Path] = {}
+    for folder in folders:
+        for path in sorted(folder.rglob("*.dcm")):
+            files.setdefault(path.name, path)
+    return files
+
+
+def _rescale(ds: pydicom.Dataset) -> tuple[float, float]:
+    if "RescaleSlope" in ds or "RescaleIntercept" in ds:
+        return float(ds.get("RescaleSlope", 1.0)), float(
+            ds.get("RescaleIntercept", 0.0)
+        )
+    for group in ds.get("SharedFunctionalGroupsSequence", []):
+        for item in group.get("PixelValueTransformationSequence", []):
+            return float(item.RescaleSlope), float(item.RescaleIntercept)
+    return 1.0, 0.0
+
+
+def _spacing(ds: pydicom.Dataset) -> float:
+    if "PixelSpacing" in ds:
+        return float(ds.PixelSpacing[0])
+    for group in ds.get("SharedFunctionalGroupsSequence", []):
+        for item in group.get("PixelMeasuresSequence", []):
+            return float(item.PixelSpacing[0])
+    return 1.0
+
+
+def read_dicom_slices(path: Path | str, modality: str | None = None) -> list[Slice]:
+    """Every 2D frame of a DICOM file as a :class:`Slice` in HU (CT) or magnitude.
+
+    Args:
+        path: the file.
+        modality: keep only this modality; ``None`` keeps CT and MR.
+
+    Raises:
+        DataError: naming the file when it cannot be read or decoded.
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path)
+            if modality is not None and ds.get("Modality") != modality:
+                return []
+            if ds.get("Modality") not in ("CT", "MR"):
+                return []
+            pixels = ds.pixel_array.astype(np.float32)
+    except Exception as exc:  # pydicom raises many types for bad files
+        raise DataError(f"read DICOM: {path}: {exc}") from None
+    slope, intercept = _rescale(ds)
+    pixels = pixels * slope + intercept
+    frames = pixels[None] if pixels.ndim == 2 else pixels
+    spacing = _spacing(ds)
+    slices = []
+    for i, frame in enumerate(frames):
+        if ds.Modality == "CT":
+            # Outside the scan field some scanners store -2000 or -3024: call it air.
+            frame = np.maximum(frame, -1024.0)
+        else:
+            frame = np.maximum(frame, 0.0)
+        slices.append(
+            Slice(frame.astype(np.float32), spacing, f"dicom:{path.name}#{i}", True)
+        )
+    return slices
+
+
+def real_slices(modality: str, split: str) -> list[Slice]:
+    """The bundled real slices of ``modality`` in ``split`` (``train`` or ``held_out``).
+
+    Files that are not installed are skipped (pydicom-data is optional).
+    """
+    if modality not in REAL_SLICES or split not in REAL_SLICES[modality]:
+        raise DataError(
+            f"real slices: modality must be CT or MR and split train or held_out, "
+            f"got {modality!r}, {split!r}"
+        )
+    files = bundled_dicom_files()
+    slices: list[Slice] = []
+    for name in REAL_SLICES[modality][split]:
+        if name in files:
+            slices.extend(read_dicom_slices(files[name], modality))
+    return slices
+
+
+def folder_slices(path: Path | str, modality: str) -> list[Slice]:
+    """Every slice of ``modality`` in the DICOM files under a folder (recursively).
+
+    Raises:
+        DataError: when the folder is missing or holds no slice of that modality.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"dicom folder: {root}: not a directory")
+    slices: list[Slice] = []
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        try:
+            slices.extend(read_dicom_slices(file, modality))
+        except DataError:
+            continue  # not DICOM (a README, a thumbnail): skipped, others still count
+    if not slices:
+        raise DataError(f"dicom folder: {root}: no readable {modality} slices")
+    return slices
+
+
+def phantom_slices(
+    modality: str, count: int, *, seed: int, size: int, held_out: bool = False
+) -> list[Slice]:
+    """``count`` phantom slices with seeds ``seed .. seed + count - 1``.
+
+    Raises:
+        DataError: when a training request (``held_out=False``) reaches into the
+            held-out seed range, or an evaluation request does not.
+    """
+    if count < 0:
+        raise DataError(f"phantom count must be >= 0, got {count}")
+    last = seed + count - 1
+    if not held_out and count and last >= HELD_OUT_PHANTOM_SEED:
+        raise DataError(
+            f"phantom seeds {seed}..{last} reach the held-out range "
+            f">= {HELD_OUT_PHANTOM_SEED}; pick lower seeds for training"
+        )
+    if held_out and seed < HELD_OUT_PHANTOM_SEED:
+        raise DataError(
+            f"held-out phantom seeds must be >= {HELD_OUT_PHANTOM_SEED}, got {seed}"
+        )
+    make = ct_phantom if modality == "CT" else mr_phantom
+    slices = []
+    for s in range(seed, seed + count):
+        ph = make((size, size), seed=s)
+        slices.append(
+            Slice(
+                ph.image,
+                ph.pixel_mm,
+                f"phantom:{s}",
+                False,
+                ph.lesion_mask,
+                [les.contrast for les in ph.lesions],
+            )
+        )
+    return slices
+
+
+def _square(image: np.ndarray, fill: float) -> tuple[np.ndarray, tuple[slice, slice]]:
+    ny, nx = image.shape
+    n = max(ny, nx)
+    if ny == nx:
+        return image, (slice(0, ny), slice(0, nx))
+    out = np.full((n, n), fill, dtype=np.float32)
+    oy, ox = (n - ny) // 2, (n - nx) // 2
+    out[oy : oy + ny, ox : ox + nx] = image
+    return out, (slice(oy, oy + ny), slice(ox, ox + nx))
+
+
+def make_noisy(
+    clean: Slice,
+    modality: str,
+    level: float,
+    *,
+    rng: np.random.Generator,
+    ct_noise: CTNoiseModel | None = None,
+) -> np.ndarray:
+    """One noisy realisation of ``clean`` at ``level``.
+
+    Args:
+        clean: the slice.
+        modality: ``"CT"`` (``level`` is the dose fraction) or ``"MR"`` (``level`` is
+            the Rician sigma as a fraction of the slice's 99.5th percentile).
+        level: see ``modality``.
+        rng: random generator.
+        ct_noise: the CT noise model, default :class:`CTNoiseModel()`.
+    """
+    if modality == "CT":
+        model = ct_noise or CTNoiseModel()
+        square, region = _square(clean.image, -1000.0)
+        noise = model.noise(
+            square,
+            level,
+            pixel_mm=clean.pixel_mm,
+            rng=rng,
+            full_dose_input=clean.full_dose,
+        )
+        return (clean.image + noise[region]).astype(np.float32)
+    scale = float(np.percentile(clean.image, 99.5)) or 1.0
+    return add_rician_noise(clean.image, level * scale, rng=rng)
+
+
+def make_pairs(
+    slices: Sequence[Slice],
+    modality: str,
+    levels: Sequence[float],
+    *,
+    seed: int,
+    realisations: int = 1,
+    ct_noise: CTNoiseModel | None = None,
+) -> list[Pair]:
+    """Noisy realisations of each slice at each level, reproducible from ``seed``."""
+    pairs = []
+    for i, clean in enumerate(slices):
+        for j, level in enumerate(levels):
+            for k in range(realisations):
+                rng = np.random.default_rng([seed, i, j, k])
+                noisy = make_noisy(clean, modality, level, rng=rng, ct_noise=ct_noise)
+                pairs.append(Pair(clean, noisy, float(level)))
+    return pairs
+
+
+def normaliser(input_spec: Mapping[str, Any]) -> Any:
+    """A function ``(image) -> (offset, scale)`` following a bundle's ``input_spec``."""
+    norm = input_spec["normalisation"]
+    if norm["kind"] == "linear":
+        offset, scale = float(norm["offset"]), float(norm["scale"])
+        return lambda image: (offset, scale)
+    upper = float(norm["upper"])
+    return lambda image: (0.0, float(np.percentile(image, upper)) or 1.0)
+
+
+class PairPool:
+    """A cache of 2D (noisy, clean) pairs from which training batches are cropped.
+
+    Args:
+        pairs: the pairs; the clean image is only used in supervised mode.
+        input_spec: how to normalise each image (the noisy image sets the MR scale,
+            as at inference).
+        lesion_weight: loss weight of pixels within 2 pixels of a known lesion
+            (phantoms), default 1 (no weighting). Weights above 1 counter the
+            mean-squared-error optimum's pull towards flattening small
+            low-contrast lesions.
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[Pair],
+        input_spec: Mapping[str, Any],
+        *,
+        lesion_weight: float = 1.0,
+    ) -> None:
+        if not pairs:
+            raise DataError("training data: no pairs (check the data sources)")
+        if lesion_weight < 1:
+            raise DataError(f"lesion_weight must be >= 1, got {lesion_weight}")
+        norm = normaliser(input_spec)
+        self.noisy: list[np.ndarray] = []
+        self.clean: list[np.ndarray] = []
+        self.weight: list[np.ndarray | None] = []
+        for pair in pairs:
+            offset, scale = norm(pair.noisy)
+            self.noisy.append(((pair.noisy - offset) / scale).astype(np.float32))
+            self.clean.append(((pair.clean.image - offset) / scale).astype(np.float32))
+            mask = pair.clean.lesion_mask
+            if lesion_weight > 1 and mask is not None and mask.any():
+                near = ndimage.binary_dilation(mask > 0, iterations=2)
+                self.weight.append(
+                    np.where(near, lesion_weight, 1.0).astype(np.float32)
+                )
+            else:
+                self.weight.append(None)
+        self.sources = sorted({pair.clean.source for pair in pairs})
+
+    def __len__(self) -> int:
+        return len(self.noisy)
+
+    def batch(
+        self, rng: np.random.Generator, batch_size: int, patch: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Random crops with random flips and 90-degree rotations.
+
+        Returns:
+            ``(noisy, clean, loss weight)``, each ``(B, 1, patch, patch)`` float32.
+        """
+        noisy = np.empty((batch_size, 1, patch, patch), dtype=np.float32)
+        clean = np.empty_like(noisy)
+        weight = np.ones_like(noisy)
+        for b in range(batch_size):
+            i = int(rng.integers(len(self.noisy)))
+            sources = [self.noisy[i], self.clean[i]]
+            lesion_weight = self.weight[i]
+            if lesion_weight is not None:
+                sources.append(lesion_weight)
+            ny, nx = sources[0].shape
+            if ny < patch or nx < patch:
+                pad = ((0, max(0, patch - ny)), (0, max(0, patch - nx)))
+                sources = [np.pad(a, pad, mode="reflect") for a in sources]
+            ny, nx = sources[0].shape
+            # Crops favour the body: retry a few times when the patch is mostly air.
+            for _ in range(4):
+                y = int(rng.integers(ny - patch + 1))
+                x = int(rng.integers(nx - patch + 1))
+                if np.ptp(sources[1][y : y + patch, x : x + patch]) > 0.005:
+                    break
+            k = int(rng.integers(4))
+            flip = bool(rng.integers(2))
+            for source, out in zip(sources, (noisy, clean, weight), strict=False):
+                arr = np.rot90(source[y : y + patch, x : x + patch], k)
+                out[b, 0] = arr[:, ::-1] if flip else arr
+        return noisy, clean, weight
+
+
+def describe_sources(sources: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """A JSON-safe copy of data source definitions, for bundle metadata."""
+    return [json.loads(json.dumps(dict(s), default=str)) for s in sources]
+
+
+def cache_key(obj: Any) -> str:
+    """A short stable hash of a JSON-serialisable object (for cache file names)."""
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def body_mask(image: np.ndarray, modality: str) -> np.ndarray:
+    """Pixels inside the patient: above -500 HU (CT) or 5% of the 99th percentile
+    (MR), holes filled."""
+    if modality == "CT":
+        mask = image > -500.0
+    else:
+        mask = image > 0.05 * float(np.percentile(image, 99))
+    return ndimage.binary_fill_holes(mask)

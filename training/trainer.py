@@ -1,0 +1,438 @@
+"""Training loops: supervised (noisy to clean) and self-supervised (Noise2Void)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import random
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from inference.networks import DenoisingNetwork, build_network
+from training.config import default_input_spec
+from training.data import (
+    HELD_OUT_PHANTOM_SEED,
+    Pair,
+    PairPool,
+    cache_key,
+    folder_slices,
+    make_pairs,
+    phantom_slices,
+    real_slices,
+)
+from training.errors import ConfigError, DataError
+from training.infer import denoise_slices
+from training.metrics import psnr
+
+__all__ = [
+    "seed_everything",
+    "training_pairs",
+    "validation_pairs",
+    "blind_spot_batch",
+    "parent_of",
+    "train",
+    "run_dir",
+]
+
+log = logging.getLogger(__name__)
+
+#: Part of every cache key: bump it when phantoms or noise models change, so stale
+#: simulated pairs are never reused.
+CACHE_VERSION = 2
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch and ask PyTorch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def run_dir(config: Mapping[str, Any]) -> Path:
+    """Where a config's checkpoints, history and plots go (``runs/<name>``)."""
+    return Path(config["train"]["output_dir"] or Path("runs") / config["name"])
+
+
+def _source_slices(source: Mapping[str, Any], modality: str) -> list:
+    kind = source.get("kind")
+    if kind == "phantom":
+        seed = int(source.get("seed", 1000))
+        return phantom_slices(
+            modality,
+            int(source.get("count", 16)),
+            seed=seed,
+            size=int(source.get("size", 512)),
+        )
+    if kind == "bundled":
+        return real_slices(modality, "train")
+    if kind == "dicom_folder":
+        if "path" not in source:
+            raise ConfigError("config: a dicom_folder source needs a path")
+        return folder_slices(source["path"], modality)
+    raise ConfigError(
+        "config: data source kind must be phantom, bundled or dicom_folder, "
+        f"got {kind!r}"
+    )
+
+
+def _cached_pairs(
+    config: Mapping[str, Any], key_obj: Any, build: Any, cache: bool
+) -> list[Pair]:
+    cache_dir = Path(config["data"]["cache_dir"])
+    path = cache_dir / f"pairs-{cache_key(key_obj)}.pkl"
+    if cache and path.exists():
+        with open(path, "rb") as handle:
+            return pickle.load(handle)
+    pairs = build()
+    if cache:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as handle:
+            pickle.dump(pairs, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        tmp.replace(path)
+    return pairs
+
+
+def training_pairs(config: Mapping[str, Any], *, cache: bool = True) -> list[Pair]:
+    """The (noisy, clean) training pairs a config describes, cached under
+    ``data.cache_dir`` (simulating CT noise costs about a second per slice)."""
+    data, modality = config["data"], config["modality"]
+    key = {
+        "v": CACHE_VERSION,
+        "modality": modality,
+        "sources": data["sources"],
+        "levels": data["levels"],
+        "realisations": data["realisations"],
+        "seed": config["seed"],
+    }
+
+    def build() -> list[Pair]:
+        slices = []
+        for source in data["sources"]:
+            slices.extend(_source_slices(source, modality))
+        if not slices:
+            raise DataError("training data: the sources gave no slices")
+        return make_pairs(
+            slices,
+            modality,
+            data["levels"],
+            seed=config["seed"],
+            realisations=int(data["realisations"]),
+        )
+
+    folder_sources = any(s.get("kind") == "dicom_folder" for s in data["sources"])
+    return _cached_pairs(config, key, build, cache and not folder_sources)
+
+
+def validation_pairs(config: Mapping[str, Any], *, cache: bool = True) -> list[Pair]:
+    """Validation pairs: phantoms from a seed range used neither for training nor
+    for the held-out evaluation."""
+    val, modality = config["data"]["validation"], config["modality"]
+    seed = int(val["seed"])
+    if seed >= HELD_OUT_PHANTOM_SEED:
+        raise ConfigError(
+            f"config: data.validation.seed must be below {HELD_OUT_PHANTOM_SEED}"
+        )
+    key = {"v": CACHE_VERSION, "validation": dict(val), "modality": modality}
+
+    def build() -> list[Pair]:
+        slices = phantom_slices(
+            modality, int(val["count"]), seed=seed, size=int(val["size"])
+        )
+        return make_pairs(slices, modality, val["levels"], seed=seed)
+
+    return _cached_pairs(config, key, build, cache)
+
+
+def blind_spot_batch(
+    noisy: torch.Tensor, fraction: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise2Void masking: replace a random ``fraction`` of pixels by a random
+    neighbour within a 5x5 window (never the pixel itself).
+
+    Args:
+        noisy: ``(B, 1, H, W)`` noisy batch.
+        fraction: share of pixels to mask, e.g. 0.02.
+        generator: torch random generator.
+
+    Returns:
+        ``(masked input, boolean mask of the replaced pixels)``; the loss compares
+        the network's output with the *unmasked* noisy value at those pixels only,
+        so it cannot learn the identity and, with noise independent between the
+        pixel and its neighbours, its optimum is the clean value.
+    """
+    b, c, h, w = noisy.shape
+    mask = torch.rand((b, c, h, w), generator=generator) < fraction
+    dy = torch.randint(-2, 3, (b, c, h, w), generator=generator)
+    dx = torch.randint(-2, 3, (b, c, h, w), generator=generator)
+    same = (dy == 0) & (dx == 0)
+    dx = torch.where(same, torch.ones_like(dx), dx)
+    yy = torch.arange(h).view(1, 1, h, 1).expand(b, c, h, w)
+    xx = torch.arange(w).view(1, 1, 1, w).expand(b, c, h, w)
+    # Offsets that leave the patch are mirrored, so a pixel is never its own donor.
+    ny = torch.where((yy + dy < 0) | (yy + dy >= h), yy - dy, yy + dy)
+    nx = torch.where((xx + dx < 0) | (xx + dx >= w), xx - dx, xx + dx)
+    flat = noisy.reshape(b, c, h * w)
+    neighbours = torch.gather(flat, 2, (ny * w + nx).reshape(b, c, h * w)).reshape(
+        b, c, h, w
+    )
+    return torch.where(mask, neighbours, noisy), mask
+
+
+def parent_of(bundle_dir: Path | str) -> tuple[DenoisingNetwork, dict[str, Any]]:
+    """Load a parent bundle to fine-tune: its network (weights checked against the
+    recorded SHA-256) and its metadata."""
+    from inference.bundle import WEIGHTS_PATH, read_metadata, sha256_file
+
+    folder = Path(bundle_dir)
+    meta = read_metadata(folder)
+    weights = folder / WEIGHTS_PATH
+    actual = sha256_file(weights)
+    if actual != meta.get("weights_sha256"):
+        raise DataError(
+            f"fine-tune: {weights}: SHA-256 {actual} does not match the metadata's "
+            f"{meta.get('weights_sha256')}; refusing a modified parent"
+        )
+    network = build_network(meta["network_def"])
+    network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return network, meta
+
+
+def _schedule(total_steps: int, budget_s: float | None, started: float) -> Any:
+    """Linear warm-up (5% of the steps, at most 100), then cosine decay to 2% of
+    the rate; with a time budget, progress is the larger of steps and time spent."""
+    warmup = max(1, min(total_steps // 20, 100))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if budget_s:
+            progress = max(progress, (time.perf_counter() - started) / budget_s)
+        return 0.02 + 0.98 * 0.5 * (1.0 + float(np.cos(np.pi * min(progress, 1.0))))
+
+    return factor
+
+
+def _weighted_loss(
+    name: str, pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
+    error = pred - target
+    error = error.square() if name == "mse" else error.abs()
+    return (error * weight).sum() / weight.sum()
+
+
+def _loss_fn(name: str) -> nn.Module:
+    return nn.MSELoss() if name == "mse" else nn.L1Loss()
+
+
+def _validate(
+    network: DenoisingNetwork, pairs: list[Pair], input_spec: Mapping[str, Any]
+) -> dict[str, float]:
+    outputs = denoise_slices(network, [p.noisy for p in pairs], input_spec)
+    losses, psnrs = [], []
+    for pair, out in zip(pairs, outputs, strict=True):
+        clean = pair.clean.image
+        if input_spec["normalisation"]["kind"] == "linear":
+            scale = float(input_spec["normalisation"]["scale"])
+        else:
+            scale = float(
+                np.percentile(pair.noisy, input_spec["normalisation"]["upper"])
+            )
+        losses.append(float(np.mean(((out - clean) / scale) ** 2)))
+        if input_spec["modality"] == "CT":
+            psnrs.append(
+                psnr(np.clip(clean, -160, 240), np.clip(out, -160, 240), 400.0)
+            )
+        else:
+            psnrs.append(psnr(clean, out, float(clean.max() - clean.min())))
+    return {"val_loss": float(np.mean(losses)), "val_psnr": float(np.mean(psnrs))}
+
+
+def _plot(history: list[dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax[0].semilogy(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax[0].semilogy(epochs, [h["val_loss"] for h in history], "s-", label="validation")
+    ax[0].set_xlabel("epoch")
+    ax[0].set_ylabel("loss (normalised units)")
+    ax[0].legend()
+    ax[1].plot(epochs, [h["val_psnr"] for h in history], "s-", color="C1")
+    ax[1].set_xlabel("epoch")
+    ax[1].set_ylabel("validation PSNR (dB)")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def train(
+    config: Mapping[str, Any], *, progress: bool = True, cache: bool = True
+) -> dict[str, Any]:
+    """Train the network a config describes; write checkpoints and plots.
+
+    Writes into :func:`run_dir`: ``checkpoint_last.pt`` and ``checkpoint_best.pt``
+    (lowest validation loss; ``{"state_dict", "epoch", "val_loss", ...}``),
+    ``history.json`` and ``loss_curve.png``, after every epoch.
+
+    Args:
+        config: a completed config (:func:`training.config.complete_config`).
+        progress: show a tqdm progress bar.
+        cache: cache simulated pairs under ``data.cache_dir``.
+
+    Returns:
+        ``{"history", "best", "run_dir", "parent", "sources", "elapsed_s"}``.
+    """
+    started = time.perf_counter()
+    t = config["train"]
+    torch.set_num_threads(int(t["threads"]))
+    seed_everything(int(config["seed"]))
+    parent = None
+    if t["init_from"]:
+        network, parent_meta = parent_of(t["init_from"])
+        if parent_meta["network_def"] != dict(config["network"]):
+            log.info("fine-tune: using the parent's network definition")
+        if parent_meta.get("input_spec", {}).get("modality") != config["modality"]:
+            raise ConfigError(
+                f"config: parent {t['init_from']} is for "
+                f"{parent_meta.get('input_spec', {}).get('modality')}, not "
+                f"{config['modality']}"
+            )
+        network_def = parent_meta["network_def"]
+        parent = {
+            "name": parent_meta["name"],
+            "version": parent_meta["version"],
+            "weights_sha256": parent_meta["weights_sha256"],
+            "training_data": parent_meta.get("training", {}).get("data"),
+        }
+    else:
+        network_def = dict(config["network"])
+        if network_def.get("args", {}).get("spatial_dims", 2) != 2:
+            raise ConfigError("config: training supports 2D networks (spatial_dims 2)")
+        network = build_network(network_def)
+    if parent is not None:
+        input_spec = dict(parent_meta["input_spec"])
+    else:
+        input_spec = default_input_spec(
+            config["modality"],
+            network,
+            int(config["export"]["batch_size"]),
+            config["normalisation"],
+        )
+    pairs = training_pairs(config, cache=cache)
+    pool = PairPool(pairs, input_spec, lesion_weight=float(t["lesion_weight"]))
+    val_pairs = validation_pairs(config, cache=cache)
+    patch = int(t["patch_size"])
+    if network.fixed_roi is not None:
+        patch = int(network.fixed_roi[0])
+    elif patch % network.size_multiple:
+        raise ConfigError(
+            f"config: train.patch_size {patch} must be a multiple of "
+            f"{network.size_multiple} for {network_def['kind']}"
+        )
+    out_dir = run_dir(config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2, default=str))
+
+    optimiser = torch.optim.Adam(network.parameters(), lr=float(t["lr"]))
+    total_steps = int(t["epochs"]) * int(t["steps_per_epoch"])
+    budget = t["time_budget_s"]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimiser,
+        _schedule(total_steps, float(budget) if budget else None, time.perf_counter()),
+    )
+    loss_fn = _loss_fn(t["loss"])
+    rng = np.random.default_rng(int(config["seed"]))
+    generator = torch.Generator().manual_seed(int(config["seed"]))
+    self_supervised = t["mode"] == "self_supervised"
+    history: list[dict[str, float]] = []
+    best: dict[str, Any] = {"val_loss": float("inf"), "epoch": 0}
+    bar = tqdm(
+        total=total_steps, disable=not progress, desc=config["name"], unit="step"
+    )
+    for epoch in range(1, int(t["epochs"]) + 1):
+        network.train()
+        losses = []
+        for _ in range(int(t["steps_per_epoch"])):
+            noisy_np, clean_np, weight_np = pool.batch(rng, int(t["batch_size"]), patch)
+            noisy = torch.from_numpy(noisy_np)
+            if self_supervised:
+                masked, mask = blind_spot_batch(
+                    noisy, float(t["mask_fraction"]), generator
+                )
+                pred = network(masked)
+                data_loss = loss_fn(pred[mask], noisy[mask])
+            else:
+                pred = network(noisy)
+                data_loss = _weighted_loss(
+                    t["loss"],
+                    pred,
+                    torch.from_numpy(clean_np),
+                    torch.from_numpy(weight_np),
+                )
+            loss = data_loss + network.regularisation()
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            losses.append(float(data_loss.detach()))
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3g}", epoch=epoch)
+        row = {"epoch": epoch, "train_loss": float(np.mean(losses))}
+        row.update(_validate(network, val_pairs, input_spec))
+        row["elapsed_s"] = time.perf_counter() - started
+        history.append(row)
+        state = {k: v.detach().clone() for k, v in network.state_dict().items()}
+        checkpoint = {
+            "state_dict": state,
+            "optimiser": optimiser.state_dict(),
+            "epoch": epoch,
+            "val_loss": row["val_loss"],
+            "network_def": network_def,
+            "input_spec": input_spec,
+        }
+        torch.save(checkpoint, out_dir / "checkpoint_last.pt")
+        if row["val_loss"] < best["val_loss"]:
+            best = {"val_loss": row["val_loss"], "epoch": epoch}
+            torch.save(checkpoint, out_dir / "checkpoint_best.pt")
+        (out_dir / "history.json").write_text(json.dumps(history, indent=2))
+        _plot(history, out_dir / "loss_curve.png")
+        if progress:
+            tqdm.write(
+                f"epoch {epoch}: train {row['train_loss']:.4g} val "
+                f"{row['val_loss']:.4g} val PSNR {row['val_psnr']:.2f} dB "
+                f"({row['elapsed_s']:.0f} s)"
+            )
+        if budget is not None and row["elapsed_s"] > float(budget):
+            break
+    bar.close()
+    summary = {
+        "history": history,
+        "best": best,
+        "run_dir": str(out_dir),
+        "parent": parent,
+        "network_def": network_def,
+        "input_spec": input_spec,
+        "sources": pool.sources,
+        "pairs": len(pool),
+        "elapsed_s": time.perf_counter() - started,
+    }
+    (out_dir / "train_summary.json").write_text(
+        json.dumps(summary, indent=2, default=str)
+    )
+    return summary
