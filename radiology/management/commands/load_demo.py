@@ -5,23 +5,49 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand
 
-from radiology.dicomio.synthetic import phantom_volume, write_series
+from radiology.dicomio.synthetic import write_series
 from radiology.models import Series
 from radiology.services.ingest import upload_ingest
+from radiology.services.jobs import JobRequestError, denoise_job_request
+from training.noise import CTNoiseModel
+from training.phantoms import ct_phantom
 
 DEMO_USER = "demo"
 DEMO_PASSWORD = "demo-review-2026"
-DEMO_SHAPE = (48, 256, 256)
+DEMO_SLICES = 24
+DEMO_SIZE = 512
+#: A held-out phantom seed (training refuses seeds from 900000 up): unseen anatomy.
+DEMO_SEED = 900123
+DEMO_DOSE = 0.25
+
+
+def demo_volume(slices: int, size: int) -> tuple[np.ndarray, float]:
+    """A quarter-dose abdomen: phantom anatomy with projection-domain CT noise."""
+    phantom = ct_phantom((slices, size, size), seed=DEMO_SEED, region="abdomen")
+    noise = CTNoiseModel()
+    rng = np.random.default_rng(DEMO_SEED)
+    noisy = np.stack(
+        [
+            noise.apply(image, DEMO_DOSE, pixel_mm=phantom.pixel_mm, rng=rng)
+            for image in phantom.image
+        ]
+    )
+    return np.round(noisy).astype(np.float32), float(phantom.pixel_mm)
 
 
 class Command(BaseCommand):
     help = (
         "Create the demo reviewer (demo / demo-review-2026) and ingest a sample scan."
     )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--slices", type=int, default=DEMO_SLICES)
+        parser.add_argument("--size", type=int, default=DEMO_SIZE, help="pixels")
 
     def handle(self, *args, **options):
         user, created = get_user_model().objects.get_or_create(username=DEMO_USER)
@@ -31,20 +57,27 @@ class Command(BaseCommand):
             user.save()
         user.groups.add(Group.objects.get_or_create(name="radiology")[0])
         if not Series.objects.filter(study__owner=user).exists():
+            self.stdout.write("generating the sample scan (quarter-dose CT phantom)...")
+            volume, pixel_mm = demo_volume(options["slices"], options["size"])
             with tempfile.TemporaryDirectory(prefix="demo-scan-") as tmp:
-                volume = phantom_volume(DEMO_SHAPE, seed=7)
                 write_series(
                     Path(tmp),
                     volume,
-                    spacing_mm=(2.5, 0.8, 0.8),
+                    spacing_mm=(2.5, pixel_mm, pixel_mm),
                     modality="CT",
-                    description="Demo abdomen phantom (low dose)",
+                    description="Demo abdomen phantom, quarter dose",
                     patient_id="DEMO-0001",
                 )
                 report = upload_ingest(sources=[(Path(tmp), "demo-scan")], owner=user)
-            self.stdout.write(
-                f"ingested sample scan: series {[s.pk for s in report.series]}"
-            )
+            for series in report.series:
+                try:
+                    job, _ = denoise_job_request(series=series, requested_by=user)
+                except JobRequestError as exc:
+                    self.stderr.write(f"sample scan not queued for denoising: {exc}")
+                    continue
+                self.stdout.write(
+                    f"sample scan: series {series.pk}, denoise job {job.pk}"
+                )
         self.stdout.write(
             self.style.SUCCESS(
                 f"demo reviewer: username {DEMO_USER!r}, password {DEMO_PASSWORD!r}"
