@@ -86,7 +86,7 @@ def job_json(job: DenoiseJob) -> dict:
 
 def series_json(series) -> dict:
     latest = selectors.latest_job(series)
-    open_issues = list(series.fixity_issues.filter(resolved_at__isnull=True))
+    open_issues = list(series.open_fixity_issues)
     data = series_summary(series)
     data.update(
         {

@@ -89,6 +89,11 @@ class Series(models.Model):
     def get_absolute_url(self) -> str:
         return reverse("series-detail", args=[self.pk])
 
+    @property
+    def open_fixity_issues(self):
+        """Files of this series that failed the last fixity check and are not fixed."""
+        return self.fixity_issues.filter(resolved_at__isnull=True)
+
 
 class Instance(models.Model):
     series = models.ForeignKey(

@@ -65,3 +65,12 @@ def test_restored_file_resolves_the_issue(series):
     _flip_byte(original.file)
     assert fixity_check().ok
     assert FixityIssue.objects.get().resolved_at is not None
+
+
+def test_flipped_byte_is_shown_on_the_series_and_viewer_pages(client, alice, series):
+    _flip_byte(series.instances.first().file)
+    client.force_login(alice)
+    assert "fixity-alert" not in client.get(f"/series/{series.pk}/").content.decode()
+    fixity_check()
+    page = client.get(f"/series/{series.pk}/").content.decode()
+    assert 'id="fixity-alert"' in page and "content changed" in page
