@@ -46,6 +46,10 @@ DEFAULTS: dict[str, Any] = {
         "loss": "mse",  # or "l1"
         "mask_fraction": 0.02,  # self-supervised: share of pixels masked per patch
         "lesion_weight": 1.0,  # supervised: loss weight near known (phantom) lesions
+        # supervised: weight of a contrast-preserving term, the (lesion-weighted)
+        # mean square of the error averaged over 5x5 neighbourhoods; it penalises
+        # local bias (flattened lesions, shifted edges) but hardly residual noise
+        "lowpass_weight": 0.0,
         "threads": 2,
         "time_budget_s": None,  # stop after the epoch that passes this
         "init_from": None,  # a parent bundle folder to fine-tune
@@ -121,6 +125,8 @@ def complete_config(raw: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("epochs", "steps_per_epoch", "batch_size", "patch_size", "threads"):
         if not isinstance(train[key], int) or train[key] < 1:
             raise ConfigError(f"config: train.{key} must be an integer >= 1")
+    if float(train["lowpass_weight"]) < 0:
+        raise ConfigError("config: train.lowpass_weight must be >= 0")
     if not 0 < float(train["mask_fraction"]) < 0.5:
         raise ConfigError("config: train.mask_fraction must be in (0, 0.5)")
     levels = config["data"]["levels"]

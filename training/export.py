@@ -116,6 +116,7 @@ def bundle_metadata(
             "patch_size": train["patch_size"],
             "optimiser": f"Adam, lr {train['lr']} with warm-up and cosine decay",
             "lesion_weight": train["lesion_weight"],
+            "lowpass_weight": train.get("lowpass_weight", 0.0),
             "loss": train["loss"]
             + (
                 " on blind-spot pixels (Noise2Void)"

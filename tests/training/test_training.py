@@ -152,3 +152,35 @@ def test_lesion_weight_raises_the_loss_weight_near_phantom_lesions():
     assert float(weight.mean()) < 1.5
     _, _, batch_weight = pool.batch(np.random.default_rng(0), 2, 64)
     assert batch_weight.shape == (2, 1, 64, 64) and batch_weight.min() == 1.0
+
+
+def test_lowpass_loss_penalises_lost_contrast_more_than_residual_noise():
+    from training.trainer import lowpass_loss
+
+    target = torch.zeros(1, 1, 64, 64)
+    target[..., 24:40, 24:40] = 0.05  # a 10 HU lesion in 200 HU units
+    weight = torch.ones_like(target)
+    flattened = target * 0.8  # 20 % of the contrast lost, no noise
+    noise = torch.randn(target.shape, generator=torch.Generator().manual_seed(0))
+    noisy = target + 0.0025 * noise  # full contrast, residual noise of equal MSE
+    assert torch.allclose(
+        ((flattened - target) ** 2).mean(), ((noisy - target) ** 2).mean(), rtol=0.2
+    )
+    assert lowpass_loss(flattened, target, weight) > 5 * lowpass_loss(
+        noisy, target, weight
+    )
+    assert float(lowpass_loss(target, target, weight)) == 0.0
+
+
+def test_lowpass_weight_is_checked_and_trains(tiny):
+    from training.config import complete_config
+    from training.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="lowpass_weight"):
+        complete_config({**tiny(), "train": {**tiny()["train"], "lowpass_weight": -1}})
+    summary = train(
+        tiny(train__lowpass_weight=10.0, train__lesion_weight=20.0), progress=False
+    )
+    history = summary["history"]
+    assert np.isfinite(history[-1]["train_loss"])
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
