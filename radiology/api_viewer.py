@@ -100,8 +100,8 @@ def _slab_response(
     response["X-Volume-Offset"] = repr(quant.offset)
     response["X-Slice-Range"] = f"{z0},{stop}"
     response["ETag"] = tag
-    # Stored volumes and outputs are never overwritten, so the browser may keep them.
-    response["Cache-Control"] = "private, max-age=86400"
+    # A series volume is rebuilt when slices are added: revalidate (ETag, 304).
+    response["Cache-Control"] = "private, no-cache"
     return response
 
 
@@ -127,6 +127,12 @@ def job_volume(
     job = selectors.job_for(request.user, job_id)
     if job.status != DenoiseJob.Status.SUCCEEDED:
         raise HttpError(400, f"viewer: job {job.pk} is {job.status}; no outputs yet")
+    if not job.is_current:
+        raise HttpError(
+            409,
+            f"viewer: series {job.series_id} gained instances after job {job.pk}; "
+            "denoise it again to compare",
+        )
     if kind == "reconstruction":
         name, sha = job.reconstruction_file, job.reconstruction_sha256
         quant = original_quantisation(job.series.volume_file)

@@ -158,6 +158,9 @@ class DenoiseJob(models.Model):
     params = models.JSONField(default=dict)
     params_sha256 = models.CharField(max_length=64)
     input_sha256 = models.CharField(max_length=64)
+    input_volume_file = models.CharField(
+        max_length=255, blank=True, help_text="the exact volume .npy this job reads"
+    )
     status = models.CharField(max_length=16, choices=Status, default=Status.QUEUED)
     progress = models.FloatField(default=0.0)
     progress_message = models.CharField(max_length=200, blank=True)
@@ -171,6 +174,7 @@ class DenoiseJob(models.Model):
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
@@ -199,6 +203,11 @@ class DenoiseJob(models.Model):
 
     def __str__(self) -> str:
         return f"job {self.pk} {self.model_name}:{self.model_version} {self.status}"
+
+    @property
+    def is_current(self) -> bool:
+        """False when the series' volume changed (new slices) after this job."""
+        return self.series.volume_sha256 == self.input_sha256
 
     @property
     def is_finished(self) -> bool:

@@ -156,11 +156,9 @@ STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", VAR_DIR / "static"))
 MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", VAR_DIR / "media"))
 MEDIA_URL = "/media/"  # never served directly: files go through access-checked views
 STORAGES = {
-    "default": {
-        "BACKEND": os.environ.get(
-            "STORAGE_BACKEND", "django.core.files.storage.FileSystemStorage"
-        ),
-    },
+    # Stored files live under MEDIA_ROOT (atomic renames and memory maps need a real
+    # file system); workers on several hosts share it (NFS, EFS, CephFS).
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
         "BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"
         if not DEBUG
@@ -188,6 +186,8 @@ DENOISE_DEVICE = os.environ.get("DENOISE_DEVICE", "auto")
 DENOISE_SOFT_TIME_LIMIT_S = env_int("DENOISE_SOFT_TIME_LIMIT_S", 1800)
 DENOISE_HARD_TIME_LIMIT_S = env_int("DENOISE_HARD_TIME_LIMIT_S", 2100)
 DENOISE_STALE_AFTER_S = env_int("DENOISE_STALE_AFTER_S", 120)
+DENOISE_RESEND_QUEUED_AFTER_S = env_int("DENOISE_RESEND_QUEUED_AFTER_S", 900)
+DENOISE_MAX_ATTEMPTS = env_int("DENOISE_MAX_ATTEMPTS", 5)
 
 # Celery: embedded default is kombu's filesystem transport under var/, no Redis needed.
 BROKER_DIR = VAR_DIR / "broker"

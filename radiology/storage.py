@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import tempfile
 import time
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 from django.conf import settings
+
+logger = logging.getLogger(__name__)
 
 TEMP_SUFFIX = ".partial"
 CHUNK = 1024 * 1024
@@ -122,9 +125,9 @@ class ArrayFile:
     """A new ``.npy`` output, filled in place through a memory map, then committed.
 
     ``array`` is a writable memmap of a temp file beside ``name``; nothing shows under
-    ``name`` until :meth:`commit`, which flushes, fsyncs, hashes and renames it. When
-    ``name`` already holds identical bytes (an earlier attempt got that far) the
-    temp file is dropped and the stored one kept: outputs are never overwritten.
+    ``name`` until :meth:`commit`, which flushes, fsyncs, hashes and links it into
+    place. When ``name`` already exists (an earlier attempt got that far) the temp file
+    is dropped and the stored one kept: outputs are never overwritten.
     """
 
     def __init__(self, name: str, shape: tuple[int, ...], dtype=np.float32) -> None:
@@ -155,11 +158,20 @@ class ArrayFile:
         _fsync_path(self._tmp)
         sha = _sha256_path(self._tmp)
         target = media_path(self.name)
-        if target.exists() and _sha256_path(target) == sha:
-            self._tmp.unlink()
-            return sha
         os.chmod(self._tmp, 0o640)
-        os.replace(self._tmp, target)
+        try:
+            # link, not rename: it fails when the name exists, so a stored output is
+            # never replaced, even by a late attempt that lost its job.
+            os.link(self._tmp, target)
+        except FileExistsError:
+            self._tmp.unlink()
+            stored = _sha256_path(target)
+            if stored != sha:
+                logger.warning(
+                    "%s exists with other content; the stored one kept", target
+                )
+            return stored
+        self._tmp.unlink()
         _fsync_path(target.parent)
         return sha
 

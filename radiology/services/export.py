@@ -114,6 +114,11 @@ def _check_job(job: DenoiseJob, include_residual: bool) -> None:
         )
     if job.series.derived:
         raise ExportError(f"export: series {job.series_id} is itself derived")
+    if not job.is_current:
+        raise ExportError(
+            f"export: series {job.series_id} gained instances after job {job.pk}; "
+            "its output no longer matches the stored series: denoise it again"
+        )
     if include_residual and not job.residual_file:
         raise ExportError(f"export: job {job.pk} has no residual output")
 

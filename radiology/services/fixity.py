@@ -58,8 +58,16 @@ def fixity_check(*, series: Series | None = None, actor=None) -> FixityReport:
         ).first()
         if actual == expected:
             if open_issue:
-                open_issue.resolved_at = timezone.now()
-                open_issue.save(update_fields=["resolved_at"])
+                with transaction.atomic():
+                    open_issue.resolved_at = timezone.now()
+                    open_issue.save(update_fields=["resolved_at"])
+                    audit_record(
+                        action=AuditEvent.Action.FIXITY,
+                        actor=actor,
+                        target=owner_series,
+                        study=owner_series.study,
+                        extra_data={"file": name, "role": role, "resolved": True},
+                    )
             continue
         if open_issue is None:
             with transaction.atomic():

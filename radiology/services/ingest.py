@@ -198,6 +198,9 @@ def _store_series(
             "study_date": volume.study_date,
         },
     )
+    # Serialise ingest into one study: two uploads adding slices to the same series
+    # must not each rebuild it from the old instance set (PostgreSQL READ COMMITTED).
+    study = Study.objects.select_for_update().get(pk=study.pk)
     existing = Series.objects.filter(
         study=study, series_instance_uid=volume.series_instance_uid
     ).first()

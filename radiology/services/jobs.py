@@ -15,6 +15,7 @@ from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
 import inference
+from inference.bundle import parse_version
 
 from ..audit import audit_record, canonical_json
 from ..models import AuditEvent, DenoiseJob, Series
@@ -29,6 +30,12 @@ DEFAULT_PARAMS: dict[str, object] = {"precision": "auto", "batch_size": None}
 class JobRequestError(ValueError):
     """A denoise request that cannot be honoured (derived series, unknown model, bad
     parameter). Cause and fix are in the message; nothing was queued."""
+
+
+class JobSuperseded(RuntimeError):
+    """This attempt no longer owns its job (requeued, cancelled or taken over).
+
+    The attempt stops and discards its temp files; the owner of the job goes on."""
 
 
 class TransientJobError(RuntimeError):
@@ -56,23 +63,22 @@ def normalise_params(params: dict | None) -> tuple[dict, str]:
 
 
 def resolve_model(spec: str | None) -> inference.ModelInfo:
-    """Find a registered model from ``NAME[:VERSION]`` (the default when empty)."""
-    name, _, version = (spec or "").partition(":")
+    """Find a registered model from ``NAME[:VERSION]``; empty means the default
+    (``DENOISE_DEFAULT_MODEL``, else ``models/DEFAULT``). No version: the highest."""
     models = inference.list_models(settings.MODELS_ROOT)
-    if not name:
-        name = settings.DENOISE_DEFAULT_MODEL
-        if not name:
-            defaults = [m for m in models if m.default]
-            if not defaults:
-                raise JobRequestError("denoise: no default model is registered")
-            return defaults[0]
-    candidates = [m for m in models if m.name == name]
+    name, _, version = (spec or settings.DENOISE_DEFAULT_MODEL).partition(":")
+    if name:
+        candidates = [m for m in models if m.name == name]
+    else:
+        candidates = [m for m in models if m.default]
+        if not candidates:
+            raise JobRequestError("denoise: no default model is registered")
     if version:
         candidates = [m for m in candidates if m.version == version]
     if not candidates:
         known = ", ".join(sorted({f"{m.name}:{m.version}" for m in models})) or "none"
         raise JobRequestError(f"denoise: no model {spec!r}; registered: {known}")
-    return max(candidates, key=lambda m: tuple(int(p) for p in m.version.split(".")))
+    return max(candidates, key=lambda m: parse_version(m.version))
 
 
 def _enqueue(job: DenoiseJob) -> None:
@@ -118,6 +124,8 @@ def denoise_job_request(
                 "model_version": info.version,
                 "params": merged,
                 "requested_by": requested_by,
+                "input_volume_file": series.volume_file,
+                "queued_at": timezone.now(),
             },
         )
         if created:
@@ -135,10 +143,17 @@ def denoise_job_request(
                 },
             )
             _enqueue(job)
-        elif job.status in {DenoiseJob.Status.FAILED, DenoiseJob.Status.CANCELLED}:
-            DenoiseJob.objects.filter(pk=job.pk).update(
-                status=DenoiseJob.Status.QUEUED, progress=0.0, error="", claim=""
-            )
+        elif DenoiseJob.objects.filter(
+            pk=job.pk,
+            status__in=[DenoiseJob.Status.FAILED, DenoiseJob.Status.CANCELLED],
+        ).update(
+            status=DenoiseJob.Status.QUEUED,
+            progress=0.0,
+            error="",
+            claim="",
+            attempts=0,
+            queued_at=timezone.now(),
+        ):
             job.refresh_from_db()
             audit_record(
                 action=AuditEvent.Action.JOB_REQUEUED,
@@ -200,6 +215,13 @@ def _claim(job_id: int, worker: str) -> str | None:
             )
         elif job.status != DenoiseJob.Status.QUEUED:
             return None
+        if job.attempts >= settings.DENOISE_MAX_ATTEMPTS:
+            # A series that kills its worker every time must not loop forever.
+            _fail_in_transaction(
+                job,
+                f"gave up after {job.attempts} attempts: the worker was lost each time",
+            )
+            return None
         job.status = DenoiseJob.Status.RUNNING
         job.claim = token
         job.worker = worker
@@ -244,18 +266,20 @@ class _Heartbeat:
         if now - self._last < self.every_s and fraction < 1.0:
             return
         self._last = now
-        DenoiseJob.objects.filter(
+        if not DenoiseJob.objects.filter(
             pk=self.job_id, claim=self.token, status=DenoiseJob.Status.RUNNING
         ).update(
             progress=min(max(fraction, 0.0), 1.0) * 0.95,
             progress_message=message[:200],
             heartbeat_at=timezone.now(),
-        )
+        ):
+            raise JobSuperseded(f"job {self.job_id}: this attempt no longer owns it")
 
 
 def output_names(job: DenoiseJob) -> tuple[str, str]:
-    """Content-addressed output names: one output per (input, weights, params)."""
-    key = f"{job.input_sha256[:32]}-{job.weights_sha256[:16]}-{job.params_sha256[:16]}"
+    """Output names of a job: one output per job, and so per (series, input volume,
+    weights, params); every attempt of the job writes the same names."""
+    key = f"{job.input_sha256[:32]}-{job.weights_sha256[:16]}-job{job.pk}"
     return (
         f"outputs/{job.input_sha256[:2]}/{key}/reconstruction.npy",
         f"outputs/{job.input_sha256[:2]}/{key}/residual.npy",
@@ -281,6 +305,9 @@ def denoise_job_run(*, job_id: int, worker: str | None = None) -> DenoiseJob | N
     job = DenoiseJob.objects.select_related("series__study").get(pk=job_id)
     try:
         return _run_claimed(job, token)
+    except JobSuperseded as exc:
+        logger.warning("%s; stopping this attempt", exc)
+        return None
     except (OperationalError, TransientJobError) as exc:
         _release_for_retry(job, token, str(exc))
         raise TransientJobError(str(exc)) from exc
@@ -301,7 +328,10 @@ def _run_claimed(job: DenoiseJob, token: str) -> DenoiseJob:
     timings: dict[str, float] = {}
     started = time.perf_counter()
     model = inference.load_model(
-        job.model_name, job.model_version, models_root=settings.MODELS_ROOT
+        job.model_name,
+        job.model_version,
+        models_root=settings.MODELS_ROOT,
+        device=None if settings.DENOISE_DEVICE == "auto" else settings.DENOISE_DEVICE,
     )
     if model.sha256 != job.weights_sha256:
         raise JobRequestError(
@@ -313,7 +343,12 @@ def _run_claimed(job: DenoiseJob, token: str) -> DenoiseJob:
     tick = time.perf_counter()
     # Memory-mapped in and out: the engine converts and denoises a chunk at a time,
     # so a volume larger than memory goes through without being loaded whole.
-    volume = load_array(job.series.volume_file, mmap=True)
+    if not job.input_volume_file and not job.is_current:
+        raise JobRequestError(
+            f"series {job.series_id} changed after job {job.pk} was requested; "
+            "request denoising again"
+        )
+    volume = load_array(job.input_volume_file or job.series.volume_file, mmap=True)
     recon_name, residual_name = output_names(job)
     outputs = [ArrayFile(name, volume.shape) for name in (recon_name, residual_name)]
     timings["read_volume"] = time.perf_counter() - tick
@@ -404,15 +439,41 @@ def _release_for_retry(job: DenoiseJob, token: str, reason: str) -> None:
     ):
         connection.close()
     try:
-        DenoiseJob.objects.filter(pk=job.pk, claim=token).update(
-            status=DenoiseJob.Status.QUEUED,
-            claim="",
-            error=f"retrying: {reason}"[:2000],
-        )
+        with transaction.atomic():
+            if DenoiseJob.objects.filter(pk=job.pk, claim=token).update(
+                status=DenoiseJob.Status.QUEUED,
+                claim="",
+                error=f"retrying: {reason}"[:2000],
+                queued_at=timezone.now(),
+            ):
+                audit_record(
+                    action=AuditEvent.Action.JOB_REQUEUED,
+                    target=job,
+                    study=job.series.study,
+                    extra_data={
+                        "reason": f"transient error, retrying: {reason}"[:500],
+                        "attempt": job.attempts,
+                    },
+                )
     except OperationalError:
         logger.warning(
             "job %s: could not release for retry; the reconciler will", job.pk
         )
+
+
+def _fail_in_transaction(job: DenoiseJob, reason: str) -> None:
+    DenoiseJob.objects.filter(pk=job.pk).update(
+        status=DenoiseJob.Status.FAILED,
+        error=reason[:2000],
+        claim="",
+        finished_at=timezone.now(),
+    )
+    audit_record(
+        action=AuditEvent.Action.JOB_FAILED,
+        target=job,
+        study=job.series.study,
+        extra_data={"reason": reason[:2000], "attempt": job.attempts},
+    )
 
 
 def denoise_job_fail(*, job_id: int, reason: str, token: str | None = None) -> None:
@@ -463,17 +524,30 @@ def reconcile_stale_jobs(*, restarted_worker: str | None = None) -> list[int]:
     cannot still be running anything). Each is re-sent; the claim check makes a late
     redelivery of the old message a no-op, so the job completes exactly once.
     """
-    cutoff = timezone.now() - timedelta(seconds=settings.DENOISE_STALE_AFTER_S)
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=settings.DENOISE_STALE_AFTER_S)
     running = DenoiseJob.objects.filter(status=DenoiseJob.Status.RUNNING)
     stale = running.filter(heartbeat_at__lt=cutoff)
     if restarted_worker:
         stale = stale | running.filter(worker__startswith=f"{restarted_worker}#")
+    # Queued this long with no worker taking it: its message was probably lost (broker
+    # restart without persistence, a send that failed after commit). Sending again is
+    # safe: a duplicate message finds the job claimed and does nothing.
+    lost_before = now - timedelta(seconds=settings.DENOISE_RESEND_QUEUED_AFTER_S)
+    for job in DenoiseJob.objects.filter(
+        status=DenoiseJob.Status.QUEUED, queued_at__lt=lost_before
+    ):
+        if DenoiseJob.objects.filter(
+            pk=job.pk, status=DenoiseJob.Status.QUEUED, queued_at=job.queued_at
+        ).update(queued_at=now):
+            logger.warning("job %s queued since %s: sent again", job.pk, job.queued_at)
+            _enqueue(job)
     requeued = []
     for job in stale.select_related("series__study"):
         with transaction.atomic():
             if not DenoiseJob.objects.filter(
                 pk=job.pk, status=DenoiseJob.Status.RUNNING, claim=job.claim
-            ).update(status=DenoiseJob.Status.QUEUED, claim=""):
+            ).update(status=DenoiseJob.Status.QUEUED, claim="", queued_at=now):
                 continue
             audit_record(
                 action=AuditEvent.Action.JOB_REQUEUED,

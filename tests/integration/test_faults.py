@@ -46,7 +46,7 @@ import os
 import signal
 
 _real_fdopen = os.fdopen
-_real_replace = os.replace
+_real_link = os.link
 
 
 def _counter(name):
@@ -103,20 +103,20 @@ def posix_fallocate(fd, offset, length):
     return _real_fallocate(fd, offset, length)
 
 
-def replace(src, dst, *args, **kwargs):
+def link(src, dst, *args, **kwargs):
     marker = os.environ.get("FAULT_CRASH_MARKER")
     if marker and "/outputs/" in str(dst) and not os.path.exists(marker):
         open(marker, "w").close()
-        # The whole worker dies at once, as on a power cut: data written, not renamed.
+        # The whole worker dies at once, as on a power cut: data written, not linked.
         os.killpg(os.getpgid(0), signal.SIGKILL)
-    return _real_replace(src, dst, *args, **kwargs)
+    return _real_link(src, dst, *args, **kwargs)
 
 
 if os.environ.get("FAULT_ENOSPC_WRITES"):
     os.fdopen = fdopen
     os.posix_fallocate = posix_fallocate
 if os.environ.get("FAULT_CRASH_MARKER"):
-    os.replace = replace
+    os.link = link
 '''
 
 QUEUE = """

@@ -20,6 +20,7 @@ from radiology.services.jobs import (
     denoise_job_request,
     denoise_job_run,
     reconcile_stale_jobs,
+    resolve_model,
 )
 from radiology.storage import load_array, media_path
 from tests.inference.inference_fixtures import REDCNN, identity_weights, metadata
@@ -210,3 +211,83 @@ def test_models_command_lists_bundles(models_root, capsys):
     }
     assert all(len(r["sha256"]) == 64 for r in rows)
     assert sum(r["default"] for r in rows) >= 1
+    assert resolve_model("").version == "1.1.0"
+
+
+def test_job_of_an_older_volume_is_refused_by_viewer_and_export(
+    client, alice, series, models_root
+):
+    job, _ = denoise_job_request(series=series, requested_by=alice)
+    denoise_job_run(job_id=job.pk)
+    series.volume_sha256 = "0" * 64  # as when an upload adds slices to the series
+    series.save()
+    client.force_login(alice)
+    response = client.get(f"/api/jobs/{job.pk}/volume/reconstruction")
+    assert response.status_code == 409
+    assert client.get(f"/api/jobs/{job.pk}/export.zip").status_code in {400, 409}
+
+
+def test_a_job_keeps_reading_the_volume_it_was_requested_for(
+    alice, series, models_root
+):
+    job, _ = denoise_job_request(series=series, requested_by=alice)
+    requested_volume = series.volume_file
+    series.volume_file = "volumes/elsewhere.npy"
+    series.save()
+    done = denoise_job_run(job_id=job.pk)
+    assert done.status == "succeeded" and done.input_volume_file == requested_volume
+
+
+def test_superseded_attempt_stops_and_writes_nothing(alice, series, models_root):
+    from radiology.services.jobs import output_names
+
+    job, _ = denoise_job_request(series=series, requested_by=alice)
+
+    def cancel_midway(*args, **kwargs):
+        DenoiseJob.objects.filter(pk=job.pk).update(status="cancelled", claim="")
+        return real(*args, **kwargs)
+
+    real = inference.denoise_volume
+    import radiology.services.jobs as jobs_module
+
+    jobs_module.inference.denoise_volume = cancel_midway
+    try:
+        assert denoise_job_run(job_id=job.pk) is None
+    finally:
+        jobs_module.inference.denoise_volume = real
+    recon, _ = output_names(job)
+    assert not media_path(recon).exists()
+    assert (
+        not list(media_path(recon).parent.glob(".*"))
+        if media_path(recon).parent.exists()
+        else True
+    )
+
+
+def test_attempts_are_capped(alice, series, models_root, settings):
+    settings.DENOISE_MAX_ATTEMPTS = 2
+    job, _ = denoise_job_request(series=series, requested_by=alice)
+    DenoiseJob.objects.filter(pk=job.pk).update(attempts=2)
+    assert denoise_job_run(job_id=job.pk) is None
+    failed = DenoiseJob.objects.get(pk=job.pk)
+    assert failed.status == "failed" and "gave up after 2 attempts" in failed.error
+
+
+def test_queued_job_whose_message_was_lost_is_sent_again(
+    alice, series, models_root, settings, monkeypatch
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    import radiology.services.jobs as jobs_module
+
+    job, _ = denoise_job_request(series=series, requested_by=alice)
+    sent = []
+    monkeypatch.setattr(jobs_module, "_enqueue", lambda j: sent.append(j.pk))
+    assert reconcile_stale_jobs() == [] and sent == []
+    DenoiseJob.objects.filter(pk=job.pk).update(
+        queued_at=timezone.now() - timedelta(hours=1)
+    )
+    reconcile_stale_jobs()
+    assert sent == [job.pk]

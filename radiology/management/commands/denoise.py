@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.core.serializers.json import DjangoJSONEncoder
 
@@ -21,6 +22,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--model", help="NAME[:VERSION], default: the default model"
         )
+        parser.add_argument(
+            "--user", help="who asks (audited); default: none, recorded as system"
+        )
         parser.add_argument("--wait", action="store_true")
         parser.add_argument("--timeout", type=float, default=3600.0, help="seconds")
         parser.add_argument("--json", action="store_true")
@@ -33,9 +37,18 @@ class Command(BaseCommand):
         )
         if series is None:
             raise CommandError(f"denoise: no series {options['series_id']}")
+        user = None
+        if options["user"]:
+            user = get_user_model().objects.filter(username=options["user"]).first()
+            if user is None:
+                raise CommandError(f"denoise: no user {options['user']!r}")
+            if not Series.objects.visible_to(user).filter(pk=series.pk).exists():
+                raise CommandError(
+                    f"denoise: user {user.username!r} cannot see series {series.pk}"
+                )
         try:
             job, created = denoise_job_request(
-                series=series, requested_by=series.study.owner, model=options["model"]
+                series=series, requested_by=user, model=options["model"]
             )
         except JobRequestError as exc:
             raise CommandError(str(exc)) from exc
@@ -47,8 +60,8 @@ class Command(BaseCommand):
             self.stdout.write(
                 json.dumps(job_json(job), cls=DjangoJSONEncoder, indent=2)
             )
-        if job.status == DenoiseJob.Status.FAILED:
-            raise CommandError(f"denoise: job {job.pk} failed: {job.error}")
+        if job.status in {DenoiseJob.Status.FAILED, DenoiseJob.Status.CANCELLED}:
+            raise CommandError(f"denoise: job {job.pk} {job.status}: {job.error}")
 
     def _wait(self, job, timeout, verbose):
         deadline = time.monotonic() + timeout
