@@ -15,7 +15,6 @@ import argparse
 import io
 import json
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -26,6 +25,8 @@ from functools import cache
 from pathlib import Path
 
 from hypothesis import strategies as st
+
+from bench._django import throwaway_django
 
 __all__ = ["check_upload", "seed_files", "uploads"]
 
@@ -143,25 +144,10 @@ def check_upload(files: list[tuple[str, bytes]], owner, workdir: Path) -> int:
 
 
 def _setup_django(root: Path):
-    os.environ.update(
-        {
-            "DEBUG": "1",
-            "VAR_DIR": str(root / "var"),
-            "MEDIA_ROOT": str(root / "media"),
-            "DATABASE_URL": f"sqlite:///{root / 'db.sqlite3'}",
-            "DJANGO_SETTINGS_MODULE": "radiology.settings",
-        }
-    )
-    import django
-
-    django.setup()
-    from django.contrib.auth import get_user_model
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
+    user = throwaway_django(root, "fuzz")
     # Rejections are the expected outcome here; pydicom's warnings about them are noise.
     logging.disable(logging.ERROR)
-    return get_user_model().objects.create_user("fuzz", password="fuzz-pass-123")
+    return user
 
 
 def main(argv: list[str]) -> int:

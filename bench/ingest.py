@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench._django import throwaway_django
 
 
 def _bare_rate(files: list[Path]) -> float:
@@ -34,26 +35,10 @@ def main(argv: list[str]) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         root = Path(tmp)
-        os.environ.update(
-            {
-                "DEBUG": "1",
-                "VAR_DIR": str(root / "var"),
-                "MEDIA_ROOT": str(root / "media"),
-                "DATABASE_URL": f"sqlite:///{root / 'db.sqlite3'}",
-                "DJANGO_SETTINGS_MODULE": "radiology.settings",
-            }
-        )
-        import django
-
-        django.setup()
-        from django.contrib.auth import get_user_model
-        from django.core.management import call_command
-
+        owner = throwaway_django(root, "bench")
         from radiology.dicomio.synthetic import phantom_volume, write_series
         from radiology.services.ingest import upload_ingest
 
-        call_command("migrate", verbosity=0)
-        owner = get_user_model().objects.create_user("bench", password="bench-pass-1")
         series_dir = root / "series"
         series_dir.mkdir()
         volume = phantom_volume((args.slices, args.size, args.size), seed=1)

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from bench._django import throwaway_django
+
 __all__ = ["main", "VARIANTS"]
 
 RESULTS = Path(__file__).parent / "results"
@@ -115,21 +117,7 @@ def _matmul_gflops(dtype_name: str = "fp32", n: int = 2048, repeat: int = 5) -> 
 
 
 def _django(root: Path) -> None:
-    os.environ.update(
-        {
-            "DEBUG": "1",
-            "VAR_DIR": str(root / "var"),
-            "MEDIA_ROOT": str(root / "media"),
-            "DATABASE_URL": f"sqlite:///{root / 'db.sqlite3'}",
-            "DJANGO_SETTINGS_MODULE": "radiology.settings",
-        }
-    )
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
+    throwaway_django(root)
 
 
 def _child_e2e(params: dict[str, Any]) -> dict[str, Any]:

@@ -53,3 +53,23 @@ def alice(make_user):
 @pytest.fixture
 def bob(make_user):
     return make_user("bob", group="chest")
+
+
+def install_tiny_models(settings, root, versions=("1.0.0",), model_card=None):
+    """Write identity ``tiny`` bundles (one per version) under ``root`` and make it the
+    models root: fast, deterministic stand-ins where the model is not under test."""
+    import inference
+    from tests.inference.inference_fixtures import REDCNN, identity_weights, metadata
+
+    for index, version in enumerate(versions):
+        inference.write_bundle(
+            root / ("tiny" if index == 0 else f"tiny-{version}"),
+            metadata=metadata("tiny", version),
+            state_dict=identity_weights(REDCNN),
+            model_card=model_card,
+        )
+    (root / "DEFAULT").write_text("tiny\n")
+    settings.MODELS_ROOT = root
+    settings.DENOISE_DEFAULT_MODEL = ""
+    inference.clear_cache()
+    return root

@@ -30,7 +30,7 @@ from radiology.services.jobs import (
     output_names,
 )
 from radiology.storage import TEMP_SUFFIX, file_sha256, media_path, sweep_orphans
-from tests.inference.inference_fixtures import REDCNN, identity_weights, metadata
+from tests.conftest import install_tiny_models
 
 from .conftest import REPO, wait_for
 
@@ -138,15 +138,7 @@ for pk in sys.argv[2:]:
 @pytest.fixture
 def tiny_models(workers, settings, tmp_path):
     """A small identity bundle, so the faults, not inference, take the time."""
-    root = tmp_path / "models"
-    inference.write_bundle(
-        root / "tiny",
-        metadata=metadata("tiny", "1.0.0"),
-        state_dict=identity_weights(REDCNN),
-    )
-    (root / "DEFAULT").write_text("tiny\n")
-    settings.MODELS_ROOT = root
-    settings.DENOISE_DEFAULT_MODEL = ""
+    root = install_tiny_models(settings, tmp_path / "models")
     workers.env["MODELS_ROOT"] = str(root)
     inference.clear_cache()
     return root

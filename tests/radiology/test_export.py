@@ -14,7 +14,6 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.test import Client
 
-import inference
 from radiology.audit import audit_verify
 from radiology.dicomio.derived import UID_ROOT, device_uid
 from radiology.dicomio.synthetic import phantom_volume, write_series
@@ -27,8 +26,7 @@ from radiology.services.jobs import (
     denoise_job_run,
 )
 from radiology.storage import load_array
-from tests.conftest import require
-from tests.inference.inference_fixtures import REDCNN, identity_weights, metadata
+from tests.conftest import install_tiny_models, require
 
 pytestmark = pytest.mark.django_db
 
@@ -37,17 +35,7 @@ SHAPE = (4, 40, 40)
 
 @pytest.fixture
 def models_root(settings, tmp_path):
-    root = tmp_path / "models"
-    inference.write_bundle(
-        root / "tiny",
-        metadata=metadata("tiny", "1.0.0"),
-        state_dict=identity_weights(REDCNN),
-    )
-    (root / "DEFAULT").write_text("tiny\n")
-    settings.MODELS_ROOT = root
-    settings.DENOISE_DEFAULT_MODEL = ""
-    inference.clear_cache()
-    return root
+    return install_tiny_models(settings, tmp_path / "models")
 
 
 @pytest.fixture

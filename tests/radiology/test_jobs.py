@@ -23,29 +23,16 @@ from radiology.services.jobs import (
     resolve_model,
 )
 from radiology.storage import load_array, media_path
-from tests.inference.inference_fixtures import REDCNN, identity_weights, metadata
+from tests.conftest import install_tiny_models
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def models_root(settings, tmp_path):
-    root = tmp_path / "models"
-    inference.write_bundle(
-        root / "tiny",
-        metadata=metadata("tiny", "1.0.0"),
-        state_dict=identity_weights(REDCNN),
+    return install_tiny_models(
+        settings, tmp_path / "models", versions=("1.0.0", "1.1.0")
     )
-    inference.write_bundle(
-        root / "tiny-1.1.0",
-        metadata=metadata("tiny", "1.1.0"),
-        state_dict=identity_weights(REDCNN),
-    )
-    (root / "DEFAULT").write_text("tiny\n")
-    settings.MODELS_ROOT = root
-    settings.DENOISE_DEFAULT_MODEL = ""
-    inference.clear_cache()
-    return root
 
 
 @pytest.fixture

@@ -5,30 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import inference
 from radiology.dicomio.synthetic import phantom_volume, write_series
 from radiology.services.ingest import upload_ingest
 from radiology.services.jobs import denoise_job_request, denoise_job_run
 from radiology.storage import load_array
-from tests.inference.inference_fixtures import REDCNN, identity_weights, metadata
+from tests.conftest import install_tiny_models
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def models_root(settings, tmp_path):
-    root = tmp_path / "models"
-    inference.write_bundle(
-        root / "tiny",
-        metadata=metadata("tiny", "1.0.0"),
-        state_dict=identity_weights(REDCNN),
-        model_card="# tiny\n\nIdentity test bundle.\n",
+    return install_tiny_models(
+        settings, tmp_path / "models", model_card="# tiny\n\nIdentity test bundle.\n"
     )
-    (root / "DEFAULT").write_text("tiny\n")
-    settings.MODELS_ROOT = root
-    settings.DENOISE_DEFAULT_MODEL = ""
-    inference.clear_cache()
-    return root
 
 
 @pytest.fixture
