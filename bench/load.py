@@ -31,6 +31,8 @@ from urllib.parse import urlparse
 
 import requests
 
+from radiology.celery import worker_argv
+
 __all__ = ["WebServer", "run_load", "series_zip"]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -316,22 +318,7 @@ def main(argv: list[str]) -> int:
             for n in range(args.workers):
                 procs.append(
                     subprocess.Popen(
-                        [
-                            sys.executable,
-                            "-m",
-                            "celery",
-                            "-A",
-                            "radiology",
-                            "worker",
-                            "-Q",
-                            "gpu,default",
-                            "--concurrency",
-                            "1",
-                            "-n",
-                            f"load{n}@%h",
-                            "--without-gossip",
-                            "--without-mingle",
-                        ],
+                        worker_argv(f"load{n}", "--without-gossip", "--without-mingle"),
                         cwd=REPO,
                         env=env,
                         stdout=open(root / f"worker{n}.log", "ab"),

@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -15,6 +14,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
+from radiology.celery import worker_argv
 from tests.conftest import require
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,24 +71,9 @@ class Workers:
     def start(self, name: str = "w1", **extra_env: str) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "ab")
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "radiology",
-                "worker",
-                "-Q",
-                "gpu,default",
-                "--concurrency",
-                "1",
-                "-n",
-                f"{name}@%h",
-                "--loglevel",
-                "INFO",
-                "--without-gossip",
-                "--without-mingle",
-            ],
+            worker_argv(
+                name, "--loglevel", "INFO", "--without-gossip", "--without-mingle"
+            ),
             cwd=REPO,
             env={**self.env, **extra_env},
             stdout=log,

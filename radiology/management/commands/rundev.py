@@ -10,6 +10,12 @@ import sys
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from radiology.celery import worker_argv
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
 
 class Command(BaseCommand):
     help = (
@@ -22,28 +28,19 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options):
+        # SIGTERM (from a supervisor, `timeout`, `kill`) stops both, as Ctrl-C does.
+        signal.signal(signal.SIGTERM, _raise_interrupt)
         var = settings.VAR_DIR
         var.mkdir(parents=True, exist_ok=True)
         worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "radiology",
-                "worker",
-                "-Q",
-                "gpu,default",
-                "--concurrency",
-                "1",
-                "-n",
-                "local@%h",
+            worker_argv(
+                "local",
                 "--beat",
                 "--schedule",
                 str(var / "celerybeat-schedule"),
                 "--loglevel",
                 "INFO",
-            ],
+            ),
             start_new_session=True,
         )
         self.stdout.write(
