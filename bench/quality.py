@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from training.compare import ms_per_slice
+
 __all__ = ["main", "run", "BASELINES"]
 
 RESULTS = Path(__file__).parent / "results"
@@ -99,20 +101,6 @@ def _load_ours(modality: str, models_root: Path | None) -> Any:
         return load_model(name, models_root=models_root, device="cpu")
     except ModelNotFoundError:
         return None
-
-
-def _throughput_ms(network: torch.nn.Module, size: int = 512, batch: int = 8) -> float:
-    """Milliseconds per ``size``x``size`` slice at ``batch`` slices per pass."""
-    x = torch.zeros(batch, 1, size, size)
-    network.eval()
-    with torch.inference_mode():
-        network(x)
-        best = float("inf")
-        for _ in range(2):
-            started = time.perf_counter()
-            network(x)
-            best = min(best, time.perf_counter() - started)
-    return best / batch * 1000.0
 
 
 def _crop(pair: Any, size: int) -> Any:
@@ -211,7 +199,10 @@ def run(*, quick: bool = False, models_root: Path | None = None) -> dict[str, An
                     "version": loaded.version,
                     "sha256": loaded.sha256,
                     "kind": loaded.metadata["network_def"]["kind"],
-                    "ms_per_512_slice_batch8": round(_throughput_ms(loaded.network), 2),
+                    "ms_per_512_slice_batch8": round(
+                        ms_per_slice(loaded.network, threads=torch.get_num_threads()),
+                        2,
+                    ),
                 }
         rows: dict[str, list[dict[str, float]]] = {}
         seconds: dict[str, float] = {}
