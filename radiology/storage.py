@@ -9,6 +9,7 @@ import os
 import tempfile
 import time
 import uuid
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -40,10 +41,24 @@ def _temp_beside(target: Path) -> tuple[int, str]:
     return tempfile.mkstemp(dir=target.parent, prefix=".", suffix=TEMP_SUFFIX)
 
 
-def _npy_bytes(array: np.ndarray) -> memoryview:
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getbuffer()
+def npy_chunks(
+    shape: Sequence[int], dtype: np.dtype, slabs: Iterable[np.ndarray]
+) -> Iterator[bytes | memoryview]:
+    """The bytes of a C-order ``.npy`` file (as ``np.save`` writes it), header
+    first, then each slab along the first axis: an array goes to disk without a
+    second copy of it in memory."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header,
+        {
+            "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+            "fortran_order": False,
+            "shape": tuple(int(v) for v in shape),
+        },
+    )
+    yield header.getvalue()
+    for slab in slabs:
+        yield np.ascontiguousarray(slab, dtype=dtype).data.cast("B")
 
 
 class BatchWriter:
@@ -67,21 +82,33 @@ class BatchWriter:
     ) -> str:
         """Queue ``data`` for ``name``; returns its SHA-256 (``sha256`` when the caller
         already hashed these exact bytes)."""
+        digest = self.write_chunks(name, [data], hashed=sha256 is None)
+        return sha256 or digest
+
+    def write_chunks(
+        self, name: str, chunks: Iterable[bytes | memoryview], *, hashed: bool = True
+    ) -> str:
+        """Queue the concatenated ``chunks`` for ``name``, writing (and hashing)
+        each as it comes; returns the SHA-256 (``""`` when not ``hashed``)."""
         target = media_path(name)
         fd, tmp = _temp_beside(target)
+        digest = hashlib.sha256()
         try:
             with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
+                for chunk in chunks:
+                    handle.write(chunk)
+                    if hashed:
+                        digest.update(chunk)
             os.chmod(tmp, 0o640)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
         self._pending.append((tmp, target))
-        return sha256 or hashlib.sha256(data).hexdigest()
+        return digest.hexdigest() if hashed else ""
 
     def write_array(self, name: str, array: np.ndarray) -> str:
         """Queue an array as ``.npy``; returns the SHA-256 of the file."""
-        return self.write(name, _npy_bytes(array))
+        return self.write_chunks(name, npy_chunks(array.shape, array.dtype, array))
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
@@ -118,7 +145,9 @@ def store_bytes(name: str, data: bytes | memoryview) -> str:
 
 def store_array(name: str, array: np.ndarray) -> str:
     """Store an array as ``.npy``; returns the SHA-256 of the file."""
-    return store_bytes(name, _npy_bytes(array))
+    with BatchWriter() as batch:
+        sha = batch.write_array(name, array)
+    return sha
 
 
 class ArrayFile:

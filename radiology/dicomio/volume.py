@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,8 +56,11 @@ class SeriesVolume:
         description: Series Description, else Study Description.
         study_date: Study Date (``YYYYMMDD``) or ``""``.
         sop_class_uid: SOP Class UID of the first slice.
-        volume: read-only float32 array (z, y, x) in original units (HU for CT);
-            z increases along the normal (row cosines x column cosines).
+        frames: per slice, a read-only float32 (y, x) view of the decoded
+            instance, in original units (HU for CT); slice order is z, which
+            increases along the normal (row cosines x column cosines). The slices
+            are not stacked: :meth:`iter_stored` streams them to storage without
+            a second copy of the series in memory.
         spacing_mm: (z, y, x) voxel spacing in mm; z is the median distance
             between slice positions.
         origin: Image Position (Patient) of slice 0 in mm, or ``None`` when
@@ -77,7 +80,7 @@ class SeriesVolume:
     description: str
     study_date: str
     sop_class_uid: str
-    volume: np.ndarray
+    frames: tuple[np.ndarray, ...]
     spacing_mm: tuple[float, float, float]
     origin: Vec3 | None
     orientation: Orientation | None
@@ -89,8 +92,31 @@ class SeriesVolume:
     @property
     def shape(self) -> tuple[int, int, int]:
         """(z, y, x) voxels."""
-        z, y, x = self.volume.shape
-        return int(z), int(y), int(x)
+        y, x = self.frames[0].shape
+        return len(self.frames), int(y), int(x)
+
+    @property
+    def volume(self) -> np.ndarray:
+        """The slices stacked into a new read-only float32 (z, y, x) array; this
+        copies the whole series, so storage streams :meth:`iter_stored` instead."""
+        volume = np.stack(self.frames)
+        volume.flags.writeable = False
+        return volume
+
+    def storage_dtype(self) -> np.dtype:
+        """int16 when every voxel is a whole number in its range (CT in HU, most
+        MR), which halves the stored volume losslessly; float32 otherwise."""
+        for frame in self.frames:
+            if float(frame.min()) < -32768 or float(frame.max()) > 32767:
+                return np.dtype(np.float32)
+            if not np.array_equal(frame.astype(np.int16), frame):
+                return np.dtype(np.float32)
+        return np.dtype(np.int16)
+
+    def iter_stored(self, dtype: np.dtype) -> Iterator[np.ndarray]:
+        """The slices in z order, each converted to ``dtype`` on its own."""
+        for frame in self.frames:
+            yield frame.astype(dtype, copy=False)
 
     @property
     def n_instances(self) -> int:
@@ -321,10 +347,6 @@ def _assemble_one(
     if pixel_spacing is None or min(pixel_spacing) <= 0:
         warnings.append("PixelSpacing missing; in-plane spacing set to 1 mm")
         pixel_spacing = (1.0, 1.0)
-    volume = np.stack([s.instance.pixels[s.frame] for s in slices]).astype(
-        np.float32, copy=False
-    )
-    volume.flags.writeable = False
     for note in warnings:
         logger.info("series %s: %s", uid, note)
     return SeriesVolume(
@@ -335,7 +357,7 @@ def _assemble_one(
         description=first.series_description or first.study_description,
         study_date=first.study_date,
         sop_class_uid=first.sop_class_uid,
-        volume=volume,
+        frames=tuple(s.instance.pixels[s.frame] for s in slices),
         spacing_mm=(z_spacing, float(pixel_spacing[0]), float(pixel_spacing[1])),
         origin=slices[0].position,
         orientation=orientation,

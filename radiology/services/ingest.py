@@ -7,7 +7,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import transaction
@@ -21,7 +20,7 @@ from ..dicomio import (
     read_instance,
 )
 from ..models import AuditEvent, Instance, Series, Study, Upload
-from ..storage import BatchWriter, generated_name, media_path
+from ..storage import BatchWriter, generated_name, media_path, npy_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -100,16 +99,6 @@ def _drop_mixed_patients(read, rejections):
                 }
             )
     return kept
-
-
-def compact_volume(volume: np.ndarray) -> np.ndarray:
-    """int16 when that is lossless (CT in whole HU, most MR), else float32 as given."""
-    low, high = float(volume.min()), float(volume.max())
-    if low >= -32768 and high <= 32767:
-        as_int = volume.astype(np.int16)
-        if np.array_equal(as_int, volume):
-            return as_int
-    return volume
 
 
 def default_group(user) -> Group | None:
@@ -224,11 +213,16 @@ def _store_series(
             return existing
 
     volume_name = generated_name("volumes", ".npy")
-    volume_sha256 = batch.write_array(volume_name, compact_volume(volume.volume))
+    # Slice by slice from the decoded instances: the series is never stacked in
+    # memory, so ingest needs no more than the decoded files themselves.
+    dtype = volume.storage_dtype()
+    volume_sha256 = batch.write_chunks(
+        volume_name, npy_chunks(volume.shape, dtype, volume.iter_stored(dtype))
+    )
     fields = {
         "modality": volume.modality,
         "description": volume.description[:256],
-        "shape": list(volume.volume.shape),
+        "shape": list(volume.shape),
         "spacing_mm": [float(v) for v in volume.spacing_mm],
         "origin_mm": [float(v) for v in volume.origin or ()],
         "orientation": [float(v) for v in volume.orientation or ()],

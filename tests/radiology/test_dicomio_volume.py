@@ -198,3 +198,24 @@ def test_real_ct_slice_assembles(tmp_path: Path) -> None:
     (series,) = assemble_series([read_instance(data, "CT_small.dcm")]).series
     assert series.shape == (1, 128, 128) and series.modality == "CT"
     assert series.spacing_mm[1:] == pytest.approx((0.661468, 0.661468))
+
+
+def test_whole_hu_series_is_stored_as_int16_slice_by_slice(
+    tmp_path: Path, volume: np.ndarray
+) -> None:
+    (series,) = assemble_series(_read(write_series(tmp_path, volume))).series
+    assert series.storage_dtype() == np.int16
+    stored = list(series.iter_stored(series.storage_dtype()))
+    assert len(stored) == series.shape[0] and stored[0].dtype == np.int16
+    np.testing.assert_array_equal(np.stack(stored), series.volume)
+
+
+def test_fractional_values_keep_float32_storage(tmp_path: Path) -> None:
+    paths = write_series(tmp_path, phantom_volume((3, 16, 16), seed=4))
+    halved = [_edited(paths[0], "half.dcm", RescaleSlope=0.5)]
+    halved += _read(paths[1:])
+    (series,) = assemble_series(halved).series
+    assert series.storage_dtype() == np.float32
+    np.testing.assert_array_equal(
+        np.stack(list(series.iter_stored(np.dtype(np.float32)))), series.volume
+    )

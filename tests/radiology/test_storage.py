@@ -106,3 +106,25 @@ def test_array_file_on_a_full_disk_raises_enospc_and_leaves_nothing(monkeypatch)
         storage.ArrayFile("h/out.npy", (64, 64))
     assert info.value.errno == errno.ENOSPC
     assert list(storage.media_path("h/out.npy").parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+def test_streamed_npy_is_byte_identical_to_np_save(tmp_path, dtype):
+    array = (np.arange(60, dtype=np.float32).reshape(3, 4, 5) * 1.5 - 7).astype(dtype)
+    np.save(tmp_path / "saved.npy", array)
+    streamed = b"".join(
+        bytes(chunk) for chunk in storage.npy_chunks(array.shape, array.dtype, array)
+    )
+    assert streamed == (tmp_path / "saved.npy").read_bytes()
+
+
+def test_streamed_slabs_are_converted_to_the_file_dtype():
+    slabs = [np.full((2, 3), v, np.float32) for v in (-1024.0, 0.0, 40.0)]
+    with storage.BatchWriter() as batch:
+        sha = batch.write_chunks(
+            "f/v.npy", storage.npy_chunks((3, 2, 3), np.dtype(np.int16), slabs)
+        )
+    loaded = storage.load_array("f/v.npy")
+    assert loaded.dtype == np.int16 and loaded.shape == (3, 2, 3)
+    assert loaded[:, 0, 0].tolist() == [-1024, 0, 40]
+    assert sha == storage.file_sha256("f/v.npy")
