@@ -8,7 +8,7 @@ Pure Python: no Django. The worker calls :func:`load_model` then
 from __future__ import annotations
 
 from inference.bundle import read_metadata, sha256_file, write_bundle
-from inference.engine import DenoiseResult, denoise_volume
+from inference.engine import DenoiseResult, denoise_volume, warm_up
 from inference.errors import (
     BundleError,
     BundleExistsError,
@@ -48,5 +48,6 @@ __all__ = [
     "read_metadata",
     "reference_statistics",
     "sha256_file",
+    "warm_up",
     "write_bundle",
 ]

@@ -5,21 +5,29 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import mmap
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from inference.devices import resolve_precision
-from inference.metrics import slice_statistics, summarise
+from inference.metrics import slice_statistics, slice_statistics_tensor, summarise
 from inference.ood import check_ood, ood_statistics
 from inference.provenance import build_provenance, utc_now
 from inference.registry import LoadedModel
-from inference.runner import WINDOW_OVERLAP, normalisation_for, predict
+from inference.runner import (
+    WINDOW_OVERLAP,
+    normalisation_for,
+    predict,
+    predict_slices,
+)
 
-__all__ = ["DenoiseResult", "denoise_volume"]
+__all__ = ["DenoiseResult", "denoise_volume", "warm_up"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,10 +37,12 @@ ProgressCallback = Callable[[float, str], None]
 # the bar is post-processing (metrics, hashes), which is short next to inference.
 _PROGRESS_INFER_START = 0.05
 _PROGRESS_INFER_END = 0.9
-#: Slices per pass of the 2D pipeline (convert, infer, residual, metrics, hashes):
-#: big enough for whole batches, small enough that every temporary stays a few
-#: tens of MB, so memory does not grow with the series beyond its three arrays.
+#: Most slices per pass of the 2D pipeline (convert, infer, residual, metrics,
+#: hashes): big enough for whole batches, small enough that every temporary stays
+#: a few tens of MB, so memory does not grow with the series beyond its arrays.
 CHUNK_SLICES = 32
+#: Most float32 bytes per pass: fewer slices per pass for larger slices.
+CHUNK_BYTES = 32 << 20
 #: Above this many float32 bytes a percentile normalisation is taken over evenly
 #: spaced slices instead of the whole series, so it never loads a huge memmap.
 _EXACT_PERCENTILE_BYTES = 1 << 30
@@ -132,26 +142,44 @@ def denoise_volume(
     def report(done: int, total: int) -> None:
         reporter(_PROGRESS_INFER_START + span * done / total, f"infer {done}/{total}")
 
-    run = _run_slices if int(spec["spatial_dims"]) == 2 else _run_whole
     t_setup = time.perf_counter()
-    pass_ = run(
-        stack,
-        recon_stack,
-        residual_stack,
-        lambda x, out, progress_: predict(
-            x,
-            model.network,
-            spec=spec,
-            norm=norm,
-            device=device,
-            precision=resolved_precision,
-            batch_size=batch,
-            out=out,
-            progress=progress_,
-        ),
-        batch,
-        report,
-    )
+    if int(spec["spatial_dims"]) == 2:
+        pass_ = _run_slices(
+            stack,
+            recon_stack,
+            residual_stack,
+            lambda x, progress_: predict_slices(
+                x,
+                model.network,
+                spec=spec,
+                norm=norm,
+                device=device,
+                precision=resolved_precision,
+                batch_size=batch,
+                progress=progress_,
+            ),
+            device,
+            batch,
+            report,
+        )
+    else:
+        pass_ = _run_whole(
+            stack,
+            recon_stack,
+            residual_stack,
+            lambda x, out, progress_: predict(
+                x,
+                model.network,
+                spec=spec,
+                norm=norm,
+                device=device,
+                precision=resolved_precision,
+                batch_size=batch,
+                out=out,
+                progress=progress_,
+            ),
+            report,
+        )
     t_post_start = time.perf_counter()
     per_slice = pass_.per_slice
     metrics = summarise(per_slice)
@@ -233,6 +261,45 @@ def denoise_volume(
     )
 
 
+def warm_up(
+    model: LoadedModel,
+    *,
+    slice_shape: tuple[int, int] = (512, 512),
+    precision: str = "auto",
+) -> float:
+    """Run one batch of blank slices through a 2D model and its metrics, so that a
+    worker's first series pays no start-up cost (CUDA context, kernel loading,
+    oneDNN primitive creation). A no-op for 3D models.
+
+    Args:
+        model: from :func:`inference.load_model`.
+        slice_shape: (y, x) of the slices to expect, default (512, 512).
+        precision: as for :func:`denoise_volume`.
+
+    Returns:
+        Seconds taken.
+    """
+    start = time.perf_counter()
+    spec = model.input_spec
+    if int(spec["spatial_dims"]) != 2:
+        return 0.0
+    kind = model.metadata.get("network_def", {}).get("kind")
+    batch = _check_batch_size(None, spec)
+    images = torch.zeros((batch, *slice_shape), device=model.device)
+    denoised = predict_slices(
+        images,
+        model.network,
+        spec=spec,
+        norm=normalisation_for(images[:1].cpu().numpy(), spec),
+        device=model.device,
+        precision=resolve_precision(precision, model.device, kind),
+        batch_size=batch,
+    )
+    if stays_on_device(model.device):
+        slice_statistics_tensor(images, denoised, images - denoised)
+    return time.perf_counter() - start
+
+
 class _Progress:
     """Forwards only strictly increasing fractions, so callers can trust the order."""
 
@@ -310,19 +377,32 @@ class _Pass:
     postprocess_s: float = 0.0
 
 
-Predictor = Callable[[np.ndarray, np.ndarray, Callable[[int, int], None] | None], None]
+SlicePredictor = Callable[
+    [torch.Tensor, Callable[[int, int], None] | None], torch.Tensor
+]
+VolumePredictor = Callable[
+    [np.ndarray, np.ndarray, Callable[[int, int], None] | None], None
+]
 
 
 def _run_slices(
     stack: np.ndarray,
     recon: np.ndarray,
     residual: np.ndarray,
-    predictor: Predictor,
+    predictor: SlicePredictor,
+    device: torch.device,
     batch: int,
     report: Callable[[int, int], None],
 ) -> _Pass:
+    """One pass over a 2D series, a chunk at a time.
+
+    On a CPU the residual and metrics are computed with NumPy in the output arrays;
+    on a GPU the chunk stays there from input to metrics and only the
+    reconstruction and residual come back. Hashing (in order) and dropping the
+    finished chunk's pages of memory-mapped arrays run on a helper thread.
+    """
     depth = stack.shape[0]
-    chunk = max(batch, CHUNK_SLICES // batch * batch)
+    chunk = _chunk_slices(stack.shape[1:], batch)
     total = sum(
         math.ceil((min(start + chunk, depth) - start) / batch)
         for start in range(0, depth, chunk)
@@ -331,27 +411,44 @@ def _run_slices(
     sha_in, sha_out = hashlib.sha256(), hashlib.sha256()
     parts: list[dict[str, np.ndarray]] = []
     result = _Pass({}, "", "")
-    for start in range(0, depth, chunk):
-        stop = min(start + chunk, depth)
+    on_device = stays_on_device(device)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="denoise-hash") as io:
+        pending: list[Future[None]] = []
+        for start in range(0, depth, chunk):
+            stop = min(start + chunk, depth)
+            tick = time.perf_counter()
+            x = _as_float32(stack[start:stop])
+            pending.append(io.submit(sha_in.update, x.data.cast("B")))
+            images = torch.from_numpy(x).to(device)
+            t_pre = time.perf_counter()
+
+            def chunk_progress(step: int, _total: int, before: int = done) -> None:
+                report(before + step, total)
+
+            denoised = predictor(images, chunk_progress)
+            done += math.ceil((stop - start) / batch)
+            out, res = recon[start:stop], residual[start:stop]
+            if on_device:
+                difference = images - denoised
+                parts.append(slice_statistics_tensor(images, denoised, difference))
+                t_infer = time.perf_counter()
+                out[...] = denoised.cpu().numpy()
+                res[...] = difference.cpu().numpy()
+            else:
+                out[...] = denoised.numpy()
+                t_infer = time.perf_counter()
+                np.subtract(x, out, out=res)
+                parts.append(slice_statistics(x, out, res))
+            pending.append(io.submit(sha_out.update, _bytes_of(out)))
+            pending.append(io.submit(_drop_pages, stack[start:stop], out, res))
+            t_post = time.perf_counter()
+            result.preprocess_s += t_pre - tick
+            result.infer_s += t_infer - t_pre
+            result.postprocess_s += t_post - t_infer
         tick = time.perf_counter()
-        x = _as_float32(stack[start:stop])
-        sha_in.update(x.data.cast("B"))
-        t_pre = time.perf_counter()
-
-        def chunk_progress(step: int, _total: int, before: int = done) -> None:
-            report(before + step, total)
-
-        out = recon[start:stop]
-        predictor(x, out, chunk_progress)
-        done += math.ceil((stop - start) / batch)
-        t_infer = time.perf_counter()
-        np.subtract(x, out, out=residual[start:stop])
-        parts.append(slice_statistics(x, out, residual[start:stop]))
-        sha_out.update(np.ascontiguousarray(out).data.cast("B"))
-        t_post = time.perf_counter()
-        result.preprocess_s += t_pre - tick
-        result.infer_s += t_infer - t_pre
-        result.postprocess_s += t_post - t_infer
+        for future in pending:
+            future.result()
+        result.postprocess_s += time.perf_counter() - tick
     result.per_slice = {
         name: np.concatenate([part[name] for part in parts]) for name in parts[0]
     }
@@ -360,12 +457,44 @@ def _run_slices(
     return result
 
 
+def stays_on_device(device: torch.device) -> bool:
+    """Whether residual and metrics are computed where the network ran (any
+    accelerator) rather than with NumPy on the host (a CPU, where NumPy is faster)."""
+    return device.type != "cpu"
+
+
+def _chunk_slices(slice_shape: Sequence[int], batch: int) -> int:
+    """Slices per pass: at most :data:`CHUNK_SLICES` and :data:`CHUNK_BYTES` of
+    float32, rounded down to whole batches, at least one batch."""
+    slice_bytes = max(4 * math.prod(int(v) for v in slice_shape), 1)
+    fits = min(CHUNK_SLICES, CHUNK_BYTES // slice_bytes)
+    return max(batch, fits // batch * batch)
+
+
+def _bytes_of(array: np.ndarray) -> memoryview:
+    return np.ascontiguousarray(array).data.cast("B")
+
+
+def _drop_pages(*arrays: np.ndarray) -> None:
+    """Let the kernel take back the resident pages of finished slices of
+    memory-mapped files: the data stays in the file (and the page cache), but the
+    process no longer holds it, so its memory follows the chunk, not the series.
+    Copy-on-write maps (mode "c") are left alone: dropping would lose writes."""
+    for array in arrays:
+        mapping = getattr(array, "_mmap", None)
+        if mapping is None or getattr(array, "mode", "c") == "c" or not array.size:
+            continue
+        base = np.frombuffer(mapping, dtype=np.uint8).ctypes.data
+        start = (array.ctypes.data - base) // mmap.PAGESIZE * mmap.PAGESIZE
+        stop = array.ctypes.data - base + array.nbytes
+        mapping.madvise(mmap.MADV_DONTNEED, start, stop - start)
+
+
 def _run_whole(
     stack: np.ndarray,
     recon: np.ndarray,
     residual: np.ndarray,
-    predictor: Predictor,
-    batch: int,
+    predictor: VolumePredictor,
     report: Callable[[int, int], None],
 ) -> _Pass:
     tick = time.perf_counter()

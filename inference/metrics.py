@@ -23,6 +23,12 @@ For a pure-noise residual both Pearson correlations are ``O(1/sqrt(pixels))``
 :data:`STRUCTURE_THRESHOLD` = 0.3, i.e. about 9% of the residual's variance
 explained by the image, is far above chance yet low enough to catch a model that
 removes a tenth of the anatomy. Slices above it are listed in ``flagged_slices``.
+
+:func:`slice_statistics` computes these with NumPy, the faster choice on a CPU;
+:func:`slice_statistics_tensor` computes the same numbers with PyTorch where the
+tensors already are, so on a GPU the denoised series never comes back to the host
+to be measured (it sorts instead of selecting, which is fast there and slow on a
+CPU). Tests hold the two to float32 rounding of each other.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 __all__ = [
@@ -41,6 +48,7 @@ __all__ = [
     "LOCAL_WINDOW",
     "estimate_noise_sd",
     "slice_statistics",
+    "slice_statistics_tensor",
     "summarise",
     "compute_metrics",
 ]
@@ -169,6 +177,149 @@ def slice_statistics(
     return stats
 
 
+def slice_statistics_tensor(
+    original: torch.Tensor, reconstruction: torch.Tensor, residual: torch.Tensor
+) -> dict[str, np.ndarray]:
+    """:func:`slice_statistics` of (z, y, x) float32 tensors, computed on their
+    device (the engine's path on a GPU); the result comes back as NumPy arrays.
+
+    Args:
+        original: (z, y, x) input.
+        reconstruction: model output, same shape and device.
+        residual: ``original - reconstruction``.
+
+    Returns:
+        The same float64 arrays of shape (z,) as :func:`slice_statistics`.
+    """
+    if original.shape != reconstruction.shape or original.ndim != 3:
+        raise ValueError(
+            f"expected two (z, y, x) tensors of one shape, got {tuple(original.shape)}"
+            f" and {tuple(reconstruction.shape)}"
+        )
+    with torch.inference_mode():
+        x, y, r = (t.float() for t in (original, reconstruction, residual))
+        mask = _not_flat_tensor(x, pad=True)
+        mask |= ~mask.any(dim=(1, 2), keepdim=True)
+        count = mask.sum(dim=(1, 2)).double()
+        x_mean, x_sd = _masked_mean_sd_tensor(x, mask, count)
+        r_mean, r_sd = _masked_mean_sd_tensor(r, mask, count)
+        stats = {
+            "mean": x_mean,
+            "sd": x_sd,
+            "residual_mean": r_mean,
+            "residual_sd": r_sd,
+            "residual_rms": torch.sqrt(r_sd**2 + r_mean**2),
+            "structure_score": _structure_scores_tensor(r, y, mask),
+            "pixels": count,
+            "noise_sd_before": _noise_sd_tensor(x),
+            "noise_sd_after": _noise_sd_tensor(y),
+        }
+        return {name: value.cpu().numpy() for name, value in stats.items()}
+
+
+def _masked_mean_sd_tensor(
+    a: torch.Tensor, mask: torch.Tensor, count: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    safe = count.clamp(min=1)
+    mean = torch.where(mask, a, 0).double().sum(dim=(1, 2)) / safe
+    centred = torch.where(mask, a - mean.float()[:, None, None], 0).double()
+    var = centred.square().sum(dim=(1, 2)) / safe
+    return mean, torch.sqrt(var.clamp(min=0))
+
+
+def _masked_pearson_tensor(
+    a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    count = mask.sum(dim=(1, 2)).clamp(min=1).double()
+    centred = []
+    for v in (a, b):
+        mean = torch.where(mask, v, 0).double().sum(dim=(1, 2)) / count
+        centred.append(torch.where(mask, v - mean.float()[:, None, None], 0).double())
+    a_c, b_c = centred
+    cov = (a_c * b_c).sum(dim=(1, 2))
+    denom = torch.sqrt(a_c.square().sum(dim=(1, 2)) * b_c.square().sum(dim=(1, 2)))
+    return torch.where(denom > 0, cov / torch.where(denom > 0, denom, 1), 0)
+
+
+def _structure_scores_tensor(
+    residual: torch.Tensor, recon: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    n, h, w = residual.shape
+    if h < 3 or w < 3:
+        return torch.zeros(n, dtype=torch.float64, device=residual.device)
+    direct = _masked_pearson_tensor(residual, recon, mask).abs()
+    centred = residual - residual.mean(dim=(1, 2), keepdim=True)
+    half = LOCAL_WINDOW // 2
+    # scipy's "reflect" repeats the edge pixel (d c b a | a b c d): mirror by hand.
+    energy = (centred * centred)[:, None]
+    energy = torch.cat(
+        [energy[..., :half].flip(-1), energy, energy[..., -half:].flip(-1)], dim=-1
+    )
+    energy = torch.cat(
+        [energy[..., :half, :].flip(-2), energy, energy[..., -half:, :].flip(-2)],
+        dim=-2,
+    )
+    energy = torch.nn.functional.avg_pool2d(energy, LOCAL_WINDOW, stride=1)[:, 0]
+    local_sd = torch.sqrt(energy.clamp(min=0))
+    gradient = torch.hypot(_np_gradient(recon, 1), _np_gradient(recon, 2))
+    edges = _masked_pearson_tensor(local_sd, gradient, mask)
+    return torch.maximum(direct, edges)
+
+
+def _np_gradient(a: torch.Tensor, dim: int) -> torch.Tensor:
+    """``np.gradient`` along ``dim``: central differences, one-sided at the ends."""
+    size = a.shape[dim]
+    if size < 2:
+        return torch.zeros_like(a)
+    out = torch.empty_like(a)
+    out.narrow(dim, 1, size - 2).copy_(
+        (a.narrow(dim, 2, size - 2) - a.narrow(dim, 0, size - 2)) / 2.0
+    )
+    out.narrow(dim, 0, 1).copy_(a.narrow(dim, 1, 1) - a.narrow(dim, 0, 1))
+    out.narrow(dim, size - 1, 1).copy_(
+        a.narrow(dim, size - 1, 1) - a.narrow(dim, size - 2, 1)
+    )
+    return out
+
+
+def _noise_sd_tensor(chunk: torch.Tensor) -> torch.Tensor:
+    """:func:`_noise_sd_chunk` on a tensor: masked medians by sorting each slice
+    with the excluded pixels moved to the end, which needs no per-slice loop."""
+    n, h, w = chunk.shape
+    if h < 3 or w < 3:
+        return torch.full((n,), float("nan"), dtype=torch.float64, device=chunk.device)
+    laplace = _laplacian(chunk).abs().reshape(n, -1)
+    gradient = torch.hypot(*_sobel(chunk)).reshape(n, -1)
+    valid = _not_flat_tensor(chunk).reshape(n, -1)
+    gradient_median = _masked_median(gradient, valid)
+    kept = valid & (gradient <= gradient_median[:, None])
+    sd = _MAD_TO_SD * _masked_median(laplace, kept).double() / _KERNEL_NORM
+    return torch.where(valid.any(dim=1), sd, 0)
+
+
+def _masked_median(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per row, ``np.median`` of the entries under ``mask`` (the mean of the two
+    middle ones for an even count, in the values' dtype); 0 for an empty row."""
+    ordered = torch.where(mask, values, torch.inf).sort(dim=1).values
+    count = mask.sum(dim=1)
+    lower = ((count - 1) // 2).clamp(min=0)
+    upper = (count // 2).clamp(max=values.shape[1] - 1)
+    low = ordered.gather(1, lower[:, None])[:, 0]
+    high = ordered.gather(1, upper[:, None])[:, 0]
+    middle = torch.where(count % 2 == 1, low, (low + high) / 2)
+    return torch.where(count > 0, middle, 0)
+
+
+def _not_flat_tensor(chunk: torch.Tensor, pad: bool = False) -> torch.Tensor:
+    """:func:`_not_flat` on a tensor: a 3x3 window is constant exactly when its
+    maximum equals its minimum; with ``pad`` the window is clamped at the border."""
+    window = torch.nn.functional.pad(chunk[:, None], (1, 1, 1, 1), mode="replicate")
+    high = torch.nn.functional.max_pool2d(window, 3, stride=1)
+    low = -torch.nn.functional.max_pool2d(-window, 3, stride=1)
+    result = (high != low)[:, 0]
+    return result if pad else result[:, 1:-1, 1:-1]
+
+
 def _masked_mean_sd(
     a: np.ndarray, mask: np.ndarray, count: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -277,7 +428,7 @@ def _masked_pearson(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> np.ndarra
     return r
 
 
-def _laplacian(chunk: np.ndarray) -> np.ndarray:
+def _laplacian(chunk: Any) -> Any:
     # The kernel [[1,-2,1],[-2,4,-2],[1,-2,1]] is the outer product of [1,-2,1] with
     # itself: two 1D passes instead of nine shifted terms.
     c = chunk
@@ -286,13 +437,18 @@ def _laplacian(chunk: np.ndarray) -> np.ndarray:
 
 
 def _sobel_magnitude(chunk: np.ndarray) -> np.ndarray:
-    # Each Sobel kernel is separable: a [1,2,1] smoothing times a [-1,0,1] difference.
+    return np.hypot(*_sobel(chunk))
+
+
+def _sobel(chunk: Any) -> tuple[Any, Any]:
+    """x and y Sobel responses of the interior of a NumPy array or tensor. Each
+    kernel is separable: a [1,2,1] smoothing times a [-1,0,1] difference."""
     c = chunk
     dx = c[:, :, 2:] - c[:, :, :-2]
     grad_x = dx[:, :-2] + 2 * dx[:, 1:-1] + dx[:, 2:]
     dy = c[:, 2:] - c[:, :-2]
     grad_y = dy[:, :, :-2] + 2 * dy[:, :, 1:-1] + dy[:, :, 2:]
-    return np.hypot(grad_x, grad_y)
+    return grad_x, grad_y
 
 
 def _not_flat(chunk: np.ndarray, pad: bool = False) -> np.ndarray:

@@ -14,7 +14,14 @@ from torch import nn
 
 from inference.devices import autocast
 
-__all__ = ["Normalisation", "normalisation_for", "padding_for", "predict"]
+__all__ = [
+    "Normalisation",
+    "normalisation_for",
+    "padding_for",
+    "predict",
+    "predict_slices",
+    "reflect_pad",
+]
 
 #: Fraction of overlap between neighbouring windows of the sliding-window inferer.
 WINDOW_OVERLAP = 0.25
@@ -85,76 +92,150 @@ def predict(
     """Denoise ``volume`` into ``out`` (same shape, float32, original units).
 
     2D networks see batches of ``batch_size`` whole slices, or sliding windows of
-    ``roi_size`` within each batch when the bundle or network fixes one. 3D networks
-    see the whole (z, y, x) volume through sliding windows. Inputs are padded by
-    reflection to the network's size multiple and cropped back.
+    ``roi_size`` within each batch when the bundle or network fixes one
+    (:func:`predict_slices`). 3D networks see the whole (z, y, x) volume through
+    sliding windows. Inputs are padded by reflection to the network's size multiple
+    and cropped back.
 
     Args:
         volume: (z, y, x) float32 array in original units.
         network: the denoiser, in eval mode, on ``device``.
         spec: the bundle's validated ``input_spec``.
         norm: the resolved normalisation for this series.
-        device: where the network runs (windows are sent there; stitching stays on
-            the CPU so GPU memory is bounded by one batch of windows).
+        device: where the network runs (3D windows are sent there; their stitching
+            stays on the CPU so GPU memory is bounded by one batch of windows).
         precision: a resolved precision, "fp32", "bf16" or "fp16".
         batch_size: slices (2D) or windows per forward pass.
         out: preallocated (z, y, x) float32 array that receives the result.
         progress: called with (steps done, total steps) after each forward pass.
     """
-    multiple = math.lcm(int(spec.get("size_multiple", 1)), _network_multiple(network))
-    roi = spec.get("roi_size") or getattr(network, "fixed_roi", None)
-    roi = tuple(int(v) for v in roi) if roi else None
+    if int(spec["spatial_dims"]) == 2:
+        images = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
+        result = predict_slices(
+            images,
+            network,
+            spec=spec,
+            norm=norm,
+            device=device,
+            precision=precision,
+            batch_size=batch_size,
+            progress=progress,
+        )
+        out[...] = result.cpu().numpy()
+        return
+    _predict_volume(
+        volume,
+        _forward_fn(network, device, precision),
+        norm,
+        _size_multiple(spec, network),
+        _roi(spec, network),
+        batch_size,
+        device,
+        out,
+        progress,
+    )
 
+
+def predict_slices(
+    images: torch.Tensor,
+    network: nn.Module,
+    *,
+    spec: Mapping[str, Any],
+    norm: Normalisation,
+    device: torch.device,
+    precision: str,
+    batch_size: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Denoise a stack of 2D slices where the network is, without leaving it.
+
+    Normalising, padding, cropping and restoring units all run on ``device``, so
+    on a GPU the slices cross the bus once each way and the caller can go on
+    (residual, metrics) with the result where it is.
+
+    Args:
+        images: (z, y, x) float32 tensor in original units, on any device.
+        network: a 2D denoiser, in eval mode, on ``device``.
+        spec, norm, device, precision, batch_size, progress: as for
+            :func:`predict`.
+
+    Returns:
+        (z, y, x) float32 tensor on ``device``, original units.
+    """
+    multiple = _size_multiple(spec, network)
+    roi = _roi(spec, network)
+    forward = _forward_fn(network, device, precision)
+    depth = images.shape[0]
+    pads = padding_for(images.shape[1:], multiple, roi)
+    inferer = _inferer(roi, batch_size, device, stitch_on=device) if roi else None
+    total = math.ceil(depth / batch_size)
+    offset, scale = float(norm.offset), float(norm.scale)
+    with torch.inference_mode():
+        images = images.to(device)
+        out = torch.empty_like(images, dtype=torch.float32)
+        for step, start in enumerate(range(0, depth, batch_size), start=1):
+            stop = min(start + batch_size, depth)
+            batch = (images[start:stop].float() - offset) / scale
+            batch = reflect_pad(batch[:, None], pads)
+            result = inferer(batch, forward) if inferer else forward(batch)
+            assert isinstance(result, torch.Tensor)
+            crop = tuple(
+                slice(before, size - after)
+                for (before, after), size in zip(pads, result.shape[2:], strict=True)
+            )
+            out[start:stop] = result[(slice(None), 0, *crop)] * scale + offset
+            if progress is not None:
+                progress(step, total)
+    return out
+
+
+def reflect_pad(batch: torch.Tensor, pads: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """Pad the trailing axes of ``batch`` by reflection, as ``np.pad(mode="reflect")``
+    does: pads wider than the image reflect repeatedly (``F.pad`` alone refuses
+    them), and a single pixel is repeated.
+
+    Args:
+        batch: (N, C, *spatial) tensor.
+        pads: (before, after) per spatial axis.
+    """
+    for axis, (before, after) in enumerate(pads):
+        dim = batch.ndim - len(pads) + axis
+        while before or after:
+            size = batch.shape[dim]
+            if size == 1:
+                repeat = [
+                    before + 1 + after if d == dim else 1 for d in range(batch.ndim)
+                ]
+                batch = batch.repeat(*repeat)
+                break
+            step_before, step_after = min(before, size - 1), min(after, size - 1)
+            moved = batch.movedim(dim, -1)
+            lines = moved.reshape(-1, 1, size)  # 1D reflection takes (N, C, L)
+            lines = nn.functional.pad(lines, (step_before, step_after), mode="reflect")
+            batch = lines.reshape(*moved.shape[:-1], -1).movedim(-1, dim)
+            before, after = before - step_before, after - step_after
+    return batch
+
+
+def _forward_fn(
+    network: nn.Module, device: torch.device, precision: str
+) -> Callable[[torch.Tensor], torch.Tensor]:
     def forward(batch: torch.Tensor) -> torch.Tensor:
         batch = batch.to(device, non_blocking=True)
         with autocast(device, precision):
             result = network(batch)
         return result.float()
 
-    if int(spec["spatial_dims"]) == 2:
-        _predict_slices(
-            volume, forward, norm, multiple, roi, batch_size, device, out, progress
-        )
-    else:
-        _predict_volume(
-            volume, forward, norm, multiple, roi, batch_size, device, out, progress
-        )
+    return forward
 
 
-def _predict_slices(
-    volume: np.ndarray,
-    forward: Callable[[torch.Tensor], torch.Tensor],
-    norm: Normalisation,
-    multiple: int,
-    roi: tuple[int, ...] | None,
-    batch_size: int,
-    device: torch.device,
-    out: np.ndarray,
-    progress: Callable[[int, int], None] | None,
-) -> None:
-    depth = volume.shape[0]
-    pads = padding_for(volume.shape[1:], multiple, roi)
-    inferer = _inferer(roi, batch_size, device) if roi else None
-    total = math.ceil(depth / batch_size)
-    for step, start in enumerate(range(0, depth, batch_size), start=1):
-        stop = min(start + batch_size, depth)
-        batch = (volume[start:stop] - np.float32(norm.offset)) / np.float32(norm.scale)
-        batch = np.pad(batch, [(0, 0), *pads], mode="reflect")
-        tensor = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-        tensor = tensor.unsqueeze(1)
-        with torch.inference_mode():
-            result = inferer(tensor, forward) if inferer else forward(tensor)
-        assert isinstance(result, torch.Tensor)
-        result_np = result[:, 0].to("cpu").numpy()
-        crop = tuple(
-            slice(before, size - after)
-            for (before, after), size in zip(pads, result_np.shape[1:], strict=True)
-        )
-        out[start:stop] = result_np[(slice(None), *crop)] * np.float32(
-            norm.scale
-        ) + np.float32(norm.offset)
-        if progress is not None:
-            progress(step, total)
+def _size_multiple(spec: Mapping[str, Any], network: nn.Module) -> int:
+    return math.lcm(int(spec.get("size_multiple", 1)), _network_multiple(network))
+
+
+def _roi(spec: Mapping[str, Any], network: nn.Module) -> tuple[int, ...] | None:
+    roi = spec.get("roi_size") or getattr(network, "fixed_roi", None)
+    return tuple(int(v) for v in roi) if roi else None
 
 
 def _predict_volume(
@@ -203,8 +284,13 @@ def _predict_volume(
 
 
 def _inferer(
-    roi: Sequence[int], batch_size: int, device: torch.device
+    roi: Sequence[int],
+    batch_size: int,
+    device: torch.device,
+    stitch_on: torch.device | None = None,
 ) -> SlidingWindowInferer:
+    """Sliding windows run on ``device``; their stitched output is kept on
+    ``stitch_on`` (default the CPU, which bounds GPU memory for whole volumes)."""
     return SlidingWindowInferer(
         roi_size=list(roi),
         sw_batch_size=batch_size,
@@ -212,7 +298,7 @@ def _inferer(
         mode="gaussian",
         padding_mode="reflect",
         sw_device=device,
-        device=torch.device("cpu"),
+        device=stitch_on or torch.device("cpu"),
     )
 
 

@@ -6,7 +6,7 @@ import logging
 
 from celery import shared_task
 from celery.contrib.django.task import DjangoTask
-from celery.signals import worker_ready
+from celery.signals import worker_process_init, worker_ready
 
 from .services import jobs
 
@@ -53,6 +53,17 @@ def requeue_jobs_of_this_worker(sender, **kwargs) -> None:
         logger.warning(
             "requeued jobs lost by a previous run of %s: %s", sender.hostname, requeued
         )
+
+
+@worker_process_init.connect
+def warm_up_default_model(**kwargs) -> None:
+    """Each pool process loads the default model and runs it once before its first
+    job. A failure here is logged, never fatal: the job then loads the model itself
+    and reports any error against the job."""
+    try:
+        jobs.warm_worker()
+    except Exception:
+        logger.exception("worker warm-up failed; the first job will load the model")
 
 
 @shared_task

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from inference import DenoiseResult, denoise_volume, load_model
+from inference import warm_up as inference_warm_up
 from inference.registry import LoadedModel
 
 from .inference_fixtures import CT_SPEC, BundleFactory, phantom
@@ -263,3 +264,19 @@ def test_timings_cover_every_stage(identity_model: LoadedModel) -> None:
         "total",
     }
     assert all(value >= 0 for value in result.timings_s.values())
+
+
+def test_warm_up_runs_a_batch_and_skips_volumetric_models(
+    identity_model: LoadedModel, make_bundle: BundleFactory, models_root: Path
+) -> None:
+    assert inference_warm_up(identity_model, slice_shape=(32, 32)) > 0
+    volumetric = load_variant(
+        make_bundle,
+        models_root,
+        network_def={
+            "kind": "redcnn",
+            "args": {"spatial_dims": 3, "features": 2, "depth": 2, "kernel_size": 3},
+        },
+        input_spec=dict(CT_SPEC, spatial_dims=3, roi_size=[8, 16, 16]),
+    )
+    assert inference_warm_up(volumetric) == 0.0

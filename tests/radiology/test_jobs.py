@@ -21,6 +21,8 @@ from radiology.services.jobs import (
     denoise_job_run,
     reconcile_stale_jobs,
     resolve_model,
+    warm_worker,
+    worker_model,
 )
 from radiology.storage import load_array, media_path
 from tests.conftest import install_tiny_models
@@ -278,3 +280,12 @@ def test_queued_job_whose_message_was_lost_is_sent_again(
     )
     reconcile_stale_jobs()
     assert sent == [job.pk]
+
+
+def test_worker_warm_up_loads_the_default_model_before_any_job(models_root):
+    inference.clear_cache()
+    seconds = warm_worker()
+    assert seconds > 0
+    # The first job then finds the network built: only the weights hash is redone.
+    model = worker_model("tiny", "1.1.0")
+    assert model.load_s < seconds

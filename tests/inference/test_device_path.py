@@ -1,0 +1,147 @@
+"""The device-resident path of the engine (GPU) and its pieces, checked on the CPU
+against the NumPy path; on a machine with CUDA the same comparisons run there."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from inference import denoise_volume, engine, load_model, metrics
+from inference.registry import LoadedModel
+from inference.runner import reflect_pad
+
+from .inference_fixtures import BundleFactory, phantom
+
+SPACING = (2.5, 0.7, 0.7)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7])
+@pytest.mark.parametrize("pad", [(0, 0), (1, 2), (5, 4), (17, 9)])
+def test_reflect_pad_matches_numpy_even_past_the_image(
+    size: int, pad: tuple[int, int]
+) -> None:
+    image = np.arange(size * 3, dtype=np.float32).reshape(3, size)
+    expected = np.pad(image, [(1, 0), pad], mode="reflect")
+    got = reflect_pad(torch.from_numpy(image)[None, None], [(1, 0), pad])
+    np.testing.assert_array_equal(got[0, 0].numpy(), expected)
+
+
+def _series(shape: tuple[int, int, int]) -> tuple[np.ndarray, ...]:
+    noisy = phantom(shape, seed=11)
+    noisy[:, :, : shape[2] // 5] = -3024.0  # padding outside the field of view
+    noisy[1] = 40.0  # a constant slice
+    recon = phantom(shape, seed=11, noise_hu=0.0) * np.float32(0.97)
+    return noisy, recon, noisy - recon
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(4, 40, 31), (3, 2, 5), (2, 3, 3)])
+def test_tensor_metrics_match_the_numpy_ones(
+    device: str, shape: tuple[int, int, int]
+) -> None:
+    noisy, recon, residual = _series(shape)
+    expected = metrics.slice_statistics(noisy, recon, residual)
+    got = metrics.slice_statistics_tensor(
+        *(torch.from_numpy(a).to(device) for a in (noisy, recon, residual))
+    )
+    assert got.keys() == expected.keys()
+    for name in expected:
+        np.testing.assert_allclose(
+            got[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=name
+        )
+
+
+@pytest.fixture
+def unet(make_bundle: BundleFactory, models_root: Path) -> LoadedModel:
+    make_bundle(
+        "unet",
+        network_def={
+            "kind": "fast_unet_noise",
+            "args": {
+                "stem_channels": 4,
+                "channels": [4, 8],
+                "encoder_blocks": [1, 1],
+                "decoder_blocks": [1],
+            },
+        },
+    )
+    return load_model("unet", models_root=models_root, device="cpu")
+
+
+def test_device_resident_pass_gives_the_numpy_pass_result(
+    unet: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    volume = phantom((9, 40, 36), seed=12)
+    monkeypatch.setattr(engine, "CHUNK_SLICES", 4)
+    on_host = denoise_volume(volume, unet, spacing=SPACING, precision="fp32")
+    monkeypatch.setattr(engine, "stays_on_device", lambda device: True)
+    on_device = denoise_volume(volume, unet, spacing=SPACING, precision="fp32")
+    np.testing.assert_array_equal(on_device.reconstruction, on_host.reconstruction)
+    np.testing.assert_array_equal(on_device.residual, on_host.residual)
+    for key in ("input_sha256", "output_sha256"):
+        assert on_device.provenance[key] == on_host.provenance[key]
+    for name, value in on_host.metrics["per_slice"].items():
+        np.testing.assert_allclose(
+            np.asarray(on_device.metrics["per_slice"][name], dtype=float),
+            np.asarray(value, dtype=float),
+            rtol=1e-5,
+            atol=1e-6,
+            err_msg=name,
+        )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_cuda_run_matches_the_cpu_run(
+    make_bundle: BundleFactory, models_root: Path
+) -> None:
+    make_bundle("redcnn")
+    volume = phantom((6, 64, 48), seed=13)
+    cpu = denoise_volume(
+        volume,
+        load_model("redcnn", models_root=models_root, device="cpu"),
+        spacing=SPACING,
+        precision="fp32",
+    )
+    cuda = denoise_volume(
+        volume,
+        load_model("redcnn", models_root=models_root, device="cuda"),
+        spacing=SPACING,
+        precision="fp32",
+    )
+    assert cuda.provenance["hardware"]["device"].startswith("cuda")
+    np.testing.assert_allclose(cuda.reconstruction, cpu.reconstruction, atol=0.05)
+    assert cuda.metrics["flagged_slices"] == cpu.metrics["flagged_slices"]
+
+
+@pytest.mark.parametrize(("side", "expected"), [(512, 32), (1024, 8), (4096, 8)])
+def test_chunks_hold_a_bounded_number_of_bytes(side: int, expected: int) -> None:
+    assert engine._chunk_slices((side, side), batch=8) == expected
+
+
+def test_dropping_pages_of_a_finished_chunk_keeps_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "out.npy"
+    out = np.lib.format.open_memmap(
+        path, mode="w+", dtype=np.float32, shape=(8, 64, 64)
+    )
+    values = np.random.default_rng(14).normal(size=out.shape).astype(np.float32)
+    out[:5] = values[:5]
+    engine._drop_pages(out[:5])
+    out[5:] = values[5:]
+    engine._drop_pages(out[5:])
+    np.testing.assert_array_equal(out, values)
+    out.flush()
+    del out
+    np.testing.assert_array_equal(np.load(path), values)
+
+
+def test_copy_on_write_maps_are_never_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "in.npy"
+    np.save(path, np.zeros((4, 32, 32), np.float32))
+    private = np.load(path, mmap_mode="c")
+    private[:2] = 7.0
+    engine._drop_pages(private[:2])
+    assert float(private[:2].min()) == 7.0
