@@ -50,6 +50,11 @@ DEFAULTS: dict[str, Any] = {
         # mean square of the error averaged over 5x5 neighbourhoods; it penalises
         # local bias (flattened lesions, shifted edges) but hardly residual noise
         "lowpass_weight": 0.0,
+        # supervised: weight of the lesion contrast loss, the mean square of each
+        # known (phantom) lesion's lost contrast, core mean - ring mean of the error
+        "contrast_weight": 0.0,
+        "lesion_crops": 0.0,  # share of crops centred on a known lesion
+        "device": "auto",  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1"
         "threads": 2,
         "time_budget_s": None,  # stop after the epoch that passes this
         "init_from": None,  # a parent bundle folder to fine-tune
@@ -125,8 +130,18 @@ def complete_config(raw: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("epochs", "steps_per_epoch", "batch_size", "patch_size", "threads"):
         if not isinstance(train[key], int) or train[key] < 1:
             raise ConfigError(f"config: train.{key} must be an integer >= 1")
-    if float(train["lowpass_weight"]) < 0:
-        raise ConfigError("config: train.lowpass_weight must be >= 0")
+    for key in ("lowpass_weight", "contrast_weight"):
+        if float(train[key]) < 0:
+            raise ConfigError(f"config: train.{key} must be >= 0")
+    if not 0 <= float(train["lesion_crops"]) <= 1:
+        raise ConfigError("config: train.lesion_crops must be in [0, 1]")
+    if not isinstance(train["device"], str) or not (
+        train["device"] in ("auto", "cpu") or train["device"].startswith("cuda")
+    ):
+        raise ConfigError(
+            f"config: train.device must be auto, cpu or cuda[:N], got "
+            f"{train['device']!r}"
+        )
     if not 0 < float(train["mask_fraction"]) < 0.5:
         raise ConfigError("config: train.mask_fraction must be in (0, 0.5)")
     levels = config["data"]["levels"]

@@ -8,13 +8,14 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pydicom
 from scipy import ndimage
 
 from training.errors import DataError
+from training.metrics import lesion_regions
 from training.noise import CTNoiseModel, add_rician_noise
 from training.phantoms import ct_phantom, mr_phantom
 
@@ -23,6 +24,7 @@ __all__ = [
     "REAL_SLICES",
     "Slice",
     "Pair",
+    "Batch",
     "PairPool",
     "bundled_dicom_files",
     "read_dicom_slices",
@@ -319,6 +321,24 @@ def normaliser(input_spec: Mapping[str, Any]) -> Any:
     return lambda image: (0.0, float(np.percentile(image, upper)) or 1.0)
 
 
+class Batch(NamedTuple):
+    """Training crops, each ``(B, 1, patch, patch)``.
+
+    Attributes:
+        noisy: normalised noisy input, float32.
+        clean: normalised clean target, float32.
+        weight: per-pixel loss weight, float32 (1 away from lesions).
+        regions: int16 lesion regions for the contrast loss: ``+k`` on the core
+            and ``-k`` on the ring of lesion ``k`` (``training.metrics.
+            lesion_regions``), 0 elsewhere and for images without lesions.
+    """
+
+    noisy: np.ndarray
+    clean: np.ndarray
+    weight: np.ndarray
+    regions: np.ndarray
+
+
 class PairPool:
     """A cache of 2D (noisy, clean) pairs from which training batches are cropped.
 
@@ -330,6 +350,9 @@ class PairPool:
             (phantoms), default 1 (no weighting). Weights above 1 counter the
             mean-squared-error optimum's pull towards flattening small
             low-contrast lesions.
+        lesion_crops: share of crops centred on a random known lesion, default 0
+            (crops anywhere in the body); lesions are small, so without this most
+            batches hold none for the contrast loss to see.
     """
 
     def __init__(
@@ -338,15 +361,22 @@ class PairPool:
         input_spec: Mapping[str, Any],
         *,
         lesion_weight: float = 1.0,
+        lesion_crops: float = 0.0,
     ) -> None:
         if not pairs:
             raise DataError("training data: no pairs (check the data sources)")
         if lesion_weight < 1:
             raise DataError(f"lesion_weight must be >= 1, got {lesion_weight}")
+        if not 0 <= lesion_crops <= 1:
+            raise DataError(f"lesion_crops must be in [0, 1], got {lesion_crops}")
         norm = normaliser(input_spec)
+        self.lesion_crops = lesion_crops
         self.noisy: list[np.ndarray] = []
         self.clean: list[np.ndarray] = []
         self.weight: list[np.ndarray | None] = []
+        self.regions: list[np.ndarray | None] = []
+        self.lesion_centres: list[np.ndarray] = []
+        regions_of: dict[int, tuple[np.ndarray | None, np.ndarray]] = {}
         for pair in pairs:
             offset, scale = norm(pair.noisy)
             self.noisy.append(((pair.noisy - offset) / scale).astype(np.float32))
@@ -359,45 +389,81 @@ class PairPool:
                 )
             else:
                 self.weight.append(None)
+            # Realisations of one slice share its lesions: compute them once.
+            key = id(pair.clean)
+            if key not in regions_of:
+                regions_of[key] = _region_map(mask)
+            regions, centres = regions_of[key]
+            self.regions.append(regions)
+            self.lesion_centres.append(centres)
         self.sources = sorted({pair.clean.source for pair in pairs})
 
     def __len__(self) -> int:
         return len(self.noisy)
 
-    def batch(
-        self, rng: np.random.Generator, batch_size: int, patch: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Random crops with random flips and 90-degree rotations.
-
-        Returns:
-            ``(noisy, clean, loss weight)``, each ``(B, 1, patch, patch)`` float32.
-        """
-        noisy = np.empty((batch_size, 1, patch, patch), dtype=np.float32)
-        clean = np.empty_like(noisy)
-        weight = np.ones_like(noisy)
+    def batch(self, rng: np.random.Generator, batch_size: int, patch: int) -> Batch:
+        """Random crops with random flips and 90-degree rotations."""
+        shape = (batch_size, 1, patch, patch)
+        out = Batch(
+            np.empty(shape, np.float32),
+            np.empty(shape, np.float32),
+            np.ones(shape, np.float32),
+            np.zeros(shape, np.int16),
+        )
         for b in range(batch_size):
             i = int(rng.integers(len(self.noisy)))
-            sources = [self.noisy[i], self.clean[i]]
-            lesion_weight = self.weight[i]
-            if lesion_weight is not None:
-                sources.append(lesion_weight)
+            sources = [self.noisy[i], self.clean[i], self.weight[i], self.regions[i]]
             ny, nx = sources[0].shape
             if ny < patch or nx < patch:
                 pad = ((0, max(0, patch - ny)), (0, max(0, patch - nx)))
-                sources = [np.pad(a, pad, mode="reflect") for a in sources]
-            ny, nx = sources[0].shape
-            # Crops favour the body: retry a few times when the patch is mostly air.
-            for _ in range(4):
-                y = int(rng.integers(ny - patch + 1))
-                x = int(rng.integers(nx - patch + 1))
-                if np.ptp(sources[1][y : y + patch, x : x + patch]) > 0.005:
-                    break
+                sources = [
+                    None if a is None else np.pad(a, pad, mode="reflect")
+                    for a in sources
+                ]
+            y, x = self._corner(rng, i, sources[1], patch)
             k = int(rng.integers(4))
             flip = bool(rng.integers(2))
-            for source, out in zip(sources, (noisy, clean, weight), strict=False):
+            for source, target in zip(sources, out, strict=True):
+                if source is None:
+                    continue
                 arr = np.rot90(source[y : y + patch, x : x + patch], k)
-                out[b, 0] = arr[:, ::-1] if flip else arr
-        return noisy, clean, weight
+                target[b, 0] = arr[:, ::-1] if flip else arr
+        return out
+
+    def _corner(
+        self, rng: np.random.Generator, i: int, clean: np.ndarray, patch: int
+    ) -> tuple[int, int]:
+        ny, nx = clean.shape
+        centres = self.lesion_centres[i]
+        if self.lesion_crops and len(centres) and rng.random() < self.lesion_crops:
+            cy, cx = centres[int(rng.integers(len(centres)))]
+            # Anywhere in the patch, not always the middle: the network must not
+            # learn that lesions sit at the centre.
+            y = cy - int(rng.integers(patch // 8, patch - patch // 8))
+            x = cx - int(rng.integers(patch // 8, patch - patch // 8))
+            return min(max(y, 0), ny - patch), min(max(x, 0), nx - patch)
+        # Crops favour the body: retry a few times when the patch is mostly air.
+        for _ in range(4):
+            y = int(rng.integers(ny - patch + 1))
+            x = int(rng.integers(nx - patch + 1))
+            if np.ptp(clean[y : y + patch, x : x + patch]) > 0.005:
+                break
+        return y, x
+
+
+def _region_map(
+    lesion_mask: np.ndarray | None,
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """The signed region map of :class:`Batch` and the lesions' centre pixels."""
+    if lesion_mask is None or not lesion_mask.any():
+        return None, np.zeros((0, 2), dtype=int)
+    regions = np.zeros(lesion_mask.shape, np.int16)
+    centres = []
+    for label, (core, ring) in enumerate(lesion_regions(lesion_mask), start=1):
+        regions[ring] = -label
+        regions[core] = label
+        centres.append(np.argwhere(core).mean(axis=0).round().astype(int))
+    return regions, np.array(centres, dtype=int).reshape(-1, 2)
 
 
 def describe_sources(sources: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:

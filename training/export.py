@@ -117,6 +117,8 @@ def bundle_metadata(
             "optimiser": f"Adam, lr {train['lr']} with warm-up and cosine decay",
             "lesion_weight": train["lesion_weight"],
             "lowpass_weight": train.get("lowpass_weight", 0.0),
+            "contrast_weight": train.get("contrast_weight", 0.0),
+            "lesion_crops": train.get("lesion_crops", 0.0),
             "loss": train["loss"]
             + (
                 " on blind-spot pixels (Noise2Void)"
@@ -127,7 +129,7 @@ def bundle_metadata(
             "best_epoch": summary.get("best", {}).get("epoch"),
             "elapsed_s": round(float(summary.get("elapsed_s", 0.0)), 1),
             "platform": f"{platform.machine()} {platform.python_version()}, "
-            f"{train['threads']} CPU threads",
+            f"{summary.get('device') or 'CPU'}, {train['threads']} CPU threads",
             "parent": (
                 {
                     "name": parent["name"],

@@ -74,7 +74,9 @@ def denoise_slices(
                         for i, (o, s) in zip(chunk, params, strict=True)
                     ]
                 )[:, None].astype(np.float32)
-                out = _forward(network, torch.from_numpy(batch)).numpy()[:, 0]
+                device = next(network.parameters()).device
+                out = _forward(network, torch.from_numpy(batch).to(device))
+                out = out.cpu().numpy()[:, 0]
                 for k, (i, (o, s)) in enumerate(zip(chunk, params, strict=True)):
                     outputs[i] = (out[k] * s + o).astype(np.float32)
     return outputs

@@ -12,6 +12,7 @@ __all__ = [
     "SOFT_TISSUE_WINDOW_HU",
     "psnr",
     "ssim",
+    "lesion_regions",
     "lesion_stats",
     "image_metrics",
     "mean_metrics",
@@ -39,16 +40,14 @@ def ssim(reference: np.ndarray, image: np.ndarray, data_range: float) -> float:
     )
 
 
-def lesion_stats(
-    clean: np.ndarray, image: np.ndarray, lesion_mask: np.ndarray
-) -> list[dict[str, float]]:
-    """Per-lesion contrast and CNR of ``image``, with the clean contrast for reference.
+def lesion_regions(lesion_mask: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per lesion label, the (core, ring) pixel masks its contrast is measured on.
 
-    The lesion core is the lesion eroded by one pixel; the background is a ring from
-    2 to 4 pixels outside it. Contrast is core mean minus ring mean; CNR divides
-    the absolute contrast by the ring's standard deviation.
+    The core is the lesion eroded by one pixel (the whole lesion when that leaves
+    fewer than 4 pixels); the ring runs from 2 to 6 pixels outside the lesion,
+    away from other lesions. Lesions with a ring under 8 pixels are left out.
     """
-    stats = []
+    regions = []
     for label in range(1, int(lesion_mask.max()) + 1):
         lesion = lesion_mask == label
         if not lesion.any():
@@ -61,6 +60,21 @@ def lesion_stats(
         ring = far & ~near & (lesion_mask == 0)
         if ring.sum() < 8:
             continue
+        regions.append((core, ring))
+    return regions
+
+
+def lesion_stats(
+    clean: np.ndarray, image: np.ndarray, lesion_mask: np.ndarray
+) -> list[dict[str, float]]:
+    """Per-lesion contrast and CNR of ``image``, with the clean contrast for reference.
+
+    Contrast is the mean over the lesion's core minus the mean over its ring
+    (:func:`lesion_regions`); CNR divides the absolute contrast by the ring's
+    standard deviation.
+    """
+    stats = []
+    for core, ring in lesion_regions(lesion_mask):
         ref = float(clean[core].mean() - clean[ring].mean())
         got = float(image[core].mean() - image[ring].mean())
         sd = float(image[ring].std())

@@ -66,7 +66,7 @@ def test_self_supervised_step_runs_on_noisy_data_alone(tiny):
     # The "clean" image is NaN: any use of it would poison the loss.
     unknown = Slice(np.full((64, 64), np.nan, np.float32), 1.0, "site:noisy-only")
     pool = PairPool([Pair(unknown, noisy, 0.25)], spec)
-    batch, _, _ = pool.batch(rng, 4, 32)
+    batch = pool.batch(rng, 4, 32).noisy
     masked, mask = blind_spot_batch(
         torch.from_numpy(batch), 0.05, torch.Generator().manual_seed(0)
     )
@@ -150,7 +150,7 @@ def test_lesion_weight_raises_the_loss_weight_near_phantom_lesions():
     mask = pairs[0].clean.lesion_mask > 0
     assert weight is not None and np.all(weight[mask] == 5.0)
     assert float(weight.mean()) < 1.5
-    _, _, batch_weight = pool.batch(np.random.default_rng(0), 2, 64)
+    batch_weight = pool.batch(np.random.default_rng(0), 2, 64).weight
     assert batch_weight.shape == (2, 1, 64, 64) and batch_weight.min() == 1.0
 
 
@@ -184,3 +184,63 @@ def test_lowpass_weight_is_checked_and_trains(tiny):
     history = summary["history"]
     assert np.isfinite(history[-1]["train_loss"])
     assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_contrast_loss_sees_a_flattened_lesion_but_not_residual_noise():
+    from training.trainer import lesion_contrast_loss
+
+    target = torch.zeros(2, 1, 48, 48)
+    target[..., 20:28, 20:28] = 0.05  # a 10 HU lesion in 200 HU units
+    regions = torch.zeros(2, 1, 48, 48, dtype=torch.int16)
+    regions[..., 14:34, 14:34] = -1  # ring
+    regions[..., 18:30, 18:30] = 0
+    regions[..., 21:27, 21:27] = 1  # core
+    flattened = target * 0.8
+    noise = torch.randn(target.shape, generator=torch.Generator().manual_seed(1))
+    noisy = target + 0.01 * noise
+    assert float(lesion_contrast_loss(target, target, regions)) == 0.0
+    lost = float(lesion_contrast_loss(flattened, target, regions))
+    assert lost == pytest.approx(0.01**2, rel=1e-4)  # 20 % of 0.05, squared
+    assert float(lesion_contrast_loss(noisy, target, regions)) < lost / 5
+    # No lesion in view: no loss, and still a graph to differentiate.
+    empty = lesion_contrast_loss(flattened, target, torch.zeros_like(regions))
+    assert float(empty) == 0.0
+
+
+def test_lesion_crops_put_lesions_in_most_batches():
+    from inference.networks import build_network
+    from training.config import default_input_spec
+    from training.data import make_pairs, phantom_slices
+
+    spec = default_input_spec("CT", build_network({"kind": "redcnn"}), 8)
+    slices = phantom_slices("CT", 2, seed=1000, size=128)
+    pairs = make_pairs(slices, "CT", [0.5], seed=0)
+    pool = PairPool(pairs, spec, lesion_crops=1.0)
+    crops = pool.batch(np.random.default_rng(0), 16, 48)
+    cores = (crops.regions > 0).any(axis=(1, 2, 3))
+    rings = (crops.regions < 0).any(axis=(1, 2, 3))
+    assert cores.all() and rings.all()
+    # The regions follow the same crop, rotation and flip as the clean image: each
+    # lesion's core differs from its ring by its 5-15 HU contrast.
+    scale = spec["normalisation"]["scale"]
+    checked = 0
+    for clean, regions in zip(crops.clean, crops.regions, strict=True):
+        for label in np.unique(regions[regions > 0]):
+            core, ring = clean[regions == label], clean[regions == -label]
+            if core.size >= 4 and ring.size >= 8:
+                contrast_hu = (core.mean() - ring.mean()) * scale
+                assert 4.0 <= abs(contrast_hu) <= 16.0
+                checked += 1
+    assert checked >= 12
+
+
+def test_contrast_weight_trains(tiny):
+    from training.config import complete_config
+    from training.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="contrast_weight"):
+        complete_config({**tiny(), "train": {**tiny()["train"], "contrast_weight": -1}})
+    summary = train(
+        tiny(train__contrast_weight=50.0, train__lesion_crops=0.5), progress=False
+    )
+    assert np.isfinite(summary["history"][-1]["train_loss"])
