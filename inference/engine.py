@@ -43,6 +43,10 @@ _PROGRESS_INFER_END = 0.9
 CHUNK_SLICES = 32
 #: Most float32 bytes per pass: fewer slices per pass for larger slices.
 CHUNK_BYTES = 32 << 20
+#: Fewest slices per forward pass on an accelerator when the caller names no batch
+#: size: bundles set theirs for a CPU, where larger batches gain nothing, while a
+#: GPU spends most of a small batch launching kernels.
+ACCELERATOR_MIN_BATCH = 32
 #: Above this many float32 bytes a percentile normalisation is taken over evenly
 #: spaced slices instead of the whole series, so it never loads a huge memmap.
 _EXACT_PERCENTILE_BYTES = 1 << 30
@@ -101,7 +105,8 @@ def denoise_volume(
         progress: called as ``progress(fraction, stage)`` with a strictly
             increasing fraction in [0, 1], once per batch and last with 1.0.
         batch_size: slices (2D) or windows (3D) per forward pass; default the
-            bundle's ``input_spec["batch_size"]``.
+            bundle's ``input_spec["batch_size"]``, at least
+            :data:`ACCELERATOR_MIN_BATCH` slices on a GPU.
         precision: "auto" (bf16, or fp16, with autocast on CUDA; on CPU bf16 for
             the network kinds of :data:`inference.devices.CPU_BF16_KINDS` on CPUs
             with native bf16, else fp32), "fp32", "bf16" or "fp16" (CUDA only).
@@ -125,7 +130,7 @@ def denoise_volume(
     kind = model.metadata.get("network_def", {}).get("kind")
     resolved_precision = resolve_precision(precision, device, kind)
     spec = model.input_spec
-    batch = _check_batch_size(batch_size, spec)
+    batch = _check_batch_size(batch_size, spec, device)
     reporter = _Progress(progress)
     reporter(0.0, "preprocess")
 
@@ -284,7 +289,7 @@ def warm_up(
     if int(spec["spatial_dims"]) != 2:
         return 0.0
     kind = model.metadata.get("network_def", {}).get("kind")
-    batch = _check_batch_size(None, spec)
+    batch = _check_batch_size(None, spec, model.device)
     images = torch.zeros((batch, *slice_shape), device=model.device)
     denoised = predict_slices(
         images,
@@ -531,10 +536,20 @@ def _check_spacing(spacing: Sequence[float], ndim: int) -> list[float]:
     return values
 
 
-def _check_batch_size(batch_size: int | None, spec: dict[str, Any]) -> int:
-    batch = spec.get("batch_size", 1) if batch_size is None else batch_size
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+def _check_batch_size(
+    batch_size: int | None, spec: dict[str, Any], device: torch.device
+) -> int:
+    if batch_size is None:
+        batch = spec.get("batch_size", 1)
+        if stays_on_device(device) and int(spec["spatial_dims"]) == 2:
+            batch = max(batch, ACCELERATOR_MIN_BATCH)
+        return batch
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int)
+        or batch_size < 1
+    ):
         raise ValueError(
-            f"denoise_volume: batch_size must be an integer >= 1, got {batch!r}"
+            f"denoise_volume: batch_size must be an integer >= 1, got {batch_size!r}"
         )
-    return batch
+    return batch_size

@@ -77,9 +77,10 @@ def test_device_resident_pass_gives_the_numpy_pass_result(
 ) -> None:
     volume = phantom((9, 40, 36), seed=12)
     monkeypatch.setattr(engine, "CHUNK_SLICES", 4)
-    on_host = denoise_volume(volume, unet, spacing=SPACING, precision="fp32")
+    options = {"spacing": SPACING, "precision": "fp32", "batch_size": 2}
+    on_host = denoise_volume(volume, unet, **options)
     monkeypatch.setattr(engine, "stays_on_device", lambda device: True)
-    on_device = denoise_volume(volume, unet, spacing=SPACING, precision="fp32")
+    on_device = denoise_volume(volume, unet, **options)
     np.testing.assert_array_equal(on_device.reconstruction, on_host.reconstruction)
     np.testing.assert_array_equal(on_device.residual, on_host.residual)
     for key in ("input_sha256", "output_sha256"):
@@ -120,6 +121,14 @@ def test_cuda_run_matches_the_cpu_run(
 @pytest.mark.parametrize(("side", "expected"), [(512, 32), (1024, 8), (4096, 8)])
 def test_chunks_hold_a_bounded_number_of_bytes(side: int, expected: int) -> None:
     assert engine._chunk_slices((side, side), batch=8) == expected
+
+
+def test_accelerators_default_to_larger_batches(unet: LoadedModel) -> None:
+    spec = unet.input_spec
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert engine._check_batch_size(None, spec, cpu) == spec["batch_size"]
+    assert engine._check_batch_size(None, spec, gpu) == engine.ACCELERATOR_MIN_BATCH
+    assert engine._check_batch_size(3, spec, gpu) == 3
 
 
 def test_dropping_pages_of_a_finished_chunk_keeps_its_data(tmp_path: Path) -> None:
