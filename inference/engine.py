@@ -7,6 +7,7 @@ import logging
 import math
 import mmap
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -43,6 +44,9 @@ _PROGRESS_INFER_END = 0.9
 CHUNK_SLICES = 32
 #: Most float32 bytes per pass: fewer slices per pass for larger slices.
 CHUNK_BYTES = 32 << 20
+#: Chunks handed to the helper threads (hashes, write-back) that may still be
+#: pending before the main loop waits for them.
+_CHUNKS_IN_FLIGHT = 2
 #: Fewest slices per forward pass on an accelerator when the caller names no batch
 #: size: bundles set theirs for a CPU, where larger batches gain nothing, while a
 #: GPU spends most of a small batch launching kernels.
@@ -403,8 +407,11 @@ def _run_slices(
 
     On a CPU the residual and metrics are computed with NumPy in the output arrays;
     on a GPU the chunk stays there from input to metrics and only the
-    reconstruction and residual come back. Hashing (in order) and dropping the
-    finished chunk's pages of memory-mapped arrays run on a helper thread.
+    reconstruction and residual come back. Two helper threads keep the disk and
+    the hashes off the critical path: one hashes the input, the other hashes the
+    output, writes finished chunks of memory-mapped outputs back to their files
+    and releases their pages. At most :data:`_CHUNKS_IN_FLIGHT` chunks wait for
+    them, so memory stays bounded when the disk is slower than the device.
     """
     depth = stack.shape[0]
     chunk = _chunk_slices(stack.shape[1:], batch)
@@ -417,13 +424,19 @@ def _run_slices(
     parts: list[dict[str, np.ndarray]] = []
     result = _Pass({}, "", "")
     on_device = stays_on_device(device)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="denoise-hash") as io:
-        pending: list[Future[None]] = []
+    in_flight: deque[tuple[Future[None], Future[None]]] = deque()
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="denoise-in") as hash_in,
+        ThreadPoolExecutor(1, thread_name_prefix="denoise-out") as write_out,
+    ):
         for start in range(0, depth, chunk):
             stop = min(start + chunk, depth)
             tick = time.perf_counter()
+            while len(in_flight) >= _CHUNKS_IN_FLIGHT:
+                for future in in_flight.popleft():
+                    future.result()
             x = _as_float32(stack[start:stop])
-            pending.append(io.submit(sha_in.update, x.data.cast("B")))
+            hashed = hash_in.submit(sha_in.update, x.data.cast("B"))
             images = torch.from_numpy(x).to(device)
             t_pre = time.perf_counter()
 
@@ -437,22 +450,25 @@ def _run_slices(
                 difference = images - denoised
                 parts.append(slice_statistics_tensor(images, denoised, difference))
                 t_infer = time.perf_counter()
-                out[...] = denoised.cpu().numpy()
-                res[...] = difference.cpu().numpy()
+                _copy_to_host(denoised, out)
+                _copy_to_host(difference, res)
             else:
                 out[...] = denoised.numpy()
                 t_infer = time.perf_counter()
                 np.subtract(x, out, out=res)
                 parts.append(slice_statistics(x, out, res))
-            pending.append(io.submit(sha_out.update, _bytes_of(out)))
-            pending.append(io.submit(_drop_pages, stack[start:stop], out, res))
+            written = write_out.submit(
+                _finish_chunk, sha_out, out, (stack[start:stop], res)
+            )
+            in_flight.append((hashed, written))
             t_post = time.perf_counter()
             result.preprocess_s += t_pre - tick
             result.infer_s += t_infer - t_pre
             result.postprocess_s += t_post - t_infer
         tick = time.perf_counter()
-        for future in pending:
-            future.result()
+        for futures in in_flight:
+            for future in futures:
+                future.result()
         result.postprocess_s += time.perf_counter() - tick
     result.per_slice = {
         name: np.concatenate([part[name] for part in parts]) for name in parts[0]
@@ -460,6 +476,21 @@ def _run_slices(
     result.input_sha256 = sha_in.hexdigest()
     result.output_sha256 = sha_out.hexdigest()
     return result
+
+
+def _copy_to_host(tensor: torch.Tensor, array: np.ndarray) -> None:
+    """Copy a device tensor straight into a (memory-mapped) host array."""
+    if array.flags.c_contiguous:
+        torch.from_numpy(array).copy_(tensor)
+    else:
+        array[...] = tensor.cpu().numpy()
+
+
+def _finish_chunk(
+    digest: Any, output: np.ndarray, others: tuple[np.ndarray, ...]
+) -> None:
+    digest.update(_bytes_of(output))
+    _release_pages(output, *others)
 
 
 def stays_on_device(device: torch.device) -> bool:
@@ -480,19 +511,23 @@ def _bytes_of(array: np.ndarray) -> memoryview:
     return np.ascontiguousarray(array).data.cast("B")
 
 
-def _drop_pages(*arrays: np.ndarray) -> None:
-    """Let the kernel take back the resident pages of finished slices of
-    memory-mapped files: the data stays in the file (and the page cache), but the
-    process no longer holds it, so its memory follows the chunk, not the series.
-    Copy-on-write maps (mode "c") are left alone: dropping would lose writes."""
+def _release_pages(*arrays: np.ndarray) -> None:
+    """Write finished slices of memory-mapped files back to disk and let the kernel
+    take back their pages: the data stays in the file (and the page cache), but the
+    process no longer holds it, so its memory follows the chunk, not the series,
+    and a final ``fsync`` finds little left to write. Copy-on-write maps (mode
+    "c") are left alone: their writes live only in those pages."""
     for array in arrays:
         mapping = getattr(array, "_mmap", None)
-        if mapping is None or getattr(array, "mode", "c") == "c" or not array.size:
+        mode = getattr(array, "mode", "c")
+        if mapping is None or mode == "c" or not array.size:
             continue
         base = np.frombuffer(mapping, dtype=np.uint8).ctypes.data
         start = (array.ctypes.data - base) // mmap.PAGESIZE * mmap.PAGESIZE
-        stop = array.ctypes.data - base + array.nbytes
-        mapping.madvise(mmap.MADV_DONTNEED, start, stop - start)
+        length = array.ctypes.data - base + array.nbytes - start
+        if mode != "r":
+            mapping.flush(start, length)
+        mapping.madvise(mmap.MADV_DONTNEED, start, length)
 
 
 def _run_whole(

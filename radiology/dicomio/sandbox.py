@@ -30,6 +30,9 @@ DEFAULT_MAX_BYTES = 4 * 1024**3
 DEFAULT_TIMEOUT_S = 120.0
 
 _lock = threading.Lock()
+#: One decode at a time: a hang or crash restarts the pool, which must not take
+#: down a file that another ingest thread has queued behind it.
+_decode_lock = threading.Lock()
 _pool: ProcessPoolExecutor | None = None
 
 
@@ -88,6 +91,11 @@ def decode_isolated(data: bytes, timeout_s: float | None = None) -> np.ndarray:
     """
     if timeout_s is None:
         timeout_s = float(os.environ.get("DICOM_DECODE_TIMEOUT_S", DEFAULT_TIMEOUT_S))
+    with _decode_lock:
+        return _decode_in_child(data, timeout_s)
+
+
+def _decode_in_child(data: bytes, timeout_s: float) -> np.ndarray:
     future = _get_pool().submit(_decode, data)
     try:
         return future.result(timeout=timeout_s)

@@ -138,9 +138,9 @@ def test_dropping_pages_of_a_finished_chunk_keeps_its_data(tmp_path: Path) -> No
     )
     values = np.random.default_rng(14).normal(size=out.shape).astype(np.float32)
     out[:5] = values[:5]
-    engine._drop_pages(out[:5])
+    engine._release_pages(out[:5])
     out[5:] = values[5:]
-    engine._drop_pages(out[5:])
+    engine._release_pages(out[5:])
     np.testing.assert_array_equal(out, values)
     out.flush()
     del out
@@ -152,5 +152,5 @@ def test_copy_on_write_maps_are_never_dropped(tmp_path: Path) -> None:
     np.save(path, np.zeros((4, 32, 32), np.float32))
     private = np.load(path, mmap_mode="c")
     private[:2] = 7.0
-    engine._drop_pages(private[:2])
+    engine._release_pages(private[:2])
     assert float(private[:2].min()) == 7.0
