@@ -10,7 +10,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -65,14 +65,18 @@ class BatchWriter:
     """Write many files atomically: all data first, one parallel fsync, then renames.
 
     Inside ``with BatchWriter() as batch:`` each ``batch.write(name, data)`` goes to a
-    temp file beside its target. On a clean exit every temp file is fsynced (in
-    parallel: a flush per file is the slow part of ingest) and only then renamed into
-    place, so a stored name always holds complete, durable data. On an exception the
-    temp files are removed and no name appears.
+    temp file beside its target, written by a small thread pool while the caller
+    goes on (file writes release the GIL). On a clean exit every write is awaited,
+    every temp file fsynced (in parallel: a flush per file is the slow part of
+    ingest) and only then renamed into place, so a stored name always holds
+    complete, durable data. On an exception, a failed write included, the temp
+    files are removed and no name appears.
     """
 
     def __init__(self) -> None:
         self._pending: list[tuple[str, Path]] = []
+        self._writes: list[Future[tuple[str, Path]]] = []
+        self._pool: ThreadPoolExecutor | None = None
 
     def __enter__(self) -> BatchWriter:
         return self
@@ -81,29 +85,28 @@ class BatchWriter:
         self, name: str, data: bytes | memoryview, *, sha256: str | None = None
     ) -> str:
         """Queue ``data`` for ``name``; returns its SHA-256 (``sha256`` when the caller
-        already hashed these exact bytes)."""
-        digest = self.write_chunks(name, [data], hashed=sha256 is None)
-        return sha256 or digest
+        already hashed these exact bytes). The bytes must not change until exit."""
+        target = media_path(name)
+        digest = sha256 or hashlib.sha256(data).hexdigest()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(_WRITERS, thread_name_prefix="store")
+        self._writes.append(self._pool.submit(_write_temp, target, [data]))
+        return digest
 
     def write_chunks(
         self, name: str, chunks: Iterable[bytes | memoryview], *, hashed: bool = True
     ) -> str:
-        """Queue the concatenated ``chunks`` for ``name``, writing (and hashing)
-        each as it comes; returns the SHA-256 (``""`` when not ``hashed``)."""
-        target = media_path(name)
-        fd, tmp = _temp_beside(target)
+        """Write the concatenated ``chunks`` for ``name`` now, hashing each as it
+        comes; returns the SHA-256 (``""`` when not ``hashed``)."""
         digest = hashlib.sha256()
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                for chunk in chunks:
-                    handle.write(chunk)
-                    if hashed:
-                        digest.update(chunk)
-            os.chmod(tmp, 0o640)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        self._pending.append((tmp, target))
+
+        def hashing() -> Iterator[bytes | memoryview]:
+            for chunk in chunks:
+                if hashed:
+                    digest.update(chunk)
+                yield chunk
+
+        self._pending.append(_write_temp(media_path(name), hashing()))
         return digest.hexdigest() if hashed else ""
 
     def write_array(self, name: str, array: np.ndarray) -> str:
@@ -111,9 +114,19 @@ class BatchWriter:
         return self.write_chunks(name, npy_chunks(array.shape, array.dtype, array))
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
+        failure: BaseException | None = None
+        for write in self._writes:
+            try:
+                self._pending.append(write.result())
+            except BaseException as error:  # the temp file is gone already
+                failure = failure or error
+        if self._pool is not None:
+            self._pool.shutdown()
+        if exc_type is not None or failure is not None:
             for tmp, _ in self._pending:
                 Path(tmp).unlink(missing_ok=True)
+            if exc_type is None and failure is not None:
+                raise failure
             return
         try:
             with ThreadPoolExecutor(max_workers=8) as pool:
@@ -126,6 +139,25 @@ class BatchWriter:
             raise
         for directory in {target.parent for _, target in self._pending}:
             _fsync_path(directory)
+
+
+#: Threads writing the files of one batch.
+_WRITERS = 4
+
+
+def _write_temp(target: Path, chunks: Iterable[bytes | memoryview]) -> tuple[str, Path]:
+    """Write ``chunks`` to a new temp file beside ``target``; (temp path, target).
+    On any error the temp file is removed and the error raised."""
+    fd, tmp = _temp_beside(target)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+        os.chmod(tmp, 0o640)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp, target
 
 
 def _fsync_path(path: str | Path) -> None:

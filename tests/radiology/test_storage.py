@@ -128,3 +128,19 @@ def test_streamed_slabs_are_converted_to_the_file_dtype():
     assert loaded.dtype == np.int16 and loaded.shape == (3, 2, 3)
     assert loaded[:, 0, 0].tolist() == [-1024, 0, 40]
     assert sha == storage.file_sha256("f/v.npy")
+
+
+def test_a_failed_queued_write_fails_the_whole_batch(monkeypatch):
+    real_write = storage._write_temp
+
+    def flaky(target, chunks):
+        if target.name == "bad.bin":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(target, chunks)
+
+    monkeypatch.setattr(storage, "_write_temp", flaky)
+    with pytest.raises(OSError) as info, storage.BatchWriter() as batch:
+        batch.write("g/good.bin", b"ok")
+        batch.write("g/bad.bin", b"no")
+    assert info.value.errno == errno.ENOSPC
+    assert list(storage.media_path("g/good.bin").parent.iterdir()) == []
