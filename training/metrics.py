@@ -154,7 +154,11 @@ def image_metrics(
 
 
 def mean_metrics(rows: Sequence[dict[str, float]]) -> dict[str, float]:
-    """Mean of each metric over slices (lesion metrics weighted by lesion count)."""
+    """Mean of each metric over slices (lesion metrics weighted by lesion count).
+
+    ``lesion_contrast_retained_se`` is the standard error of the contrast kept
+    over slices: a handful of phantoms moves that estimate by several percent.
+    """
     keys = sorted({k for row in rows for k in row} - {"lesions"})
     out: dict[str, float] = {}
     for key in keys:
@@ -166,4 +170,11 @@ def mean_metrics(rows: Sequence[dict[str, float]]) -> dict[str, float]:
             )
         else:
             out[key] = float(np.mean([r[key] for r in rows if key in r]))
+    kept = [
+        r["lesion_contrast_retained"] for r in rows if "lesion_contrast_retained" in r
+    ]
+    if len(kept) > 1:
+        out["lesion_contrast_retained_se"] = float(
+            np.std(kept, ddof=1) / len(kept) ** 0.5
+        )
     return out
