@@ -66,6 +66,8 @@ class Instance:
         pixel_spacings_mm: per frame, (between rows, between columns) in mm,
             or ``None``.
         slice_thickness_mm: Slice Thickness in mm, or ``None``.
+        int16_exact: every pixel is a whole number within int16 (CT in HU, most
+            MR), so the pixels can be stored as int16 without loss.
     """
 
     name: str
@@ -90,6 +92,7 @@ class Instance:
     orientations: tuple[Orientation | None, ...]
     pixel_spacings_mm: tuple[tuple[float, float] | None, ...]
     slice_thickness_mm: float | None
+    int16_exact: bool = False
 
     @property
     def n_frames(self) -> int:
@@ -129,9 +132,10 @@ def validate_uid(value: object) -> str | None:
 def read_instance(data: bytes, name: str, *, limits: Limits | None = None) -> Instance:
     """Parse, check and decode one DICOM file.
 
-    The header is read first (without pixel data) so that non-images, colour
-    images, invalid UIDs and dimensions beyond ``limits.max_pixels`` are
-    refused before any pixel data is decoded; compressed frames whose
+    The file is parsed once, with the pixel data kept as undecoded bytes, and the
+    header checked first, so that non-images, colour images, invalid UIDs and
+    dimensions beyond ``limits.max_pixels`` are refused before any pixel data is
+    decoded; compressed frames whose
     codestream declares more pixels than the header are refused too.
 
     Args:
@@ -169,10 +173,9 @@ def _read(data: bytes, name: str, limits: Limits) -> Instance:
         raise DicomRejected(
             name, f"{kind} archive, not a DICOM file (only ZIP archives are opened)"
         )
-    header = _parse(data, name, limits, stop_before_pixels=True)
-    identity = _identity(header, name)
-    n_frames = _check_image_header(header, name, limits)
-    ds = _parse(data, name, limits, stop_before_pixels=False)
+    ds = _parse(data, name, limits)
+    identity = _identity(ds, name)
+    n_frames = _check_image_header(ds, name, limits)
     pixels = _decode(ds, name, n_frames, data)
     geometry = [_frame_geometry(ds, i, n_frames) for i in range(n_frames)]
     thickness = _slice_thickness(ds)
@@ -186,10 +189,17 @@ def _read(data: bytes, name: str, limits: Limits) -> Instance:
         orientations=tuple(g[1] for g in geometry),
         pixel_spacings_mm=tuple(g[2] for g in geometry),
         slice_thickness_mm=thickness,
+        int16_exact=_int16_exact(pixels),
         transfer_syntax_uid=str(ds.file_meta.get("TransferSyntaxUID", "")),
-        photometric_interpretation=str(header.PhotometricInterpretation),
+        photometric_interpretation=str(ds.PhotometricInterpretation),
         **identity,
     )
+
+
+def _int16_exact(pixels: np.ndarray) -> bool:
+    if float(pixels.min()) < -32768 or float(pixels.max()) > 32767:
+        return False
+    return bool(np.array_equal(pixels.astype(np.int16), pixels))
 
 
 def _clip(text: str, limit: int = _MAX_REASON_CHARS) -> str:
@@ -202,14 +212,10 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
-def _parse(
-    data: bytes, name: str, limits: Limits, *, stop_before_pixels: bool
-) -> Dataset:
+def _parse(data: bytes, name: str, limits: Limits) -> Dataset:
     _check_deflate_bound(data, name, limits)
     try:
-        ds = pydicom.dcmread(
-            io.BytesIO(data), force=False, stop_before_pixels=stop_before_pixels
-        )
+        ds = pydicom.dcmread(io.BytesIO(data), force=False)
     except InvalidDicomError as exc:
         raise DicomRejected(
             name,

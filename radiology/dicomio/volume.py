@@ -71,6 +71,8 @@ class SeriesVolume:
         warnings: human-readable notes (missing slices, uneven spacing,
             fallback ordering).
         derived: ``True`` when any source instance is DERIVED.
+        int16_exact: every source instance is :attr:`Instance.int16_exact` (checked
+            as each file is decoded, on the decoding threads).
     """
 
     series_instance_uid: str
@@ -88,6 +90,7 @@ class SeriesVolume:
     slices: tuple[SliceRef, ...]
     warnings: tuple[str, ...]
     derived: bool
+    int16_exact: bool = False
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -106,12 +109,7 @@ class SeriesVolume:
     def storage_dtype(self) -> np.dtype:
         """int16 when every voxel is a whole number in its range (CT in HU, most
         MR), which halves the stored volume losslessly; float32 otherwise."""
-        for frame in self.frames:
-            if float(frame.min()) < -32768 or float(frame.max()) > 32767:
-                return np.dtype(np.float32)
-            if not np.array_equal(frame.astype(np.int16), frame):
-                return np.dtype(np.float32)
-        return np.dtype(np.int16)
+        return np.dtype(np.int16 if self.int16_exact else np.float32)
 
     def iter_stored(self, dtype: np.dtype) -> Iterator[np.ndarray]:
         """The slices in z order, each converted to ``dtype`` on its own."""
@@ -374,6 +372,7 @@ def _assemble_one(
         ),
         warnings=tuple(warnings),
         derived=any(m.derived for m in members),
+        int16_exact=all(m.int16_exact for m in members),
     )
 
 
