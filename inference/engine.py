@@ -152,20 +152,20 @@ def denoise_volume(
         reporter(_PROGRESS_INFER_START + span * done / total, f"infer {done}/{total}")
 
     t_setup = time.perf_counter()
+    options: dict[str, Any] = {
+        "spec": spec,
+        "norm": norm,
+        "device": device,
+        "precision": resolved_precision,
+        "batch_size": batch,
+    }
     if int(spec["spatial_dims"]) == 2:
         pass_ = _run_slices(
             stack,
             recon_stack,
             residual_stack,
             lambda x, progress_: predict_slices(
-                x,
-                model.network,
-                spec=spec,
-                norm=norm,
-                device=device,
-                precision=resolved_precision,
-                batch_size=batch,
-                progress=progress_,
+                x, model.network, progress=progress_, **options
             ),
             device,
             batch,
@@ -177,15 +177,7 @@ def denoise_volume(
             recon_stack,
             residual_stack,
             lambda x, out, progress_: predict(
-                x,
-                model.network,
-                spec=spec,
-                norm=norm,
-                device=device,
-                precision=resolved_precision,
-                batch_size=batch,
-                out=out,
-                progress=progress_,
+                x, model.network, out=out, progress=progress_, **options
             ),
             report,
         )

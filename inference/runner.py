@@ -179,11 +179,11 @@ def predict_slices(
             batch = reflect_pad(batch[:, None], pads)
             result = inferer(batch, forward) if inferer else forward(batch)
             assert isinstance(result, torch.Tensor)
-            crop = tuple(
+            crop = [
                 slice(before, size - after)
                 for (before, after), size in zip(pads, result.shape[2:], strict=True)
-            )
-            out[start:stop] = result[(slice(None), 0, *crop)] * scale + offset
+            ]
+            out[start:stop] = result[:, 0][(slice(None), *crop)] * scale + offset
             if progress is not None:
                 progress(step, total)
     return out

@@ -413,14 +413,16 @@ class PairPool:
         for b in range(batch_size):
             i = int(rng.integers(len(self.noisy)))
             sources = [self.noisy[i], self.clean[i], self.weight[i], self.regions[i]]
-            ny, nx = sources[0].shape
+            ny, nx = self.noisy[i].shape
             if ny < patch or nx < patch:
                 pad = ((0, max(0, patch - ny)), (0, max(0, patch - nx)))
                 sources = [
                     None if a is None else np.pad(a, pad, mode="reflect")
                     for a in sources
                 ]
-            y, x = self._corner(rng, i, sources[1], patch)
+            clean = sources[1]
+            assert clean is not None
+            y, x = self._corner(rng, i, clean, patch)
             k = int(rng.integers(4))
             flip = bool(rng.integers(2))
             for source, target in zip(sources, out, strict=True):

@@ -75,8 +75,8 @@ def denoise_slices(
                     ]
                 )[:, None].astype(np.float32)
                 device = next(network.parameters()).device
-                out = _forward(network, torch.from_numpy(batch).to(device))
-                out = out.cpu().numpy()[:, 0]
+                result = _forward(network, torch.from_numpy(batch).to(device))
+                out = result.cpu().numpy()[:, 0]
                 for k, (i, (o, s)) in enumerate(zip(chunk, params, strict=True)):
                     outputs[i] = (out[k] * s + o).astype(np.float32)
     return outputs

@@ -21,6 +21,16 @@ CT_SPEC: dict[str, Any] = {
     "batch_size": 4,
     "size_multiple": 1,
 }
+#: A tiny network of the shipped kind (``fast_unet_noise``).
+FAST_UNET: dict[str, Any] = {
+    "kind": "fast_unet_noise",
+    "args": {
+        "stem_channels": 4,
+        "channels": [4, 8],
+        "encoder_blocks": [1, 1],
+        "decoder_blocks": [1],
+    },
+}
 REDCNN: dict[str, Any] = {
     "kind": "redcnn",
     "args": {"spatial_dims": 2, "features": 4, "depth": 2, "kernel_size": 3},

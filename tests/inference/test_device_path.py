@@ -13,7 +13,7 @@ from inference import denoise_volume, engine, load_model, metrics
 from inference.registry import LoadedModel
 from inference.runner import reflect_pad
 
-from .inference_fixtures import BundleFactory, phantom
+from .inference_fixtures import FAST_UNET, BundleFactory, phantom
 
 SPACING = (2.5, 0.7, 0.7)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -57,18 +57,7 @@ def test_tensor_metrics_match_the_numpy_ones(
 
 @pytest.fixture
 def unet(make_bundle: BundleFactory, models_root: Path) -> LoadedModel:
-    make_bundle(
-        "unet",
-        network_def={
-            "kind": "fast_unet_noise",
-            "args": {
-                "stem_channels": 4,
-                "channels": [4, 8],
-                "encoder_blocks": [1, 1],
-                "decoder_blocks": [1],
-            },
-        },
-    )
+    make_bundle("unet", network_def=FAST_UNET)
     return load_model("unet", models_root=models_root, device="cpu")
 
 

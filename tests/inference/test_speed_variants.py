@@ -12,18 +12,9 @@ from scipy import ndimage
 from inference import denoise_volume, devices, engine, load_model, metrics
 from inference.registry import LoadedModel
 
-from .inference_fixtures import BundleFactory, phantom
+from .inference_fixtures import FAST_UNET, BundleFactory, phantom
 
 SPACING = (2.5, 0.7, 0.7)
-FAST_UNET = {
-    "kind": "fast_unet_noise",
-    "args": {
-        "stem_channels": 4,
-        "channels": [4, 8],
-        "encoder_blocks": [1, 1],
-        "decoder_blocks": [1],
-    },
-}
 
 
 @pytest.fixture
