@@ -134,11 +134,11 @@ def denoise_volume(
     kind = model.metadata.get("network_def", {}).get("kind")
     resolved_precision = resolve_precision(precision, device, kind)
     spec = model.input_spec
-    batch = _check_batch_size(batch_size, spec, device)
     reporter = _Progress(progress)
     reporter(0.0, "preprocess")
 
     source = _check_volume(volume)
+    batch = _check_batch_size(batch_size, model, source.shape[-2:])
     spacing_mm = _check_spacing(spacing, source.ndim)
     reconstruction = _check_output(reconstruction_out, source.shape, "reconstruction")
     residual = _check_output(residual_out, source.shape, "residual")
@@ -285,7 +285,7 @@ def warm_up(
     if int(spec["spatial_dims"]) != 2:
         return 0.0
     kind = model.metadata.get("network_def", {}).get("kind")
-    batch = _check_batch_size(None, spec, model.device)
+    batch = _check_batch_size(None, model, slice_shape)
     images = torch.zeros((batch, *slice_shape), device=model.device)
     denoised = predict_slices(
         images,
@@ -336,7 +336,7 @@ def _check_volume(volume: Any) -> np.ndarray:
 
 def _as_float32(chunk: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(chunk, dtype=np.float32)
-    if x is chunk and not x.flags.writeable:
+    if not x.flags.writeable:  # e.g. a float32 series memory-mapped read-only
         x = x.copy()
     if not np.isfinite(x).all():
         raise ValueError(
@@ -445,7 +445,7 @@ def _run_slices(
                 _copy_to_host(denoised, out)
                 _copy_to_host(difference, res)
             else:
-                out[...] = denoised.numpy()
+                out[...] = denoised.cpu().numpy()
                 t_infer = time.perf_counter()
                 np.subtract(x, out, out=res)
                 parts.append(slice_statistics(x, out, res))
@@ -486,9 +486,10 @@ def _finish_chunk(
 
 
 def stays_on_device(device: torch.device) -> bool:
-    """Whether residual and metrics are computed where the network ran (any
-    accelerator) rather than with NumPy on the host (a CPU, where NumPy is faster)."""
-    return device.type != "cpu"
+    """Whether residual and metrics are computed where the network ran (CUDA)
+    rather than with NumPy on the host (a CPU, where NumPy is faster, or another
+    backend, whose float64 support the metrics cannot count on)."""
+    return device.type == "cuda"
 
 
 def _chunk_slices(slice_shape: Sequence[int], batch: int) -> int:
@@ -512,7 +513,12 @@ def _release_pages(*arrays: np.ndarray) -> None:
     for array in arrays:
         mapping = getattr(array, "_mmap", None)
         mode = getattr(array, "mode", "c")
-        if mapping is None or mode == "c" or not array.size:
+        if (
+            mapping is None
+            or mode == "c"
+            or not array.size
+            or not array.flags.c_contiguous  # a strided view spans other pages
+        ):
             continue
         base = np.frombuffer(mapping, dtype=np.uint8).ctypes.data
         start = (array.ctypes.data - base) // mmap.PAGESIZE * mmap.PAGESIZE
@@ -564,12 +570,22 @@ def _check_spacing(spacing: Sequence[float], ndim: int) -> list[float]:
 
 
 def _check_batch_size(
-    batch_size: int | None, spec: dict[str, Any], device: torch.device
+    batch_size: int | None, model: LoadedModel, slice_shape: Sequence[int]
 ) -> int:
+    """The batch to run: ``batch_size``, else the bundle's; on an accelerator at
+    least :data:`ACCELERATOR_MIN_BATCH` whole slices, as far as
+    :data:`CHUNK_BYTES` allows (windowed and 3D bundles keep their own)."""
+    spec = model.input_spec
     if batch_size is None:
-        batch = spec.get("batch_size", 1)
-        if stays_on_device(device) and int(spec["spatial_dims"]) == 2:
-            batch = max(batch, ACCELERATOR_MIN_BATCH)
+        batch = int(spec.get("batch_size", 1))
+        windowed = spec.get("roi_size") or getattr(model.network, "fixed_roi", None)
+        if (
+            stays_on_device(model.device)
+            and int(spec["spatial_dims"]) == 2
+            and not windowed
+        ):
+            fits = CHUNK_BYTES // max(4 * math.prod(int(v) for v in slice_shape), 1)
+            batch = max(batch, min(ACCELERATOR_MIN_BATCH, fits))
         return batch
     if (
         isinstance(batch_size, bool)

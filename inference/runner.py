@@ -102,8 +102,9 @@ def predict(
         network: the denoiser, in eval mode, on ``device``.
         spec: the bundle's validated ``input_spec``.
         norm: the resolved normalisation for this series.
-        device: where the network runs (3D windows are sent there; their stitching
-            stays on the CPU so GPU memory is bounded by one batch of windows).
+        device: where the network runs. 2D: the whole stack goes there (callers
+            with long series pass chunks, as the engine does); 3D: windows are sent
+            there and stitched on the CPU, so GPU memory is bounded by one batch.
         precision: a resolved precision, "fp32", "bf16" or "fp16".
         batch_size: slices (2D) or windows per forward pass.
         out: preallocated (z, y, x) float32 array that receives the result.
@@ -190,30 +191,20 @@ def predict_slices(
 
 
 def reflect_pad(batch: torch.Tensor, pads: Sequence[tuple[int, int]]) -> torch.Tensor:
-    """Pad the trailing axes of ``batch`` by reflection, as ``np.pad(mode="reflect")``
-    does: pads wider than the image reflect repeatedly (``F.pad`` alone refuses
-    them), and a single pixel is repeated.
+    """Pad the trailing axes of ``batch`` exactly as ``np.pad(mode="reflect")`` does,
+    pads wider than the image and single pixels included (``F.pad`` refuses both),
+    by gathering along each axis the indices NumPy's padding picks.
 
     Args:
         batch: (N, C, *spatial) tensor.
         pads: (before, after) per spatial axis.
     """
     for axis, (before, after) in enumerate(pads):
+        if not before and not after:
+            continue
         dim = batch.ndim - len(pads) + axis
-        while before or after:
-            size = batch.shape[dim]
-            if size == 1:
-                repeat = [
-                    before + 1 + after if d == dim else 1 for d in range(batch.ndim)
-                ]
-                batch = batch.repeat(*repeat)
-                break
-            step_before, step_after = min(before, size - 1), min(after, size - 1)
-            moved = batch.movedim(dim, -1)
-            lines = moved.reshape(-1, 1, size)  # 1D reflection takes (N, C, L)
-            lines = nn.functional.pad(lines, (step_before, step_after), mode="reflect")
-            batch = lines.reshape(*moved.shape[:-1], -1).movedim(-1, dim)
-            before, after = before - step_before, after - step_after
+        picks = np.pad(np.arange(batch.shape[dim]), (before, after), mode="reflect")
+        batch = batch.index_select(dim, torch.from_numpy(picks).to(batch.device))
     return batch
 
 

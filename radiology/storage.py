@@ -110,8 +110,10 @@ class BatchWriter:
         return digest.hexdigest() if hashed else ""
 
     def write_array(self, name: str, array: np.ndarray) -> str:
-        """Queue an array as ``.npy``; returns the SHA-256 of the file."""
-        return self.write_chunks(name, npy_chunks(array.shape, array.dtype, array))
+        """Write an array as a C-order ``.npy``; returns the SHA-256 of the file."""
+        ordered = np.require(array, requirements="C")
+        slabs = ordered if ordered.ndim > 1 else [ordered]
+        return self.write_chunks(name, npy_chunks(ordered.shape, ordered.dtype, slabs))
 
     def __exit__(self, exc_type, exc, tb) -> None:
         failure: BaseException | None = None
@@ -186,13 +188,15 @@ class ArrayFile:
     """A new ``.npy`` output, filled in place through a memory map, then committed.
 
     ``array`` is a writable memmap of a temp file beside ``name``; nothing shows under
-    ``name`` until :meth:`commit`, which flushes, fsyncs, hashes and links it into
-    place. When ``name`` already exists (an earlier attempt got that far) the temp file
-    is dropped and the stored one kept: outputs are never overwritten.
+    ``name`` until :meth:`commit`, which flushes, fsyncs, hashes (:meth:`prepare`)
+    and links it into place (:meth:`link`). When ``name`` already exists (an earlier
+    attempt got that far) the temp file is dropped and the stored one kept: outputs
+    are never overwritten.
     """
 
     def __init__(self, name: str, shape: tuple[int, ...], dtype=np.float32) -> None:
         self.name = name
+        self._sha256: str | None = None
         target = media_path(name)
         fd, tmp = _temp_beside(target)
         os.close(fd)
@@ -214,10 +218,22 @@ class ArrayFile:
 
     def commit(self) -> str:
         """Make the file durable and visible under ``name``; returns its SHA-256."""
-        self.array.flush()
-        del self.array
-        _fsync_path(self._tmp)
-        sha = _sha256_path(self._tmp)
+        self.prepare()
+        return self.link()
+
+    def prepare(self) -> str:
+        """Flush, fsync and hash the temp file (slow; safe to run beside another
+        file's); nothing shows under ``name`` yet. Returns the SHA-256."""
+        if self._sha256 is None:
+            self.array.flush()
+            del self.array
+            _fsync_path(self._tmp)
+            self._sha256 = _sha256_path(self._tmp)
+        return self._sha256
+
+    def link(self) -> str:
+        """Show the prepared file under ``name``; returns the SHA-256 stored there."""
+        sha = self.prepare()
         target = media_path(self.name)
         os.chmod(self._tmp, 0o640)
         try:

@@ -133,6 +133,17 @@ def complete_config(raw: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("lowpass_weight", "contrast_weight"):
         if float(train[key]) < 0:
             raise ConfigError(f"config: train.{key} must be >= 0")
+    if train["mode"] == "self_supervised":
+        for key, neutral in (
+            ("lesion_weight", 1.0),
+            ("lowpass_weight", 0.0),
+            ("contrast_weight", 0.0),
+        ):
+            if float(train[key]) != neutral:
+                raise ConfigError(
+                    f"config: train.{key} needs clean targets (mode supervised); "
+                    f"self-supervised training would ignore it"
+                )
     if not 0 <= float(train["lesion_crops"]) <= 1:
         raise ConfigError("config: train.lesion_crops must be in [0, 1]")
     if not isinstance(train["device"], str) or not (

@@ -432,15 +432,17 @@ def train(
         losses = []
         for _ in range(int(t["steps_per_epoch"])):
             crops = pool.batch(rng, int(t["batch_size"]), patch)
-            noisy = torch.from_numpy(crops.noisy).to(device)
+            noisy = torch.from_numpy(crops.noisy)
             if self_supervised:
+                # Masks come from the CPU generator: the same on every device.
                 masked, mask = blind_spot_batch(
-                    noisy.cpu(), float(t["mask_fraction"]), generator
+                    noisy, float(t["mask_fraction"]), generator
                 )
-                mask = mask.to(device)
+                noisy, mask = noisy.to(device), mask.to(device)
                 pred = network(masked.to(device))
                 data_loss = loss_fn(pred[mask], noisy[mask])
             else:
+                noisy = noisy.to(device)
                 pred = network(noisy)
                 clean = torch.from_numpy(crops.clean).to(device)
                 weight = torch.from_numpy(crops.weight).to(device)

@@ -33,6 +33,7 @@ Orientation = tuple[float, float, float, float, float, float]
 _UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
 _GREYSCALE = ("MONOCHROME1", "MONOCHROME2")
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_PIXEL_DATA_TAG = 0x7FE00010
 _MAX_REASON_CHARS = 300
 
 
@@ -176,6 +177,7 @@ def _read(data: bytes, name: str, limits: Limits) -> Instance:
     ds = _parse(data, name, limits)
     identity = _identity(ds, name)
     n_frames = _check_image_header(ds, name, limits)
+    _check_declared_lengths(ds, name, pixel_data=True)
     pixels = _decode(ds, name, n_frames, data)
     geometry = [_frame_geometry(ds, i, n_frames) for i in range(n_frames)]
     thickness = _slice_thickness(ds)
@@ -228,17 +230,21 @@ def _parse(data: bytes, name: str, limits: Limits) -> Dataset:
         ) from exc
     if not isinstance(ds, Dataset) or "DirectoryRecordSequence" in ds:
         raise DicomRejected(name, "DICOMDIR index, not an image")
-    _check_declared_lengths(ds, name)
+    _check_declared_lengths(ds, name, pixel_data=False)
     return ds
 
 
-def _check_declared_lengths(ds: Dataset, name: str) -> None:
-    """Refuse elements that declare more bytes than the file holds.
+def _check_declared_lengths(ds: Dataset, name: str, *, pixel_data: bool) -> None:
+    """Refuse elements that declare more bytes than the file holds: the pixel data
+    element alone with ``pixel_data``, every other element without (so the header
+    checks can speak first about a file that is also truncated).
 
     pydicom reads what is there and carries on, so a length field claiming
     gigabytes would otherwise pass as a short (or padded) value.
     """
     for tag in ds.keys():
+        if (tag == _PIXEL_DATA_TAG) != pixel_data:
+            continue
         raw = ds.get_item(tag)
         declared = getattr(raw, "length", None)
         value = getattr(raw, "value", None)
@@ -248,7 +254,7 @@ def _check_declared_lengths(ds: Dataset, name: str) -> None:
             and isinstance(value, bytes)
             and declared > len(value)
         ):
-            if tag == 0x7FE00010:
+            if tag == _PIXEL_DATA_TAG:
                 reason = f"pixel data is {len(value)} bytes, expected {declared}"
             else:
                 reason = (

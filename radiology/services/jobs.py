@@ -386,10 +386,12 @@ def _run_claimed(job: DenoiseJob, token: str) -> DenoiseJob:
         )
         timings["denoise"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        # Both files are flushed, fsynced and hashed at once: each step waits on
-        # the disk or runs in hashlib without the GIL.
+        # Both files are flushed, fsynced and hashed at once (each step waits on
+        # the disk or runs in hashlib without the GIL); only when both are ready
+        # do their names appear, so a failure never leaves one output behind.
         with ThreadPoolExecutor(max_workers=len(outputs)) as pool:
-            recon_sha, residual_sha = pool.map(ArrayFile.commit, outputs)
+            list(pool.map(ArrayFile.prepare, outputs))
+        recon_sha, residual_sha = (output.link() for output in outputs)
         timings["write_outputs"] = time.perf_counter() - tick
     except BaseException:
         for output in outputs:

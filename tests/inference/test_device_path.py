@@ -20,7 +20,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 7])
-@pytest.mark.parametrize("pad", [(0, 0), (1, 2), (5, 4), (17, 9)])
+@pytest.mark.parametrize("pad", [(0, 0), (1, 2), (5, 4), (17, 9), (1, 8), (0, 30)])
 def test_reflect_pad_matches_numpy_even_past_the_image(
     size: int, pad: tuple[int, int]
 ) -> None:
@@ -112,12 +112,17 @@ def test_chunks_hold_a_bounded_number_of_bytes(side: int, expected: int) -> None
     assert engine._chunk_slices((side, side), batch=8) == expected
 
 
-def test_accelerators_default_to_larger_batches(unet: LoadedModel) -> None:
-    spec = unet.input_spec
-    cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert engine._check_batch_size(None, spec, cpu) == spec["batch_size"]
-    assert engine._check_batch_size(None, spec, gpu) == engine.ACCELERATOR_MIN_BATCH
-    assert engine._check_batch_size(3, spec, gpu) == 3
+@pytest.mark.parametrize(("side", "expected"), [(512, 32), (1024, 8), (2048, 4)])
+def test_accelerators_default_to_larger_batches_within_the_chunk_bytes(
+    unet: LoadedModel, monkeypatch: pytest.MonkeyPatch, side: int, expected: int
+) -> None:
+    spec_batch = unet.input_spec["batch_size"]
+    assert engine._check_batch_size(None, unet, (side, side)) == spec_batch
+    monkeypatch.setattr(engine, "stays_on_device", lambda device: True)
+    assert engine._check_batch_size(None, unet, (side, side)) == max(
+        expected, spec_batch
+    )
+    assert engine._check_batch_size(3, unet, (side, side)) == 3
 
 
 def test_dropping_pages_of_a_finished_chunk_keeps_its_data(tmp_path: Path) -> None:
@@ -143,3 +148,25 @@ def test_copy_on_write_maps_are_never_dropped(tmp_path: Path) -> None:
     private[:2] = 7.0
     engine._release_pages(private[:2])
     assert float(private[:2].min()) == 7.0
+
+
+def test_strided_and_read_only_memmaps_are_handled(
+    unet: LoadedModel, tmp_path: Path
+) -> None:
+    volume = phantom((5, 32, 32), seed=15)
+    np.save(tmp_path / "in.npy", volume)
+    read_only = np.load(tmp_path / "in.npy", mmap_mode="r")
+    out = np.lib.format.open_memmap(
+        tmp_path / "out.npy", mode="w+", dtype=np.float32, shape=volume.shape
+    )
+    reversed_out = out[::-1]
+    result = denoise_volume(
+        read_only,
+        unet,
+        spacing=SPACING,
+        precision="fp32",
+        reconstruction_out=reversed_out,
+    )
+    expected = denoise_volume(volume, unet, spacing=SPACING, precision="fp32")
+    np.testing.assert_array_equal(result.reconstruction, expected.reconstruction)
+    np.testing.assert_array_equal(out[::-1], expected.reconstruction)

@@ -291,3 +291,21 @@ def test_fuzzed_real_files_only_raise_dicom_rejected(
             assert exc.name == source
             return
     assert inst.pixels.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    ("changes", "limits", "expected"),
+    [
+        ({"PhotometricInterpretation": "RGB"}, None, "colour image"),
+        ({}, Limits(max_pixels=1000), "above max_pixels 1000"),
+    ],
+)
+def test_header_problems_are_named_before_a_truncated_pixel_data(
+    changes: dict, limits: Limits | None, expected: str
+) -> None:
+    truncated = _with("CT_small.dcm", **changes)[:-1000]
+    assert expected in _reason(truncated, limits=limits)
+
+
+def test_truncated_pixel_data_is_named_when_the_header_is_fine() -> None:
+    assert "pixel data is" in _reason(_bytes("CT_small.dcm")[:-1000])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 
 import numpy as np
@@ -19,12 +20,13 @@ from radiology.services.jobs import (
     denoise_job_cancel,
     denoise_job_request,
     denoise_job_run,
+    output_names,
     reconcile_stale_jobs,
     resolve_model,
     warm_worker,
     worker_model,
 )
-from radiology.storage import load_array, media_path
+from radiology.storage import ArrayFile, load_array, media_path
 from tests.conftest import install_tiny_models
 
 pytestmark = pytest.mark.django_db
@@ -289,3 +291,22 @@ def test_worker_warm_up_loads_the_default_model_before_any_job(models_root):
     # The first job then finds the network built: only the weights hash is redone.
     model = worker_model("tiny", "1.1.0")
     assert model.load_s < seconds
+
+
+def test_one_output_failing_to_sync_leaves_neither_output_stored(
+    alice, series, models_root, monkeypatch
+):
+    real_prepare = ArrayFile.prepare
+
+    def failing(self):
+        if self.name.endswith("residual.npy"):
+            raise OSError(errno.EIO, "Input/output error")
+        return real_prepare(self)
+
+    monkeypatch.setattr(ArrayFile, "prepare", failing)
+    job, _ = denoise_job_request(series=series, requested_by=alice)
+    done = denoise_job_run(job_id=job.pk)
+    assert done.status == DenoiseJob.Status.FAILED
+    recon, residual = output_names(job)
+    assert not media_path(recon).exists() and not media_path(residual).exists()
+    assert not list(media_path(recon).parent.glob("*.partial"))

@@ -51,11 +51,20 @@ def test_disk_full_during_write_leaves_no_partial_file(monkeypatch):
     assert list(storage.media_path("c/out.bin").parent.iterdir()) == []
 
 
-def test_array_round_trip_keeps_dtype_and_values():
-    array = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(24, dtype=np.int16).reshape(2, 3, 4),
+        np.asfortranarray(np.arange(12, dtype=np.float32).reshape(3, 4)),
+        np.arange(5, dtype=np.float64),
+        np.array(7, dtype=np.int16),
+    ],
+)
+def test_array_round_trip_keeps_dtype_and_values(array):
     storage.store_array("d/v.npy", array)
-    loaded = storage.load_array("d/v.npy")
-    assert loaded.dtype == np.int16 and np.array_equal(loaded, array)
+    loaded = storage.load_array("d/v.npy", mmap=False)
+    assert loaded.dtype == array.dtype and loaded.shape == array.shape
+    assert np.array_equal(loaded, array)
 
 
 def test_sweep_removes_only_old_temp_files():

@@ -240,6 +240,9 @@ def test_contrast_weight_trains(tiny):
 
     with pytest.raises(ConfigError, match="contrast_weight"):
         complete_config({**tiny(), "train": {**tiny()["train"], "contrast_weight": -1}})
+    blind = {**tiny()["train"], "mode": "self_supervised", "contrast_weight": 3}
+    with pytest.raises(ConfigError, match="needs clean targets"):
+        complete_config({**tiny(), "train": blind})
     summary = train(
         tiny(train__contrast_weight=50.0, train__lesion_crops=0.5), progress=False
     )
