@@ -109,8 +109,9 @@ def denoise_volume(
         progress: called as ``progress(fraction, stage)`` with a strictly
             increasing fraction in [0, 1], once per batch and last with 1.0.
         batch_size: slices (2D) or windows (3D) per forward pass; default the
-            bundle's ``input_spec["batch_size"]``, at least
-            :data:`ACCELERATOR_MIN_BATCH` slices on a GPU.
+            bundle's ``input_spec["batch_size"]``; on a GPU, for whole-slice 2D
+            bundles, at least :data:`ACCELERATOR_MIN_BATCH` slices as far as
+            :data:`CHUNK_BYTES` allows.
         precision: "auto" (bf16, or fp16, with autocast on CUDA; on CPU bf16 for
             the network kinds of :data:`inference.devices.CPU_BF16_KINDS` on CPUs
             with native bf16, else fp32), "fp32", "bf16" or "fp16" (CUDA only).
