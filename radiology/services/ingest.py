@@ -81,22 +81,21 @@ def _read_sources(sources, limits, rejections):
     workers = min(_DECODE_THREADS, len(os.sched_getaffinity(0)))
     pending: deque = deque()
 
-    def settle():
-        name, data, future = pending.popleft()
-        try:
-            return future.result(), data
-        except DicomRejected as exc:
-            rejections.append({"name": exc.name, "reason": exc.reason})
-            return None
+    def settle(keep: int):
+        """Yield the decoded files, oldest first, until ``keep`` remain pending."""
+        while len(pending) > keep:
+            data, future = pending.popleft()
+            try:
+                yield future.result(), data
+            except DicomRejected as exc:
+                rejections.append({"name": exc.name, "reason": exc.reason})
 
     with ThreadPoolExecutor(workers, thread_name_prefix="ingest-decode") as pool:
         for path, display_name in sources:
             for member in iter_members(Path(path), display_name, limits):
                 if member.error:
                     # Settle earlier files first: rejections stay in upload order.
-                    while pending:
-                        if (done := settle()) is not None:
-                            yield done
+                    yield from settle(0)
                     rejections.append({"name": member.name, "reason": member.error})
                     continue
                 try:
@@ -104,18 +103,14 @@ def _read_sources(sources, limits, rejections):
                 except DicomRejected as exc:
                     future = Future()
                     future.set_exception(exc)
-                    pending.append((member.name, b"", future))
+                    pending.append((b"", future))
                 else:
                     future = pool.submit(
                         read_instance, data, member.name, limits=limits
                     )
-                    pending.append((member.name, data, future))
-                while len(pending) > 2 * workers:
-                    if (done := settle()) is not None:
-                        yield done
-        while pending:
-            if (done := settle()) is not None:
-                yield done
+                    pending.append((data, future))
+                yield from settle(2 * workers)
+        yield from settle(0)
 
 
 def _drop_mixed_patients(read, rejections):
