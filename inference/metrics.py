@@ -106,8 +106,26 @@ def _robust_sd(laplace: np.ndarray, gradient: np.ndarray) -> float:
     """
     if laplace.size == 0:
         return 0.0
-    kept = laplace[gradient <= np.median(gradient)]
-    return _MAD_TO_SD * float(np.median(kept)) / _KERNEL_NORM
+    kept = laplace[gradient <= _median(gradient)]
+    return _MAD_TO_SD * float(_median(kept)) / _KERNEL_NORM
+
+
+def _median(values: np.ndarray) -> np.floating:
+    """``np.median`` of a 1D float array (the mean of the two middle values for an
+    even count, in its dtype; NaN when any value is NaN) with one selection instead
+    of ``np.median``'s three: the lower middle value is the largest of the lower
+    half once the upper one is in place, which halves the slowest step of the
+    noise estimate."""
+    n = values.size
+    if n == 0 or np.isnan(values).any():
+        return np.median(values)
+    middle = n // 2
+    ordered = np.partition(values, middle)
+    upper = ordered[middle]
+    if n % 2:
+        return upper
+    lower = ordered[:middle].max()
+    return (lower + upper) / values.dtype.type(2)
 
 
 def slice_statistics(

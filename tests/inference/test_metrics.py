@@ -78,3 +78,25 @@ def test_tiny_slices_give_json_safe_metrics() -> None:
     )
     assert metrics["noise_sd_before"] is None
     json.dumps(metrics, allow_nan=False)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 1000, 1001, 130050])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fast_median_equals_numpy_median(size: int, dtype: type) -> None:
+    from inference.metrics import _median
+
+    rng = np.random.default_rng(size)
+    for values in (
+        np.abs(rng.normal(0, 5, size)),
+        rng.integers(0, 4, size).astype(float),  # ties around the middle
+        np.full(size, 7.25),
+    ):
+        values = values.astype(dtype)
+        fast, reference = _median(values), np.median(values)
+        assert fast == reference and fast.dtype == reference.dtype
+
+
+def test_fast_median_is_nan_when_a_value_is_nan() -> None:
+    from inference.metrics import _median
+
+    assert np.isnan(_median(np.array([1.0, np.nan, 2.0, 3.0], dtype=np.float32)))
