@@ -35,6 +35,7 @@ _GREYSCALE = ("MONOCHROME1", "MONOCHROME2")
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _PIXEL_DATA_TAG = 0x7FE00010
 _MAX_REASON_CHARS = 300
+_INT16_MIN, _INT16_MAX = -32768, 32767
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,8 +60,9 @@ class Instance:
         instance_number: Instance Number, or ``None``.
         transfer_syntax_uid: transfer syntax the file was stored with.
         photometric_interpretation: ``MONOCHROME1`` or ``MONOCHROME2``.
-        pixels: read-only float32 array of shape (frames, rows, columns) after
-            the Modality LUT, in original units (HU for CT).
+        pixels: read-only array of shape (frames, rows, columns) after the
+            Modality LUT, in original units (HU for CT): int16 when
+            ``int16_exact``, float32 otherwise.
         positions: per frame, Image Position (Patient) in mm, or ``None``.
         orientations: per frame, Image Orientation (Patient) direction
             cosines (row then column), or ``None``.
@@ -68,7 +70,8 @@ class Instance:
             or ``None``.
         slice_thickness_mm: Slice Thickness in mm, or ``None``.
         int16_exact: every pixel is a whole number within int16 (CT in HU, most
-            MR), so the pixels can be stored as int16 without loss.
+            MR), so the pixels are kept (and stored) as int16 without loss: half
+            the memory of float32 and no conversion on the way to storage.
     """
 
     name: str
@@ -181,6 +184,8 @@ def _read(data: bytes, name: str, limits: Limits) -> Instance:
     pixels = _decode(ds, name, n_frames, data)
     geometry = [_frame_geometry(ds, i, n_frames) for i in range(n_frames)]
     thickness = _slice_thickness(ds)
+    if pixels.dtype != np.int16 and _int16_exact(pixels):
+        pixels = pixels.astype(np.int16)
     pixels.flags.writeable = False
     return Instance(
         name=name,
@@ -191,7 +196,7 @@ def _read(data: bytes, name: str, limits: Limits) -> Instance:
         orientations=tuple(g[1] for g in geometry),
         pixel_spacings_mm=tuple(g[2] for g in geometry),
         slice_thickness_mm=thickness,
-        int16_exact=_int16_exact(pixels),
+        int16_exact=pixels.dtype == np.int16,
         transfer_syntax_uid=str(ds.file_meta.get("TransferSyntaxUID", "")),
         photometric_interpretation=str(ds.PhotometricInterpretation),
         **identity,
@@ -199,7 +204,7 @@ def _read(data: bytes, name: str, limits: Limits) -> Instance:
 
 
 def _int16_exact(pixels: np.ndarray) -> bool:
-    if float(pixels.min()) < -32768 or float(pixels.max()) > 32767:
+    if float(pixels.min()) < _INT16_MIN or float(pixels.max()) > _INT16_MAX:
         return False
     return bool(np.array_equal(pixels.astype(np.int16), pixels))
 
@@ -521,14 +526,52 @@ def _rescale(ds: Dataset, index: int, name: str) -> tuple[float, float] | None:
 
 
 def _apply_modality_lut(ds: Dataset, stored: np.ndarray, name: str) -> np.ndarray:
+    """Stored values to original units: int16 when every result is a whole number
+    within int16 (checked from each frame's extremes, without a float copy),
+    float32 otherwise."""
     rescales = [_rescale(ds, i, name) for i in range(stored.shape[0])]
     if all(r is None for r in rescales) and ds.get("ModalityLUTSequence"):
         return np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
+    whole = _whole_units(stored, rescales)
+    if whole is not None:
+        return whole
     out = stored.astype(np.float32)
     for index, pair in enumerate(rescales):
         if pair is not None and pair != (1.0, 0.0):
             out[index] *= np.float32(pair[0])
             out[index] += np.float32(pair[1])
+    return out
+
+
+def _whole_units(
+    stored: np.ndarray, rescales: list[tuple[float, float] | None]
+) -> np.ndarray | None:
+    """``stored * slope + intercept`` per frame as int16, or ``None`` unless the
+    stored values are integers, every slope and intercept a whole number and every
+    result within int16. A frame's extremes map to the extremes of its result, so
+    two reductions decide it before anything is converted."""
+    if stored.dtype.kind not in "iu":
+        return None
+    pairs = []
+    for index, pair in enumerate(rescales):
+        slope, intercept = pair or (1.0, 0.0)
+        if not (slope.is_integer() and intercept.is_integer()):
+            return None
+        frame = stored[index]
+        low, high = int(frame.min()), int(frame.max())
+        ends = (low * int(slope) + int(intercept), high * int(slope) + int(intercept))
+        if min(ends) < _INT16_MIN or max(ends) > _INT16_MAX:
+            return None
+        pairs.append((int(slope), int(intercept)))
+    # 8- and 16-bit stored values with such a slope and intercept fit int32 on the
+    # way; wider stored values take int64.
+    work = np.int32 if stored.dtype.itemsize <= 2 else np.int64
+    out = np.empty(stored.shape, dtype=np.int16)
+    for index, (slope, intercept) in enumerate(pairs):
+        frame = stored[index]
+        if slope != 1:
+            frame = np.multiply(frame, slope, dtype=work)
+        np.add(frame, intercept, out=out[index], dtype=work, casting="unsafe")
     return out
 
 

@@ -56,8 +56,9 @@ class SeriesVolume:
         description: Series Description, else Study Description.
         study_date: Study Date (``YYYYMMDD``) or ``""``.
         sop_class_uid: SOP Class UID of the first slice.
-        frames: per slice, a read-only float32 (y, x) view of the decoded
-            instance, in original units (HU for CT); slice order is z, which
+        frames: per slice, a read-only (y, x) view of the decoded instance, in
+            original units (HU for CT), int16 or float32 as the instance keeps
+            them (:attr:`Instance.pixels`); slice order is z, which
             increases along the normal (row cosines x column cosines). The slices
             are not stacked: :meth:`iter_stored` streams them to storage without
             a second copy of the series in memory.
@@ -102,7 +103,7 @@ class SeriesVolume:
     def volume(self) -> np.ndarray:
         """The slices stacked into a new read-only float32 (z, y, x) array; this
         copies the whole series, so storage streams :meth:`iter_stored` instead."""
-        volume = np.stack(self.frames)
+        volume = np.stack(self.frames, dtype=np.float32)
         volume.flags.writeable = False
         return volume
 

@@ -72,7 +72,7 @@ def test_every_bundled_file_reads_or_is_rejected(path: str) -> None:
         except DicomRejected as exc:
             assert exc.name == name and exc.reason
             return
-    assert inst.pixels.dtype == np.float32
+    assert inst.pixels.dtype == (np.int16 if inst.int16_exact else np.float32)
     assert inst.pixels.ndim == 3
     assert len(inst.positions) == inst.n_frames
 
@@ -290,7 +290,7 @@ def test_fuzzed_real_files_only_raise_dicom_rejected(
         except DicomRejected as exc:
             assert exc.name == source
             return
-    assert inst.pixels.dtype == np.float32
+    assert inst.pixels.dtype == (np.int16 if inst.int16_exact else np.float32)
 
 
 @pytest.mark.parametrize(
@@ -309,3 +309,39 @@ def test_header_problems_are_named_before_a_truncated_pixel_data(
 
 def test_truncated_pixel_data_is_named_when_the_header_is_fine() -> None:
     assert "pixel data is" in _reason(_bytes("CT_small.dcm")[:-1000])
+
+
+def _ct_with_stored(stored: np.ndarray, slope: str, intercept: str) -> bytes:
+    """CT_small's header over the given 16-bit stored values and rescale."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.Rows, ds.Columns = stored.shape
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1 if stored.dtype == np.int16 else 0
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    ds.PixelData = stored.astype(stored.dtype.newbyteorder("<")).tobytes()
+    out = io.BytesIO()
+    ds.save_as(out)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("stored", "slope", "intercept", "kept_as"),
+    [
+        (np.array([[-2000, 0], [1, 3071]], np.int16), "1", "-1024", np.int16),
+        (np.array([[0, 1], [65534, 65535]], np.uint16), "1", "-32768", np.int16),
+        (np.array([[-3, 0], [7, 16000]], np.int16), "2", "5", np.int16),
+        (np.array([[0, 1], [2, 3]], np.int16), "0.5", "0", np.float32),
+        (np.array([[0, 1], [2, 3]], np.int16), "1", "-1024.5", np.float32),
+        (np.array([[0, 1], [2, 40000]], np.uint16), "1", "0", np.float32),
+        (np.array([[-1, 0], [1, 20000]], np.int16), "2", "0", np.float32),
+    ],
+)
+def test_whole_units_are_kept_as_int16_and_the_rest_as_float32(
+    stored: np.ndarray, slope: str, intercept: str, kept_as: type
+) -> None:
+    inst = read_instance(_ct_with_stored(stored, slope, intercept), "x.dcm")
+    expected = stored.astype(np.float64) * float(slope) + float(intercept)
+    assert inst.pixels.dtype == kept_as
+    assert inst.int16_exact == (kept_as is np.int16)
+    np.testing.assert_array_equal(inst.pixels[0], expected)
