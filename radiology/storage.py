@@ -62,21 +62,25 @@ def npy_chunks(
 
 
 class BatchWriter:
-    """Write many files atomically: all data first, one parallel fsync, then renames.
+    """Write many files atomically: all data first, fsynced, then renames.
 
     Inside ``with BatchWriter() as batch:`` each ``batch.write(name, data)`` goes to a
-    temp file beside its target, written by a small thread pool while the caller
-    goes on (file writes release the GIL). On a clean exit every write is awaited,
-    every temp file fsynced (in parallel: a flush per file is the slow part of
-    ingest) and only then renamed into place, so a stored name always holds
-    complete, durable data. On an exception, a failed write included, the temp
-    files are removed and no name appears.
+    temp file beside its target, written and fsynced by a small thread pool while
+    the caller goes on (file writes and flushes release the GIL, and a flush per
+    file is the slow part of ingest). :meth:`finish` (or a clean exit) awaits every
+    write, fsyncs what is not yet durable and only then renames the temp files into
+    place, so a stored name always holds complete, durable data; names given up
+    with :meth:`discard` are removed instead. On an exception before that, a failed
+    write included, the temp files are removed and no name appears.
     """
 
     def __init__(self) -> None:
         self._pending: list[tuple[str, Path]] = []
         self._writes: list[Future[tuple[str, Path]]] = []
+        self._discarded: set[Path] = set()
+        self._synced: set[str] = set()
         self._pool: ThreadPoolExecutor | None = None
+        self._finished = False
 
     def __enter__(self) -> BatchWriter:
         return self
@@ -90,8 +94,13 @@ class BatchWriter:
         digest = sha256 or hashlib.sha256(data).hexdigest()
         if self._pool is None:
             self._pool = ThreadPoolExecutor(_WRITERS, thread_name_prefix="store")
-        self._writes.append(self._pool.submit(_write_temp, target, [data]))
+        self._writes.append(self._pool.submit(_write_temp, target, [data], sync=True))
         return digest
+
+    def discard(self, name: str) -> None:
+        """Give up a name queued with :meth:`write`: its temp file is removed at
+        :meth:`finish` instead of renamed into place."""
+        self._discarded.add(media_path(name))
 
     def write_chunks(
         self, name: str, chunks: Iterable[bytes | memoryview], *, hashed: bool = True
@@ -115,46 +124,82 @@ class BatchWriter:
         slabs = ordered if ordered.ndim > 1 else [ordered]
         return self.write_chunks(name, npy_chunks(ordered.shape, ordered.dtype, slabs))
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def _await_writes(self) -> BaseException | None:
         failure: BaseException | None = None
         for write in self._writes:
             try:
-                self._pending.append(write.result())
+                tmp, target = write.result()
             except BaseException as error:  # the temp file is gone already
                 failure = failure or error
+            else:
+                self._pending.append((tmp, target))
+                self._synced.add(tmp)
+        self._writes.clear()
         if self._pool is not None:
             self._pool.shutdown()
-        if exc_type is not None or failure is not None:
-            for tmp, _ in self._pending:
-                Path(tmp).unlink(missing_ok=True)
-            if exc_type is None and failure is not None:
-                raise failure
+            self._pool = None
+        return failure
+
+    def _remove_temps(self) -> None:
+        for tmp, _ in self._pending:
+            Path(tmp).unlink(missing_ok=True)
+        self._pending.clear()
+
+    def finish(self) -> None:
+        """Await every write, make the files durable and rename them into place
+        (the discarded ones are removed). Raises the first failed write, leaving
+        nothing behind. Once finished, the batch takes no more files."""
+        if self._finished:
             return
+        self._finished = True
+        failure = self._await_writes()
+        if failure is not None:
+            self._remove_temps()
+            raise failure
+        kept = [(tmp, t) for tmp, t in self._pending if t not in self._discarded]
         try:
             with ThreadPoolExecutor(max_workers=8) as pool:
-                list(pool.map(_fsync_path, (tmp for tmp, _ in self._pending)))
+                unsynced = (tmp for tmp, _ in kept if tmp not in self._synced)
+                list(pool.map(_fsync_path, unsynced))
             for tmp, target in self._pending:
+                if target in self._discarded:
+                    Path(tmp).unlink(missing_ok=True)
+            for tmp, target in kept:
                 os.replace(tmp, target)
         except BaseException:
-            for tmp, _ in self._pending:
-                Path(tmp).unlink(missing_ok=True)
+            self._remove_temps()
             raise
-        for directory in {target.parent for _, target in self._pending}:
+        for directory in {target.parent for _, target in kept}:
             _fsync_path(directory)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.finish()
+            return
+        if not self._finished:
+            self._finished = True
+            self._await_writes()
+            self._remove_temps()
 
 
 #: Threads writing the files of one batch.
 _WRITERS = 4
 
 
-def _write_temp(target: Path, chunks: Iterable[bytes | memoryview]) -> tuple[str, Path]:
-    """Write ``chunks`` to a new temp file beside ``target``; (temp path, target).
-    On any error the temp file is removed and the error raised."""
+def _write_temp(
+    target: Path, chunks: Iterable[bytes | memoryview], *, sync: bool = False
+) -> tuple[str, Path]:
+    """Write ``chunks`` to a new temp file beside ``target`` (and fsync it with
+    ``sync``); (temp path, target). On any error the temp file is removed and the
+    error raised."""
     fd, tmp = _temp_beside(target)
     try:
         with os.fdopen(fd, "wb") as handle:
             for chunk in chunks:
                 handle.write(chunk)
+            if sync:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.chmod(tmp, 0o640)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

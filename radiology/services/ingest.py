@@ -22,6 +22,7 @@ from ..dicomio import (
     iter_members,
     read_instance,
 )
+from ..dicomio import Instance as DecodedInstance
 from ..models import AuditEvent, Instance, Series, Study, Upload
 from ..storage import BatchWriter, generated_name, media_path, npy_chunks
 
@@ -160,55 +161,42 @@ def upload_ingest(
     started = time.perf_counter()
     limits = ingest_limits()
     rejections: list[dict[str, str]] = []
-    read = list(_read_sources(sources, limits, rejections))
-    t_read = time.perf_counter()
-    read = _drop_mixed_patients(read, rejections)
-    raw_by_sop: dict[str, tuple] = {}
-    for inst, data in read:
-        # The first file of a SOPInstanceUID is kept; assemble_series drops identical
-        # copies and rejects later files whose content differs.
-        raw_by_sop.setdefault(inst.sop_instance_uid, (inst, data))
-    group = group if group is not None else default_group(owner)
-    file_count = len(read) + len(rejections)
+    with BatchWriter() as batch:
+        originals = _StagedOriginals(batch)
+        read = []
+        for inst, data in _read_sources(sources, limits, rejections):
+            originals.stage(inst, data)
+            read.append((inst, data))
+        t_read = time.perf_counter()
+        read = _drop_mixed_patients(read, rejections)
+        raw_by_sop: dict[str, tuple] = {}
+        for inst, data in read:
+            # The first file of a SOPInstanceUID is kept; assemble_series drops
+            # identical copies and rejects later files whose content differs.
+            raw_by_sop.setdefault(inst.sop_instance_uid, (inst, data))
+        group = group if group is not None else default_group(owner)
+        file_count = len(read) + len(rejections)
 
-    assembly = assemble_series([inst for inst, _ in read])
-    rejections.extend({"name": n, "reason": r} for n, r in assembly.rejections)
-    t_assemble = time.perf_counter()
+        assembly = assemble_series([inst for inst, _ in read])
+        rejections.extend({"name": n, "reason": r} for n, r in assembly.rejections)
+        t_assemble = time.perf_counter()
 
-    with transaction.atomic():
-        upload = Upload.objects.create(owner=owner, file_count=file_count)
-        stored_series = []
-        # Files become durable and visible (renamed) before the rows naming them commit.
-        with BatchWriter() as batch:
+        with transaction.atomic():
+            upload = Upload.objects.create(owner=owner, file_count=file_count)
+            stored_series = []
             for volume in assembly.series:
                 series = _store_series(
-                    volume, raw_by_sop, owner, group, limits, rejections, batch
+                    volume, raw_by_sop, owner, group, limits, rejections, originals
                 )
                 if series is not None:
                     stored_series.append(series)
             t_write = time.perf_counter()
-        t_sync = time.perf_counter()
-        upload.accepted_count = upload.file_count - len(rejections)
-        upload.rejections = rejections
-        upload.save()
-        upload.series.set(stored_series)
-        audit_record(
-            action=AuditEvent.Action.UPLOAD,
-            actor=owner,
-            target=upload,
-            extra_data={
-                "files": upload.file_count,
-                "series": [s.pk for s in stored_series],
-                "rejected": len(rejections),
-            },
-        )
-        for rejection in rejections:
-            audit_record(
-                action=AuditEvent.Action.REJECTION,
-                actor=owner,
-                target=upload,
-                extra_data=rejection,
-            )
+            # Files become durable and visible (renamed) before the rows naming
+            # them commit; staged files no row names are removed.
+            originals.drop_unused()
+            batch.finish()
+            t_sync = time.perf_counter()
+            _record_upload(upload, stored_series, rejections, owner)
     finished = time.perf_counter()
     timings = {
         "read": t_read - started,
@@ -234,8 +222,71 @@ def upload_ingest(
     )
 
 
+def _record_upload(upload: Upload, stored_series, rejections, owner) -> None:
+    upload.accepted_count = upload.file_count - len(rejections)
+    upload.rejections = rejections
+    upload.save()
+    upload.series.set(stored_series)
+    audit_record(
+        action=AuditEvent.Action.UPLOAD,
+        actor=owner,
+        target=upload,
+        extra_data={
+            "files": upload.file_count,
+            "series": [s.pk for s in stored_series],
+            "rejected": len(rejections),
+        },
+    )
+    for rejection in rejections:
+        audit_record(
+            action=AuditEvent.Action.REJECTION,
+            actor=owner,
+            target=upload,
+            extra_data=rejection,
+        )
+
+
+class _StagedOriginals:
+    """Uploaded files written while later ones are still being decoded.
+
+    The first file of each SOPInstanceUID goes to the batch as soon as it is
+    decoded, under the name it will have if it is stored: the disk and the flushes
+    then overlap the decoding (which holds the GIL) instead of following it. A
+    staged file no row ends up naming (a duplicate, a rejected file, an instance
+    already stored) is discarded before the batch finishes.
+    """
+
+    def __init__(self, batch: BatchWriter) -> None:
+        self.batch = batch
+        self._staged: dict[str, tuple[DecodedInstance, str]] = {}
+        self._used: set[str] = set()
+
+    def stage(self, inst: DecodedInstance, data: bytes) -> None:
+        if inst.sop_instance_uid in self._staged:
+            return
+        name = generated_name("originals", ".dcm")
+        self.batch.write(name, data, sha256=inst.sha256)
+        self._staged[inst.sop_instance_uid] = (inst, name)
+
+    def name_for(self, inst: DecodedInstance, data: bytes) -> str:
+        """The stored name of ``inst``'s file: its staged one, else written now."""
+        staged = self._staged.get(inst.sop_instance_uid)
+        if staged is not None and staged[0] is inst:
+            name = staged[1]
+        else:
+            name = generated_name("originals", ".dcm")
+            self.batch.write(name, data, sha256=inst.sha256)
+        self._used.add(name)
+        return name
+
+    def drop_unused(self) -> None:
+        for _, name in self._staged.values():
+            if name not in self._used:
+                self.batch.discard(name)
+
+
 def _store_series(
-    volume, raw_by_sop, owner, group, limits, rejections, batch: BatchWriter
+    volume, raw_by_sop, owner, group, limits, rejections, originals: _StagedOriginals
 ) -> Series | None:
     first = raw_by_sop[volume.slices[0].sop_instance_uid][0]
     study, _ = Study.objects.get_or_create(
@@ -277,7 +328,7 @@ def _store_series(
     # Slice by slice from the decoded instances: the series is never stacked in
     # memory, so ingest needs no more than the decoded files themselves.
     dtype = volume.storage_dtype()
-    volume_sha256 = batch.write_chunks(
+    volume_sha256 = originals.batch.write_chunks(
         volume_name, npy_chunks(volume.shape, dtype, volume.iter_stored(dtype))
     )
     fields = {
@@ -319,8 +370,7 @@ def _store_series(
             )
             continue
         inst, data = raw_by_sop[sop]
-        name = generated_name("originals", ".dcm")
-        batch.write(name, data, sha256=inst.sha256)
+        name = originals.name_for(inst, data)
         new_instances.append(
             Instance(
                 series=series,

@@ -69,6 +69,32 @@ def test_reupload_is_idempotent(alice, ct_folder):
     assert Instance.objects.count() == 6 and Series.objects.count() == 1
 
 
+def _stored_originals() -> list[str]:
+    root = media_path("originals/x").parent
+    return sorted(p.name for p in root.rglob("*") if p.is_file())
+
+
+def test_files_no_row_names_leave_nothing_on_disk(alice, ct_folder, tmp_path):
+    """Originals are written while the upload is still being decoded; copies,
+    rejected files and instances already stored must not stay behind."""
+    upload_ingest(sources=[(ct_folder, "ct")], owner=alice)
+    stored = _stored_originals()
+    assert len(stored) == 6 and not any(n.endswith(".partial") for n in stored)
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    for path in sorted(ct_folder.iterdir()):
+        (copies / f"a-{path.name}").write_bytes(path.read_bytes())
+        (copies / f"b-{path.name}").write_bytes(path.read_bytes())
+    other = tmp_path / "other"
+    write_series(other, phantom_volume((2, 64, 64), seed=9), patient_id="P2")
+    report = upload_ingest(sources=[(copies, "copies"), (other, "o")], owner=alice)
+    assert len(report.rejections) == 2  # the minority patient
+    assert _stored_originals() == stored
+    assert sorted(
+        os.path.basename(f) for f in Instance.objects.values_list("file", flat=True)
+    ) == stored
+
+
 def test_missing_slices_uploaded_later_rebuild_the_volume(alice, ct_folder, tmp_path):
     files = sorted(ct_folder.iterdir())
     part = tmp_path / "part"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 import time
 
 import numpy as np
@@ -142,10 +143,10 @@ def test_streamed_slabs_are_converted_to_the_file_dtype():
 def test_a_failed_queued_write_fails_the_whole_batch(monkeypatch):
     real_write = storage._write_temp
 
-    def flaky(target, chunks):
+    def flaky(target, chunks, **options):
         if target.name == "bad.bin":
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(target, chunks)
+        return real_write(target, chunks, **options)
 
     monkeypatch.setattr(storage, "_write_temp", flaky)
     with pytest.raises(OSError) as info, storage.BatchWriter() as batch:
@@ -153,3 +154,41 @@ def test_a_failed_queued_write_fails_the_whole_batch(monkeypatch):
         batch.write("g/bad.bin", b"no")
     assert info.value.errno == errno.ENOSPC
     assert list(storage.media_path("g/good.bin").parent.iterdir()) == []
+
+
+def test_discarded_names_never_appear_and_the_rest_do():
+    with storage.BatchWriter() as batch:
+        batch.write("d/kept.bin", b"kept")
+        batch.write("d/dropped.bin", b"dropped")
+        batch.discard("d/dropped.bin")
+    folder = storage.media_path("d/kept.bin").parent
+    assert sorted(p.name for p in folder.iterdir()) == ["kept.bin"]
+    assert storage.media_path("d/kept.bin").read_bytes() == b"kept"
+
+
+def test_finish_inside_the_block_makes_files_visible_before_it_ends():
+    with storage.BatchWriter() as batch:
+        batch.write("f/a.bin", b"a")
+        batch.write_chunks("f/b.bin", [b"b", b"c"])
+        assert not storage.media_path("f/a.bin").exists()
+        batch.finish()
+        assert storage.media_path("f/a.bin").read_bytes() == b"a"
+        assert storage.media_path("f/b.bin").read_bytes() == b"bc"
+    folder = storage.media_path("f/a.bin").parent
+    assert sorted(p.name for p in folder.iterdir()) == ["a.bin", "b.bin"]
+
+
+def test_queued_writes_are_fsynced_on_the_writer_threads(monkeypatch):
+    synced_on = []
+    real_fsync = os.fsync
+
+    def recording(fd):
+        synced_on.append(threading.current_thread().name)
+        return real_fsync(fd)
+
+    monkeypatch.setattr(storage.os, "fsync", recording)
+    with storage.BatchWriter() as batch:
+        batch.write("s/one.bin", b"1")
+        batch.write("s/two.bin", b"2")
+    writer_syncs = [name for name in synced_on if name.startswith("store")]
+    assert len(writer_syncs) == 2
