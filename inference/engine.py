@@ -92,6 +92,7 @@ def denoise_volume(
     modality: str | None = None,
     reconstruction_out: np.ndarray | None = None,
     residual_out: np.ndarray | None = None,
+    on_slices_done: Callable[[int, int], None] | None = None,
 ) -> DenoiseResult:
     """Denoise a CT/MR series and measure what was removed.
 
@@ -119,6 +120,10 @@ def denoise_volume(
         reconstruction_out: float32 array of ``volume``'s shape (e.g. a writable
             ``np.memmap``) that receives the reconstruction; default a new array.
         residual_out: the same for the residual.
+        on_slices_done: called as ``on_slices_done(start, stop)`` once slices
+            ``[start, stop)`` of both outputs are final (a 2D ``volume`` is slice
+            0), in order and from a helper thread, before a memory-mapped output
+            lets their pages go: e.g. to hash the outputs while they are in memory.
 
     Returns:
         A :class:`DenoiseResult`; its ``reconstruction`` and ``residual`` are the
@@ -171,6 +176,7 @@ def denoise_volume(
             device,
             batch,
             report,
+            on_slices_done,
         )
     else:
         pass_ = _run_whole(
@@ -182,6 +188,8 @@ def denoise_volume(
             ),
             report,
         )
+        if on_slices_done is not None:
+            on_slices_done(0, stack.shape[0])
     t_post_start = time.perf_counter()
     per_slice = pass_.per_slice
     metrics = summarise(per_slice)
@@ -395,6 +403,7 @@ def _run_slices(
     device: torch.device,
     batch: int,
     report: Callable[[int, int], None],
+    on_slices_done: Callable[[int, int], None] | None = None,
 ) -> _Pass:
     """One pass over a 2D series, a chunk at a time.
 
@@ -402,9 +411,10 @@ def _run_slices(
     on a GPU the chunk stays there from input to metrics and only the
     reconstruction and residual come back. Two helper threads keep the disk and
     the hashes off the critical path: one hashes the input, the other hashes the
-    output, writes finished chunks of memory-mapped outputs back to their files
-    and releases their pages. At most :data:`_CHUNKS_IN_FLIGHT` chunks wait for
-    them, so memory stays bounded when the disk is slower than the device.
+    output, calls ``on_slices_done`` for finished chunks, writes those of
+    memory-mapped outputs back to their files and releases their pages. At most
+    :data:`_CHUNKS_IN_FLIGHT` chunks wait for them, so memory stays bounded when
+    the disk is slower than the device.
     """
     depth = stack.shape[0]
     chunk = _chunk_slices(stack.shape[1:], batch)
@@ -451,7 +461,11 @@ def _run_slices(
                 np.subtract(x, out, out=res)
                 parts.append(slice_statistics(x, out, res))
             written = write_out.submit(
-                _finish_chunk, sha_out, out, (stack[start:stop], res)
+                _finish_chunk,
+                sha_out,
+                out,
+                (stack[start:stop], res),
+                None if on_slices_done is None else (on_slices_done, start, stop),
             )
             in_flight.append((hashed, written))
             t_post = time.perf_counter()
@@ -480,9 +494,15 @@ def _copy_to_host(tensor: torch.Tensor, array: np.ndarray) -> None:
 
 
 def _finish_chunk(
-    digest: Any, output: np.ndarray, others: tuple[np.ndarray, ...]
+    digest: Any,
+    output: np.ndarray,
+    others: tuple[np.ndarray, ...],
+    done: tuple[Callable[[int, int], None], int, int] | None,
 ) -> None:
     digest.update(_bytes_of(output))
+    if done is not None:
+        callback, start, stop = done
+        callback(start, stop)
     _release_pages(output, *others)
 
 

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from django.conf import settings
@@ -236,12 +237,16 @@ class ArrayFile:
     ``name`` until :meth:`commit`, which flushes, fsyncs, hashes (:meth:`prepare`)
     and links it into place (:meth:`link`). When ``name`` already exists (an earlier
     attempt got that far) the temp file is dropped and the stored one kept: outputs
-    are never overwritten.
+    are never overwritten. A writer that fills the array slice by slice along its
+    first axis can hand each finished run of slices to :meth:`hash_slices` while
+    it is still in memory, so that :meth:`prepare` need not read the file back.
     """
 
     def __init__(self, name: str, shape: tuple[int, ...], dtype=np.float32) -> None:
         self.name = name
         self._sha256: str | None = None
+        self._digest: Any = None
+        self._hashed_to = 0
         target = media_path(name)
         fd, tmp = _temp_beside(target)
         os.close(fd)
@@ -257,9 +262,23 @@ class ArrayFile:
                 os.posix_fallocate(fd, 0, os.path.getsize(self._tmp))
             finally:
                 os.close(fd)
+            with open(self._tmp, "rb") as handle:
+                self._digest = hashlib.sha256(handle.read(self.array.offset))
         except BaseException:
             self.discard()
             raise
+
+    def hash_slices(self, start: int, stop: int) -> None:
+        """Hash slices ``[start, stop)`` (along the first axis; a 1D or 2D array is
+        one slice) now, while they are in memory. They must be final, and runs
+        must come in order from slice 0; any other call gives up, and
+        :meth:`prepare` hashes the whole file from disk instead."""
+        stack = self.array if self.array.ndim >= 3 else self.array[None]
+        if self._digest is None or start != self._hashed_to or stop <= start:
+            self._digest = None
+            return
+        self._digest.update(np.ascontiguousarray(stack[start:stop]).data.cast("B"))
+        self._hashed_to = stop
 
     def commit(self) -> str:
         """Make the file durable and visible under ``name``; returns its SHA-256."""
@@ -270,10 +289,15 @@ class ArrayFile:
         """Flush, fsync and hash the temp file (slow; safe to run beside another
         file's); nothing shows under ``name`` yet. Returns the SHA-256."""
         if self._sha256 is None:
+            depth = self.array.shape[0] if self.array.ndim >= 3 else 1
+            hashed = self._digest is not None and self._hashed_to == depth
             self.array.flush()
             del self.array
             _fsync_path(self._tmp)
-            self._sha256 = _sha256_path(self._tmp)
+            if hashed:
+                self._sha256 = self._digest.hexdigest()
+            else:
+                self._sha256 = _sha256_path(self._tmp)
         return self._sha256
 
     def link(self) -> str:

@@ -383,12 +383,16 @@ def _run_claimed(job: DenoiseJob, token: str) -> DenoiseJob:
             modality=job.series.modality,
             reconstruction_out=outputs[0].array,
             residual_out=outputs[1].array,
+            # Both files are hashed chunk by chunk as the engine finishes them.
+            on_slices_done=lambda start, stop: [
+                output.hash_slices(start, stop) for output in outputs
+            ],
         )
         timings["denoise"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        # Both files are flushed, fsynced and hashed at once (each step waits on
-        # the disk or runs in hashlib without the GIL); only when both are ready
-        # do their names appear, so a failure never leaves one output behind.
+        # Both files are flushed and fsynced at once (each waits on the disk);
+        # only when both are ready do their names appear, so a failure never
+        # leaves one output behind.
         with ThreadPoolExecutor(max_workers=len(outputs)) as pool:
             list(pool.map(ArrayFile.prepare, outputs))
         recon_sha, residual_sha = (output.link() for output in outputs)

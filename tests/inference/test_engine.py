@@ -280,3 +280,60 @@ def test_warm_up_runs_a_batch_and_skips_volumetric_models(
         input_spec=dict(CT_SPEC, spatial_dims=3, roi_size=[8, 16, 16]),
     )
     assert inference_warm_up(volumetric) == 0.0
+
+
+def test_finished_slices_are_reported_in_order_with_their_final_values(
+    identity_model: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import inference.engine as engine
+
+    monkeypatch.setattr(engine, "CHUNK_SLICES", 2)  # several chunks
+    volume = phantom((5, 24, 20), seed=3)
+    recon = np.full(volume.shape, np.nan, dtype=np.float32)
+    residual = np.full(volume.shape, np.nan, dtype=np.float32)
+    seen: list[tuple[int, int, np.ndarray, np.ndarray]] = []
+    denoise_volume(
+        volume,
+        identity_model,
+        spacing=SPACING_3D,
+        batch_size=1,
+        reconstruction_out=recon,
+        residual_out=residual,
+        on_slices_done=lambda a, b: seen.append(
+            (a, b, recon[a:b].copy(), residual[a:b].copy())
+        ),
+    )
+    assert [(a, b) for a, b, _, _ in seen] == [(0, 2), (2, 4), (4, 5)]
+    for a, b, r, d in seen:
+        np.testing.assert_array_equal(r, recon[a:b])
+        np.testing.assert_array_equal(d, residual[a:b])
+
+
+def test_a_single_slice_and_a_volumetric_pass_report_every_slice(
+    identity_model: LoadedModel, make_bundle: BundleFactory, models_root: Path
+) -> None:
+    seen: list[tuple[int, int]] = []
+    image = phantom((1, 24, 20), seed=4)[0]
+    denoise_volume(
+        image,
+        identity_model,
+        spacing=(0.7, 0.7),
+        on_slices_done=lambda a, b: seen.append((a, b)),
+    )
+    assert seen == [(0, 1)]
+    network_def = {
+        "kind": "redcnn",
+        "args": {"spatial_dims": 3, "features": 2, "depth": 2, "kernel_size": 3},
+    }
+    spec = dict(CT_SPEC, spatial_dims=3, roi_size=[8, 16, 16], batch_size=2)
+    model = load_variant(
+        make_bundle, models_root, network_def=network_def, input_spec=spec
+    )
+    seen.clear()
+    denoise_volume(
+        phantom((10, 24, 20), seed=6),
+        model,
+        spacing=SPACING_3D,
+        on_slices_done=lambda a, b: seen.append((a, b)),
+    )
+    assert seen == [(0, 10)]

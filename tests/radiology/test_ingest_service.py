@@ -90,9 +90,12 @@ def test_files_no_row_names_leave_nothing_on_disk(alice, ct_folder, tmp_path):
     report = upload_ingest(sources=[(copies, "copies"), (other, "o")], owner=alice)
     assert len(report.rejections) == 2  # the minority patient
     assert _stored_originals() == stored
-    assert sorted(
-        os.path.basename(f) for f in Instance.objects.values_list("file", flat=True)
-    ) == stored
+    assert (
+        sorted(
+            os.path.basename(f) for f in Instance.objects.values_list("file", flat=True)
+        )
+        == stored
+    )
 
 
 def test_missing_slices_uploaded_later_rebuild_the_volume(alice, ct_folder, tmp_path):

@@ -26,7 +26,7 @@ from radiology.services.jobs import (
     warm_worker,
     worker_model,
 )
-from radiology.storage import ArrayFile, load_array, media_path
+from radiology.storage import ArrayFile, file_sha256, load_array, media_path
 from tests.conftest import install_tiny_models
 
 pytestmark = pytest.mark.django_db
@@ -103,6 +103,9 @@ def test_run_stores_outputs_and_provenance(alice, series, models_root):
     assert "flagged_slices" in done.metrics
     assert set(done.timings_s) >= {"load_model", "denoise", "write_outputs", "total"}
     assert not list(media_path(done.reconstruction_file).parent.glob("*.partial"))
+    # Hashed chunk by chunk during the run: the hashes must be those of the files.
+    assert file_sha256(done.reconstruction_file) == done.reconstruction_sha256
+    assert file_sha256(done.residual_file) == done.residual_sha256
     assert audit_verify().ok
 
 

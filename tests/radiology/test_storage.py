@@ -192,3 +192,35 @@ def test_queued_writes_are_fsynced_on_the_writer_threads(monkeypatch):
         batch.write("s/two.bin", b"2")
     writer_syncs = [name for name in synced_on if name.startswith("store")]
     assert len(writer_syncs) == 2
+
+
+@pytest.mark.parametrize(
+    ("shape", "runs", "hashed_in_memory"),
+    [
+        ((5, 4, 3), [(0, 2), (2, 5)], True),
+        ((4, 3), [(0, 1)], True),  # a 2D array is one slice
+        ((5, 4, 3), [(0, 2)], False),  # not every slice: read back from disk
+        ((5, 4, 3), [(2, 5), (0, 2)], False),  # out of order
+        ((5, 4, 3), [(0, 2), (0, 2), (2, 5)], False),  # twice
+    ],
+)
+def test_array_file_hashed_slice_by_slice_matches_the_file(
+    monkeypatch, shape, runs, hashed_in_memory
+):
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=shape).astype(np.float32)
+    output = storage.ArrayFile("k/out.npy", shape)
+    stack = output.array if len(shape) == 3 else output.array[None]
+    expected = values if len(shape) == 3 else values[None]
+    read_back = []
+    real = storage._sha256_path
+    monkeypatch.setattr(
+        storage, "_sha256_path", lambda path: read_back.append(path) or real(path)
+    )
+    for start, stop in runs:
+        stack[start:stop] = expected[start:stop]
+        output.hash_slices(start, stop)
+    stack[:] = expected
+    sha = output.commit()
+    assert sha == real(storage.media_path("k/out.npy"))
+    assert (not read_back) == hashed_in_memory
