@@ -89,7 +89,7 @@ def _noise_sd_chunk(chunk: np.ndarray) -> np.ndarray:
     if chunk.shape[1] < 3 or chunk.shape[2] < 3:
         return out
     laplace = np.abs(_laplacian(chunk))
-    gradient = _sobel_magnitude(chunk)
+    gradient = _sobel_energy(chunk)
     valid = _not_flat(chunk)
     for i in range(chunk.shape[0]):
         out[i] = _robust_sd(laplace[i][valid[i]], gradient[i][valid[i]])
@@ -102,7 +102,8 @@ def _robust_sd(laplace: np.ndarray, gradient: np.ndarray) -> float:
     For white noise the Sobel gradient (antisymmetric kernels) and the Laplacian
     (symmetric kernel) are uncorrelated Gaussians, hence independent, so keeping
     only the pixels whose gradient is below the median does not bias the estimate,
-    while it drops nearly every pixel on an edge.
+    while it drops nearly every pixel on an edge. ``gradient`` may be the squared
+    magnitude: the pixels at or below the median are the same.
     """
     if laplace.size == 0:
         return 0.0
@@ -307,7 +308,7 @@ def _noise_sd_tensor(chunk: torch.Tensor) -> torch.Tensor:
     if h < 3 or w < 3:
         return torch.full((n,), float("nan"), dtype=torch.float64, device=chunk.device)
     laplace = _laplacian(chunk).abs().reshape(n, -1)
-    gradient = torch.hypot(*_sobel(chunk)).reshape(n, -1)
+    gradient = _sobel_energy(chunk).reshape(n, -1)
     valid = _not_flat_tensor(chunk).reshape(n, -1)
     gradient_median = _masked_median(gradient, valid)
     kept = valid & (gradient <= gradient_median[:, None])
@@ -421,8 +422,7 @@ def _structure_scores(
         centred * centred, size=(1, LOCAL_WINDOW, LOCAL_WINDOW), mode="reflect"
     )
     local_sd = np.sqrt(np.maximum(energy, 0))
-    grad_y, grad_x = np.gradient(recon, axis=(1, 2))
-    gradient = np.hypot(grad_y, grad_x)
+    gradient = _gradient_magnitude(recon)
     edges = _masked_pearson(local_sd, gradient, mask)
     return np.maximum(direct, edges)
 
@@ -454,8 +454,41 @@ def _laplacian(chunk: Any) -> Any:
     return d[:, :-2] - 2 * d[:, 1:-1] + d[:, 2:]
 
 
-def _sobel_magnitude(chunk: np.ndarray) -> np.ndarray:
-    return np.hypot(*_sobel(chunk))
+def _sobel_energy(chunk: Any) -> Any:
+    """Squared Sobel gradient magnitude of the interior (NumPy or tensor): it orders
+    pixels as the magnitude does, without a square root."""
+    grad_x, grad_y = _sobel(chunk)
+    energy = grad_x * grad_x
+    energy += grad_y * grad_y
+    return energy
+
+
+def _gradient_magnitude(chunk: np.ndarray) -> np.ndarray:
+    """``np.hypot(*np.gradient(chunk, axis=(1, 2)))`` of a (z, y, x) float32 stack
+    with at least 2 x 2 pixels, a few times faster: the differences by slicing, the
+    magnitude as the root of the sum of squares (within float32 rounding)."""
+    grad_y, grad_x = (_central_difference(chunk, axis) for axis in (1, 2))
+    grad_y *= grad_y
+    grad_y += grad_x * grad_x
+    return np.sqrt(grad_y, out=grad_y)
+
+
+def _central_difference(a: np.ndarray, axis: int) -> np.ndarray:
+    """``np.gradient`` along ``axis`` at unit spacing: central differences inside,
+    one-sided ones at the two ends."""
+
+    def at(part: slice) -> tuple[slice, ...]:
+        return (slice(None),) * axis + (part,)
+
+    out = np.empty_like(a)
+    inner = out[at(slice(1, -1))]
+    np.subtract(a[at(slice(2, None))], a[at(slice(None, -2))], out=inner)
+    inner *= a.dtype.type(0.5)
+    np.subtract(a[at(slice(1, 2))], a[at(slice(0, 1))], out=out[at(slice(0, 1))])
+    np.subtract(
+        a[at(slice(-1, None))], a[at(slice(-2, -1))], out=out[at(slice(-1, None))]
+    )
+    return out
 
 
 def _sobel(chunk: Any) -> tuple[Any, Any]:
