@@ -256,11 +256,13 @@ def _child_model(params: dict[str, Any]) -> dict[str, Any]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from inference import load_model
+    from inference.allocator import keep_freed_blocks
     from inference.devices import autocast
 
     variant, device_name = params["variant"], params["device"]
     precision, threads, how, batch = _variants(device_name)[variant]
     torch.set_num_threads(threads)
+    keep_freed_blocks()  # as in every denoising pass (inference.denoise_volume)
     device = torch.device(device_name)
     model = load_model(device=device)
     network = model.network.eval()

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from inference.allocator import reusing_freed_blocks
 from inference.devices import resolve_precision
 from inference.metrics import slice_statistics, slice_statistics_tensor, summarise
 from inference.ood import check_ood, ood_statistics
@@ -81,6 +82,7 @@ class DenoiseResult:
     timings_s: dict[str, float] = field(default_factory=dict)
 
 
+@reusing_freed_blocks
 def denoise_volume(
     volume: np.ndarray,
     model: LoadedModel,
@@ -271,6 +273,7 @@ def denoise_volume(
     )
 
 
+@reusing_freed_blocks
 def warm_up(
     model: LoadedModel,
     *,
