@@ -7,11 +7,14 @@ and so is each chunk converted to float32), so every batch faults in and zeroes
 tens of thousands of fresh pages: on a 2-core CPU that was about 40% of the
 network's time (17 -> 10.6 ms per slice for the default CT model, 47,000 -> 0
 page faults per batch; ``python -m bench speed``). :func:`keep_freed_blocks` raises
-the mmap and trim thresholds so freed blocks stay in the heap and are reused;
-:func:`release_freed_blocks` hands the free memory back to the system when a pass
-is over, so an idle worker does not keep its peak.
+the mmap threshold so such blocks come from the heap, and the trim threshold so up
+to :data:`TRIM_THRESHOLD_BYTES` of freed memory stays there for reuse, with at most
+one heap per CPU; :func:`release_freed_blocks` hands the free memory back to the
+system when a pass is over, so an idle worker does not keep its peak. What a pass
+holds therefore stays bounded by its working set plus that margin, whatever the
+depth of the series (the memory-mapped runs of the speed benchmark).
 
-Both are no-ops where the C library is not glibc.
+All of it is a no-op where the C library is not glibc.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import os
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
 __all__ = [
     "MMAP_THRESHOLD_BYTES",
+    "TRIM_THRESHOLD_BYTES",
     "keep_freed_blocks",
     "release_freed_blocks",
     "reusing_freed_blocks",
@@ -33,13 +38,17 @@ logger = logging.getLogger(__name__)
 
 #: Blocks up to this size come from the heap (larger ones are still mapped alone).
 MMAP_THRESHOLD_BYTES = 1 << 30
+#: Free memory at the top of a heap beyond this goes back to the system at once:
+#: more than a batch of the default model needs (a 512 x 512 or 1024 x 1024 batch
+#: then faults in nothing), little enough to bound what an idle heap keeps.
+TRIM_THRESHOLD_BYTES = 256 << 20
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-_INT_MAX = 2**31 - 1
+_M_ARENA_MAX = -8
 
 
 @functools.cache
@@ -68,7 +77,12 @@ def keep_freed_blocks() -> bool:
     threshold = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) or libc.mallopt(
         _M_MMAP_THRESHOLD, 32 << 20
     )
-    applied = bool(threshold) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _INT_MAX))
+    # One heap per CPU at most, each keeping what it held: threads beyond that
+    # share heaps instead of each growing one more (glibc allows 8 per CPU).
+    libc.mallopt(_M_ARENA_MAX, max(2, len(os.sched_getaffinity(0))))
+    applied = bool(threshold) and bool(
+        libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+    )
     if not applied:
         logger.warning("mallopt refused the inference memory settings")
     return applied

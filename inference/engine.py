@@ -52,6 +52,10 @@ _CHUNKS_IN_FLIGHT = 2
 #: size: bundles set theirs for a CPU, where larger batches gain nothing, while a
 #: GPU spends most of a small batch launching kernels.
 ACCELERATOR_MIN_BATCH = 32
+#: On a CPU, whole-slice batches hold at most this many pixels (8 slices of
+#: 512 x 512): larger slices go in smaller batches, so the memory a batch needs is
+#: the same whatever the slice size.
+CPU_BATCH_PIXELS = 8 * 512 * 512
 #: Above this many float32 bytes a percentile normalisation is taken over evenly
 #: spaced slices instead of the whole series, so it never loads a huge memmap.
 _EXACT_PERCENTILE_BYTES = 1 << 30
@@ -112,9 +116,10 @@ def denoise_volume(
         progress: called as ``progress(fraction, stage)`` with a strictly
             increasing fraction in [0, 1], once per batch and last with 1.0.
         batch_size: slices (2D) or windows (3D) per forward pass; default the
-            bundle's ``input_spec["batch_size"]``; on a GPU, for whole-slice 2D
-            bundles, at least :data:`ACCELERATOR_MIN_BATCH` slices as far as
-            :data:`CHUNK_BYTES` allows.
+            bundle's ``input_spec["batch_size"]``; for whole-slice 2D bundles, on
+            a GPU at least :data:`ACCELERATOR_MIN_BATCH` slices as far as
+            :data:`CHUNK_BYTES` allows, on a CPU at most :data:`CPU_BATCH_PIXELS`
+            pixels.
         precision: "auto" (bf16, or fp16, with autocast on CUDA; on CPU bf16 for
             the network kinds of :data:`inference.devices.CPU_BF16_KINDS` on CPUs
             with native bf16, else fp32), "fp32", "bf16" or "fp16" (CUDA only).
@@ -598,7 +603,8 @@ def _check_batch_size(
 ) -> int:
     """The batch to run: ``batch_size``, else the bundle's; on an accelerator at
     least :data:`ACCELERATOR_MIN_BATCH` whole slices, as far as
-    :data:`CHUNK_BYTES` allows (windowed and 3D bundles keep their own)."""
+    :data:`CHUNK_BYTES` allows, on a CPU at most :data:`CPU_BATCH_PIXELS` pixels
+    (windowed and 3D bundles keep their own)."""
     spec = model.input_spec
     if batch_size is None:
         batch = int(spec.get("batch_size", 1))
@@ -610,6 +616,11 @@ def _check_batch_size(
         ):
             fits = CHUNK_BYTES // max(4 * math.prod(int(v) for v in slice_shape), 1)
             batch = max(batch, min(ACCELERATOR_MIN_BATCH, fits))
+        elif int(spec["spatial_dims"]) == 2 and not windowed:
+            # The host keeps a batch's activations for the next one (see
+            # inference.allocator): bound them by pixels, not slices.
+            pixels = max(math.prod(int(v) for v in slice_shape), 1)
+            batch = max(1, min(batch, CPU_BATCH_PIXELS // pixels))
         return batch
     if (
         isinstance(batch_size, bool)

@@ -10,6 +10,7 @@ import pytest
 
 from inference import allocator
 from inference.allocator import (
+    TRIM_THRESHOLD_BYTES,
     keep_freed_blocks,
     release_freed_blocks,
     reusing_freed_blocks,
@@ -46,7 +47,7 @@ def test_a_freed_block_is_reused_without_new_page_faults() -> None:
 
 def test_release_gives_the_free_memory_back() -> None:
     keep_freed_blocks()
-    blocks = [np.ones(BLOCK // 4, dtype=np.float32) for _ in range(4)]
+    blocks = [np.ones(BLOCK // 4, dtype=np.float32) for _ in range(3)]  # < trim
     held = _resident_mb()
     del blocks
     kept = _resident_mb()
@@ -54,6 +55,16 @@ def test_release_gives_the_free_memory_back() -> None:
     released = _resident_mb()
     assert kept > held - 32  # freed, but kept for reuse
     assert released < kept - 128
+
+
+def test_free_memory_beyond_the_trim_threshold_goes_back_at_once() -> None:
+    keep_freed_blocks()
+    release_freed_blocks()
+    count = TRIM_THRESHOLD_BYTES // BLOCK + 2
+    blocks = [np.ones(BLOCK // 4, dtype=np.float32) for _ in range(count)]
+    held = _resident_mb()
+    del blocks
+    assert _resident_mb() < held - 64
 
 
 def test_a_decorated_pass_releases_even_when_it_raises() -> None:

@@ -117,7 +117,8 @@ def test_accelerators_default_to_larger_batches_within_the_chunk_bytes(
     unet: LoadedModel, monkeypatch: pytest.MonkeyPatch, side: int, expected: int
 ) -> None:
     spec_batch = unet.input_spec["batch_size"]
-    assert engine._check_batch_size(None, unet, (side, side)) == spec_batch
+    on_cpu = max(1, min(spec_batch, engine.CPU_BATCH_PIXELS // side**2))
+    assert engine._check_batch_size(None, unet, (side, side)) == on_cpu
     monkeypatch.setattr(engine, "stays_on_device", lambda device: True)
     assert engine._check_batch_size(None, unet, (side, side)) == max(
         expected, spec_batch
