@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from bench import speed
 
 
@@ -18,11 +20,20 @@ def test_memmap_child_denoises_into_memmaps_and_measures_memory(
     assert {"anon_growth_mb", "rss_growth_mb", "precision"} <= row.keys()
 
 
-def _report(parts: list[str], device: str = "cpu") -> dict:
-    memmap = [
-        {"float32_volume_mb": mb, "anon_growth_mb": grow, "rss_growth_mb": grow}
-        for mb, grow in ((256.0, 300.0), (512.0, 310.0))
+def _memmap_rows(growths: tuple[float, ...]) -> list[dict]:
+    return [
+        {
+            "shape": [depth, 1024, 1024],
+            "float32_volume_mb": depth * 4.0,
+            "anon_growth_mb": grow,
+            "rss_growth_mb": grow,
+        }
+        for depth, grow in zip((64, 128, 256), growths, strict=False)
     ]
+
+
+def _report(parts: list[str], device: str = "cpu") -> dict:
+    memmap = _memmap_rows((300.0, 310.0))
     report = {
         "device": device,
         "shape": [300, 512, 512],
@@ -63,3 +74,21 @@ def test_gpu_runs_are_held_to_two_seconds() -> None:
         "peak_rss_growth_le_3x_volume": True,
         "peak_rss_le_3x_volume": False,
     }
+
+
+@pytest.mark.parametrize(
+    ("growths", "flat"),
+    [
+        ((480.0, 594.0, 489.0), True),  # run-to-run noise of the heaps
+        ((300.0, 500.0, 700.0), False),  # grows with the depth
+        ((300.0, 310.0, 520.0), False),  # the deepest run says so
+    ],
+)
+def test_memmap_memory_is_judged_deepest_against_shallowest(
+    growths: tuple[float, ...], flat: bool
+) -> None:
+    report = _report(["memmap"])
+    report["memmap"] = list(reversed(_memmap_rows(growths)))  # any order
+    goals = speed._goals(report)
+    assert goals["memmap_anon_flat_in_depth"] is flat
+    assert goals["memmap_rss_flat_in_depth"] is flat
