@@ -105,17 +105,22 @@ def test_fixed_windows_stitch_back_to_the_input(
     assert result.provenance["parameters"]["roi_size"] == [16, 16]
 
 
-def test_volumetric_network_uses_sliding_windows(
-    make_bundle: BundleFactory, models_root: Path
-) -> None:
+@pytest.fixture
+def volumetric_model(make_bundle: BundleFactory, models_root: Path) -> LoadedModel:
     network_def = {
         "kind": "redcnn",
         "args": {"spatial_dims": 3, "features": 2, "depth": 2, "kernel_size": 3},
     }
     spec = dict(CT_SPEC, spatial_dims=3, roi_size=[8, 16, 16], batch_size=2)
-    model = load_variant(
+    return load_variant(
         make_bundle, models_root, network_def=network_def, input_spec=spec
     )
+
+
+def test_volumetric_network_uses_sliding_windows(
+    volumetric_model: LoadedModel,
+) -> None:
+    model = volumetric_model
     volume = phantom((10, 24, 20), seed=6)
     fractions: list[float] = []
     result = denoise_volume(
@@ -310,7 +315,7 @@ def test_finished_slices_are_reported_in_order_with_their_final_values(
 
 
 def test_a_single_slice_and_a_volumetric_pass_report_every_slice(
-    identity_model: LoadedModel, make_bundle: BundleFactory, models_root: Path
+    identity_model: LoadedModel, volumetric_model: LoadedModel
 ) -> None:
     seen: list[tuple[int, int]] = []
     image = phantom((1, 24, 20), seed=4)[0]
@@ -321,18 +326,10 @@ def test_a_single_slice_and_a_volumetric_pass_report_every_slice(
         on_slices_done=lambda a, b: seen.append((a, b)),
     )
     assert seen == [(0, 1)]
-    network_def = {
-        "kind": "redcnn",
-        "args": {"spatial_dims": 3, "features": 2, "depth": 2, "kernel_size": 3},
-    }
-    spec = dict(CT_SPEC, spatial_dims=3, roi_size=[8, 16, 16], batch_size=2)
-    model = load_variant(
-        make_bundle, models_root, network_def=network_def, input_spec=spec
-    )
     seen.clear()
     denoise_volume(
         phantom((10, 24, 20), seed=6),
-        model,
+        volumetric_model,
         spacing=SPACING_3D,
         on_slices_done=lambda a, b: seen.append((a, b)),
     )
