@@ -8,9 +8,10 @@ tens of thousands of fresh pages: on a 2-core CPU that was about 40% of the
 network's time (17 -> 10.6 ms per slice for the default CT model, 47,000 -> 0
 page faults per batch; ``python -m bench speed``). :func:`keep_freed_blocks` raises
 the mmap threshold so such blocks come from the heap, and the trim threshold so up
-to :data:`TRIM_THRESHOLD_BYTES` of freed memory stays there for reuse, with at most
-one heap per CPU; :func:`release_freed_blocks` hands the free memory back to the
-system when a pass is over, so an idle worker does not keep its peak. What a pass
+to :data:`TRIM_THRESHOLD_BYTES` of freed memory stays at the top of a heap for reuse
+(for the rest of the process: glibc has no narrower setting), and caps new heaps at
+one per CPU; :func:`release_freed_blocks` hands the free memory back to the system
+when a pass is over, so an idle worker does not keep its peak. What a pass
 holds therefore stays bounded by its working set plus that margin, whatever the
 depth of the series (the memory-mapped runs of the speed benchmark).
 
@@ -58,14 +59,17 @@ def _glibc() -> ctypes.CDLL | None:
         libc.gnu_get_libc_version  # noqa: B018  (only glibc has it)
         libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         libc.malloc_trim.argtypes = [ctypes.c_size_t]
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # TypeError: CDLL(None) on Windows
         return None
     return libc
 
 
 @functools.cache
 def keep_freed_blocks() -> bool:
-    """Keep large freed blocks in the heap for reuse (once per process).
+    """Keep large freed blocks in the heap for reuse, from now on, for the whole
+    process (glibc has no per-thread or per-call setting): in a worker process
+    that has denoised once, other work keeps its freed blocks too, until the next
+    pass releases them. Idempotent.
 
     Returns:
         Whether the C library took the settings (``False`` where it is not glibc).
@@ -77,8 +81,9 @@ def keep_freed_blocks() -> bool:
     threshold = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) or libc.mallopt(
         _M_MMAP_THRESHOLD, 32 << 20
     )
-    # One heap per CPU at most, each keeping what it held: threads beyond that
-    # share heaps instead of each growing one more (glibc allows 8 per CPU).
+    # New heaps (arenas) stop at one per CPU: threads beyond that share heaps
+    # instead of each growing one more (glibc allows 8 per CPU). Heaps already
+    # there stay.
     libc.mallopt(_M_ARENA_MAX, max(2, len(os.sched_getaffinity(0))))
     applied = bool(threshold) and bool(
         libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
@@ -96,9 +101,10 @@ def release_freed_blocks() -> None:
 
 
 def reusing_freed_blocks(function: Callable[_P, _R]) -> Callable[_P, _R]:
-    """Decorate a pass: blocks are kept for reuse while it runs (from its first
-    call on), and free memory is released before it starts (what earlier work in
-    the process left) and when it returns or raises."""
+    """Decorate a pass: from its first call on, the process keeps freed blocks
+    (:func:`keep_freed_blocks`, which stays in force after the pass), and the free
+    memory is released before each call starts (what earlier work in the process
+    kept) and when it returns or raises."""
 
     @functools.wraps(function)
     def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:

@@ -52,9 +52,10 @@ _CHUNKS_IN_FLIGHT = 2
 #: size: bundles set theirs for a CPU, where larger batches gain nothing, while a
 #: GPU spends most of a small batch launching kernels.
 ACCELERATOR_MIN_BATCH = 32
-#: On a CPU, whole-slice batches hold at most this many pixels (8 slices of
-#: 512 x 512): larger slices go in smaller batches, so the memory a batch needs is
-#: the same whatever the slice size.
+#: On the host (a CPU, or any device whose chunks come back to the host, see
+#: :func:`stays_on_device`), whole-slice batches hold at most this many pixels (8
+#: slices of 512 x 512): larger slices go in smaller batches, so the memory a batch
+#: needs is the same whatever the slice size.
 CPU_BATCH_PIXELS = 8 * 512 * 512
 #: Above this many float32 bytes a percentile normalisation is taken over evenly
 #: spaced slices instead of the whole series, so it never loads a huge memmap.
@@ -129,8 +130,9 @@ def denoise_volume(
         residual_out: the same for the residual.
         on_slices_done: called as ``on_slices_done(start, stop)`` once slices
             ``[start, stop)`` of both outputs are final (a 2D ``volume`` is slice
-            0), in order and from a helper thread, before a memory-mapped output
-            lets their pages go: e.g. to hash the outputs while they are in memory.
+            0), in order, before a memory-mapped output lets their pages go: e.g.
+            to hash the outputs while they are in memory. 2D networks call it from
+            a helper thread, chunk by chunk; 3D ones once, from the caller's.
 
     Returns:
         A :class:`DenoiseResult`; its ``reconstruction`` and ``residual`` are the

@@ -82,15 +82,21 @@ class BatchWriter:
         self._synced: set[str] = set()
         self._pool: ThreadPoolExecutor | None = None
         self._finished = False
+        self._placed: list[Path] = []
 
     def __enter__(self) -> BatchWriter:
         return self
+
+    def _check_open(self) -> None:
+        if self._finished:
+            raise RuntimeError("BatchWriter: the batch is finished; start another")
 
     def write(
         self, name: str, data: bytes | memoryview, *, sha256: str | None = None
     ) -> str:
         """Queue ``data`` for ``name``; returns its SHA-256 (``sha256`` when the caller
         already hashed these exact bytes). The bytes must not change until exit."""
+        self._check_open()
         target = media_path(name)
         digest = sha256 or hashlib.sha256(data).hexdigest()
         if self._pool is None:
@@ -101,6 +107,7 @@ class BatchWriter:
     def discard(self, name: str) -> None:
         """Give up a name queued with :meth:`write`: its temp file is removed at
         :meth:`finish` instead of renamed into place."""
+        self._check_open()
         self._discarded.add(media_path(name))
 
     def write_chunks(
@@ -108,6 +115,7 @@ class BatchWriter:
     ) -> str:
         """Write the concatenated ``chunks`` for ``name`` now, hashing each as it
         comes; returns the SHA-256 (``""`` when not ``hashed``)."""
+        self._check_open()
         digest = hashlib.sha256()
 
         def hashing() -> Iterator[bytes | memoryview]:
@@ -167,11 +175,21 @@ class BatchWriter:
                     Path(tmp).unlink(missing_ok=True)
             for tmp, target in kept:
                 os.replace(tmp, target)
+                self._placed.append(target)
         except BaseException:
             self._remove_temps()
             raise
         for directory in {target.parent for _, target in kept}:
             _fsync_path(directory)
+
+    def withdraw(self) -> None:
+        """Remove the files :meth:`finish` put in place, for when the rows that were
+        to name them are not written after all. Their names are new (generated),
+        so nothing else can refer to them; never call it once those rows may have
+        committed."""
+        for target in self._placed:
+            target.unlink(missing_ok=True)
+        self._placed.clear()
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:

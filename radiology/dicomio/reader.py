@@ -557,6 +557,8 @@ def _whole_units(
         slope, intercept = pair or (1.0, 0.0)
         if not (slope.is_integer() and intercept.is_integer()):
             return None
+        if max(abs(slope), abs(intercept)) >= 2**31:  # beyond the arithmetic below
+            return None
         frame = stored[index]
         low, high = int(frame.min()), int(frame.max())
         ends = (low * int(slope) + int(intercept), high * int(slope) + int(intercept))

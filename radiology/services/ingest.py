@@ -162,7 +162,7 @@ def upload_ingest(
     limits = ingest_limits()
     rejections: list[dict[str, str]] = []
     with BatchWriter() as batch:
-        originals = _StagedOriginals(batch)
+        originals = _StagedOriginals(batch, owner)
         read = []
         for inst, data in _read_sources(sources, limits, rejections):
             originals.stage(inst, data)
@@ -196,7 +196,11 @@ def upload_ingest(
             originals.drop_unused()
             batch.finish()
             t_sync = time.perf_counter()
-            _record_upload(upload, stored_series, rejections, owner)
+            try:
+                _record_upload(upload, stored_series, rejections, owner)
+            except BaseException:
+                batch.withdraw()  # the transaction rolls back: no row names them
+                raise
     finished = time.perf_counter()
     timings = {
         "read": t_read - started,
@@ -251,18 +255,32 @@ class _StagedOriginals:
 
     The first file of each SOPInstanceUID goes to the batch as soon as it is
     decoded, under the name it will have if it is stored: the disk and the flushes
-    then overlap the decoding (which holds the GIL) instead of following it. A
-    staged file no row ends up naming (a duplicate, a rejected file, an instance
-    already stored) is discarded before the batch finishes.
+    then overlap the decoding (which holds the GIL) instead of following it.
+    Instances the owner already has stored in a series of that SeriesInstanceUID
+    are not staged (a re-upload writes nothing); a staged file no row ends up
+    naming (a duplicate, a rejected file) is discarded before the batch finishes.
     """
 
-    def __init__(self, batch: BatchWriter) -> None:
+    def __init__(self, batch: BatchWriter, owner) -> None:
         self.batch = batch
+        self._owner = owner
         self._staged: dict[str, tuple[DecodedInstance, str]] = {}
         self._used: set[str] = set()
+        self._stored: dict[str, set[str]] = {}
+
+    def _already_stored(self, inst: DecodedInstance) -> bool:
+        series_uid = inst.series_instance_uid
+        if series_uid not in self._stored:
+            self._stored[series_uid] = set(
+                Instance.objects.filter(
+                    series__series_instance_uid=series_uid,
+                    series__study__owner=self._owner,
+                ).values_list("sop_instance_uid", flat=True)
+            )
+        return inst.sop_instance_uid in self._stored[series_uid]
 
     def stage(self, inst: DecodedInstance, data: bytes) -> None:
-        if inst.sop_instance_uid in self._staged:
+        if inst.sop_instance_uid in self._staged or self._already_stored(inst):
             return
         name = generated_name("originals", ".dcm")
         self.batch.write(name, data, sha256=inst.sha256)

@@ -335,6 +335,9 @@ def _ct_with_stored(stored: np.ndarray, slope: str, intercept: str) -> bytes:
         (np.array([[0, 1], [2, 3]], np.int16), "1", "-1024.5", np.float32),
         (np.array([[0, 1], [2, 40000]], np.uint16), "1", "0", np.float32),
         (np.array([[-1, 0], [1, 20000]], np.int16), "2", "0", np.float32),
+        # Whole but beyond 32-bit arithmetic: converted as floats, no overflow.
+        (np.zeros((2, 2), np.int16), "1e10", "0", np.int16),
+        (np.zeros((2, 2), np.int16), "1", "-2147483648", np.float32),
     ],
 )
 def test_whole_units_are_kept_as_int16_and_the_rest_as_float32(

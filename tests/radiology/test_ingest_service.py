@@ -16,7 +16,7 @@ from django.core.management import CommandError, call_command
 from radiology.dicomio.synthetic import phantom_volume, write_series
 from radiology.models import AuditEvent, Instance, Series
 from radiology.services.ingest import upload_ingest
-from radiology.storage import load_array, media_path
+from radiology.storage import BatchWriter, load_array, media_path
 
 pytestmark = pytest.mark.django_db
 
@@ -96,6 +96,33 @@ def test_files_no_row_names_leave_nothing_on_disk(alice, ct_folder, tmp_path):
         )
         == stored
     )
+
+
+def test_a_reupload_writes_nothing(alice, ct_folder, monkeypatch):
+    upload_ingest(sources=[(ct_folder, "ct")], owner=alice)
+    writes = []
+    real_write = BatchWriter.write
+    monkeypatch.setattr(
+        BatchWriter,
+        "write",
+        lambda self, name, data, **kw: (
+            writes.append(name) or real_write(self, name, data, **kw)
+        ),
+    )
+    upload_ingest(sources=[(ct_folder, "ct")], owner=alice)
+    assert writes == []
+
+
+def test_rows_that_fail_to_record_leave_no_stored_files(alice, ct_folder, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("audit database gone")
+
+    monkeypatch.setattr("radiology.services.ingest._record_upload", broken)
+    with pytest.raises(RuntimeError, match="audit database gone"):
+        upload_ingest(sources=[(ct_folder, "ct")], owner=alice)
+    root = media_path("originals/x").parents[1]
+    assert [p for p in root.rglob("*") if p.is_file()] == []
+    assert Series.objects.count() == 0 and Instance.objects.count() == 0
 
 
 def test_missing_slices_uploaded_later_rebuild_the_volume(alice, ct_folder, tmp_path):

@@ -10,6 +10,7 @@ import pytest
 from django.core.management import call_command
 
 import inference
+from radiology import storage
 from radiology.audit import audit_verify
 from radiology.celery import app
 from radiology.dicomio.synthetic import phantom_volume, write_series
@@ -87,9 +88,17 @@ def test_derived_series_is_never_denoised(alice, series, models_root):
         denoise_job_request(series=series, requested_by=alice)
 
 
-def test_run_stores_outputs_and_provenance(alice, series, models_root):
+def test_run_stores_outputs_and_provenance(alice, series, models_root, monkeypatch):
+    read_back = []
+    real_sha256_path = storage._sha256_path
+    monkeypatch.setattr(
+        storage,
+        "_sha256_path",
+        lambda path: read_back.append(path) or real_sha256_path(path),
+    )
     job, _ = denoise_job_request(series=series, requested_by=alice)
     done = denoise_job_run(job_id=job.pk, worker="test@host")
+    assert read_back == []  # both outputs were hashed as they were written
     assert done.status == DenoiseJob.Status.SUCCEEDED, done.error
     assert done.progress == 1.0 and done.attempts == 1
     original = load_array(series.volume_file)

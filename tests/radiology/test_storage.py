@@ -224,3 +224,27 @@ def test_array_file_hashed_slice_by_slice_matches_the_file(
     sha = output.commit()
     assert sha == real(storage.media_path("k/out.npy"))
     assert (not read_back) == hashed_in_memory
+
+
+def test_a_finished_batch_takes_no_more_files():
+    with storage.BatchWriter() as batch:
+        batch.write("r/a.bin", b"a")
+        batch.finish()
+        for late in (
+            lambda: batch.write("r/b.bin", b"b"),
+            lambda: batch.write_chunks("r/c.bin", [b"c"]),
+            lambda: batch.discard("r/a.bin"),
+        ):
+            with pytest.raises(RuntimeError, match="finished"):
+                late()
+    folder = storage.media_path("r/a.bin").parent
+    assert sorted(p.name for p in folder.iterdir()) == ["a.bin"]
+
+
+def test_withdraw_removes_what_finish_put_in_place():
+    with storage.BatchWriter() as batch:
+        batch.write("w/a.bin", b"a")
+        batch.write_chunks("w/b.bin", [b"b"])
+        batch.finish()
+        batch.withdraw()
+    assert list(storage.media_path("w/a.bin").parent.iterdir()) == []
