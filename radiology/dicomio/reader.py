@@ -458,7 +458,12 @@ def _decode(ds: Dataset, name: str, n_frames: int, data: bytes) -> np.ndarray:
             )
     try:
         # Compressed data goes to third-party C/C++/Rust decoders: isolate them.
-        stored = decode_isolated(data) if syntax.is_encapsulated else ds.pixel_array
+        if syntax.is_encapsulated:
+            stored = decode_isolated(data)
+        else:
+            stored = _native_pixels(ds, keyword, syntax, n_frames * rows * columns)
+            if stored is None:
+                stored = ds.pixel_array
     except Exception as exc:
         label = syntax.name if syntax.is_encapsulated else "native"
         raise DicomRejected(
@@ -472,6 +477,39 @@ def _decode(ds: Dataset, name: str, n_frames: int, data: bytes) -> np.ndarray:
         )
     stored = stored.reshape(n_frames, rows, columns)
     return _apply_modality_lut(ds, stored, name)
+
+
+def _native_pixels(
+    ds: Dataset, keyword: str, syntax: UID, count: int
+) -> np.ndarray | None:
+    """The stored values of little-endian native 8/16/32-bit greyscale pixel data
+    (one sample per pixel),
+    read straight from the bytes (a read-only array), as ``pixel_array`` gives
+    them, unused high bits included (shifted out and sign-extended the same way);
+    ``None`` for anything else, which pydicom decodes. ``pixel_array``'s general
+    machinery costs several times the reading itself on a 512 x 512 slice."""
+    bits = ds.get("BitsAllocated")
+    stored_bits = ds.get("BitsStored")
+    representation = ds.get("PixelRepresentation")
+    if (
+        keyword != "PixelData"
+        or (ds.get("SamplesPerPixel") or 1) != 1
+        or _text(ds, "PhotometricInterpretation").upper() not in _GREYSCALE
+        or not syntax.is_little_endian
+        or bits not in (8, 16, 32)
+        or representation not in (0, 1)
+        or not isinstance(stored_bits, int)
+        or not 0 < stored_bits <= bits
+    ):
+        return None
+    kind = "i" if representation == 1 else "u"
+    dtype = np.dtype(f"<{kind}{bits // 8}")
+    values = np.frombuffer(ds.PixelData, dtype=dtype, count=count)
+    if stored_bits < bits:
+        shift = bits - stored_bits
+        values = np.left_shift(values, shift)
+        np.right_shift(values, shift, out=values)
+    return values
 
 
 def _first_item(container: Dataset | None, keyword: str) -> Dataset | None:

@@ -348,3 +348,52 @@ def test_whole_units_are_kept_as_int16_and_the_rest_as_float32(
     assert inst.pixels.dtype == kept_as
     assert inst.int16_exact == (kept_as is np.int16)
     np.testing.assert_array_equal(inst.pixels[0], expected)
+
+
+def _native_cases() -> list[str]:
+    names = []
+    for path in TESTDATA:
+        try:
+            ds = pydicom.dcmread(path)
+            syntax = ds.file_meta.TransferSyntaxUID
+        except Exception:
+            continue
+        if "PixelData" in ds and not syntax.is_encapsulated:
+            names.append(path)
+    return names
+
+
+@pytest.mark.parametrize("path", _native_cases(), ids=lambda p: Path(p).name)
+def test_native_pixels_are_pydicoms_stored_values(path: str) -> None:
+    from radiology.dicomio.reader import _native_pixels
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(path)
+        try:
+            frames = int(ds.get("NumberOfFrames") or 1)
+            count = frames * int(ds.Rows) * int(ds.Columns)
+            expected = ds.pixel_array
+        except Exception:
+            pytest.skip("not an image pydicom can decode")
+        got = _native_pixels(ds, "PixelData", ds.file_meta.TransferSyntaxUID, count)
+    if got is None:
+        return  # not a case the fast path takes: pydicom decodes it
+    assert got.dtype.kind == expected.dtype.kind
+    assert got.dtype.itemsize == expected.dtype.itemsize
+    np.testing.assert_array_equal(got.reshape(expected.shape), expected)
+
+
+def test_unused_high_bits_are_shifted_out_as_pydicom_does() -> None:
+    from radiology.dicomio.reader import _native_pixels
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    raw = np.array([[0x0FFF, 0xF800], [0x1234, 0x0800]], dtype="<u2")
+    ds.Rows, ds.Columns = raw.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    for representation in (0, 1):
+        ds.PixelRepresentation = representation
+        ds.PixelData = raw.tobytes()
+        expected = ds.pixel_array
+        got = _native_pixels(ds, "PixelData", ds.file_meta.TransferSyntaxUID, 4)
+        np.testing.assert_array_equal(got.reshape(2, 2), expected)
