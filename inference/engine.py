@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from inference.allocator import reusing_freed_blocks
+from inference.allocator import GrowthLimit, reusing_freed_blocks
 from inference.devices import resolve_precision
 from inference.metrics import slice_statistics, slice_statistics_tensor, summarise
 from inference.ood import check_ood, ood_statistics
@@ -438,6 +438,7 @@ def _run_slices(
     result = _Pass({}, "", "")
     on_device = stays_on_device(device)
     in_flight: deque[tuple[Future[None], Future[None]]] = deque()
+    growth = GrowthLimit()
     with (
         ThreadPoolExecutor(1, thread_name_prefix="denoise-in") as hash_in,
         ThreadPoolExecutor(1, thread_name_prefix="denoise-out") as write_out,
@@ -448,6 +449,7 @@ def _run_slices(
             while len(in_flight) >= _CHUNKS_IN_FLIGHT:
                 for future in in_flight.popleft():
                     future.result()
+            growth.check()
             x = _as_float32(stack[start:stop])
             hashed = hash_in.submit(sha_in.update, x.data.cast("B"))
             images = torch.from_numpy(x).to(device)

@@ -70,3 +70,22 @@ def test_a_decorated_pass_releases_even_when_it_raises() -> None:
     with pytest.raises(RuntimeError, match="boom"):
         failing()
     assert _resident_mb() < before + 64
+
+
+def test_growth_limit_releases_only_memory_piled_up_past_its_margin() -> None:
+    from inference.allocator import GrowthLimit, anonymous_bytes
+
+    keep_freed_blocks()
+    release_freed_blocks()
+    limit = GrowthLimit(margin_bytes=BLOCK)
+    assert not limit.check()  # the first chunk still builds its working set
+    assert not limit.check()  # settled here
+    assert not limit.check()  # nothing piled up
+    blocks = [np.ones(BLOCK // 4, dtype=np.float32) for _ in range(3)]
+    pinned = np.ones(1 << 20, dtype=np.float32)  # keeps them off the heap's top
+    del blocks
+    before = anonymous_bytes()
+    assert limit.check() and limit.releases == 1
+    assert anonymous_bytes() < before - 2 * BLOCK
+    assert not limit.check()
+    del pinned
