@@ -68,18 +68,18 @@ class BatchWriter:
     Inside ``with BatchWriter() as batch:`` each ``batch.write(name, data)`` goes to a
     temp file beside its target, written and fsynced by a small thread pool while
     the caller goes on (file writes and flushes release the GIL, and a flush per
-    file is the slow part of ingest). :meth:`finish` (or a clean exit) awaits every
-    write, fsyncs what is not yet durable and only then renames the temp files into
-    place, so a stored name always holds complete, durable data; names given up
-    with :meth:`discard` are removed instead. On an exception before that, a failed
-    write included, the temp files are removed and no name appears.
+    file is the slow part of ingest); :meth:`write_chunks` writes and fsyncs on the
+    caller's thread. :meth:`finish` (or a clean exit) awaits every write and only
+    then renames the temp files into place, so a stored name always holds complete,
+    durable data; names given up with :meth:`discard` are removed instead. On an
+    exception before that, a failed write included, the temp files are removed and
+    no name appears.
     """
 
     def __init__(self) -> None:
         self._pending: list[tuple[str, Path]] = []
         self._writes: list[Future[tuple[str, Path]]] = []
         self._discarded: set[Path] = set()
-        self._synced: set[str] = set()
         self._pool: ThreadPoolExecutor | None = None
         self._finished = False
         self._placed: list[Path] = []
@@ -113,8 +113,8 @@ class BatchWriter:
     def write_chunks(
         self, name: str, chunks: Iterable[bytes | memoryview], *, hashed: bool = True
     ) -> str:
-        """Write the concatenated ``chunks`` for ``name`` now, hashing each as it
-        comes; returns the SHA-256 (``""`` when not ``hashed``)."""
+        """Write (and fsync) the concatenated ``chunks`` for ``name`` now, hashing
+        each as it comes; returns the SHA-256 (``""`` when not ``hashed``)."""
         self._check_open()
         digest = hashlib.sha256()
 
@@ -124,7 +124,7 @@ class BatchWriter:
                     digest.update(chunk)
                 yield chunk
 
-        self._pending.append(_write_temp(media_path(name), hashing()))
+        self._pending.append(_write_temp(media_path(name), hashing(), sync=True))
         return digest.hexdigest() if hashed else ""
 
     def write_array(self, name: str, array: np.ndarray) -> str:
@@ -142,7 +142,6 @@ class BatchWriter:
                 failure = failure or error
             else:
                 self._pending.append((tmp, target))
-                self._synced.add(tmp)
         self._writes.clear()
         if self._pool is not None:
             self._pool.shutdown()
@@ -155,9 +154,9 @@ class BatchWriter:
         self._pending.clear()
 
     def finish(self) -> None:
-        """Await every write, make the files durable and rename them into place
-        (the discarded ones are removed). Raises the first failed write, leaving
-        nothing behind. Once finished, the batch takes no more files."""
+        """Await every write (each is durable once written) and rename the files
+        into place (the discarded ones are removed). Raises the first failed write,
+        leaving nothing behind. Once finished, the batch takes no more files."""
         if self._finished:
             return
         self._finished = True
@@ -167,9 +166,6 @@ class BatchWriter:
             raise failure
         kept = [(tmp, t) for tmp, t in self._pending if t not in self._discarded]
         try:
-            with ThreadPoolExecutor(max_workers=8) as pool:
-                unsynced = (tmp for tmp, _ in kept if tmp not in self._synced)
-                list(pool.map(_fsync_path, unsynced))
             for tmp, target in self._pending:
                 if target in self._discarded:
                     Path(tmp).unlink(missing_ok=True)

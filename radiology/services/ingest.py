@@ -38,8 +38,9 @@ class IngestReport:
     series: list[Series] = field(default_factory=list)
     rejections: list[dict[str, str]] = field(default_factory=list)
     #: seconds per stage: ``read`` (files read and decoded), ``assemble``,
-    #: ``write`` (files written, rows added), ``sync`` (files made durable),
-    #: ``commit`` and ``total``
+    #: ``write`` (volumes written and fsynced, rows added), ``sync`` (queued
+    #: originals awaited and every file renamed into place), ``commit`` and
+    #: ``total``
     timings_s: dict[str, float] = field(default_factory=dict)
 
     def as_json(self) -> dict:
