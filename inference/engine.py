@@ -641,19 +641,14 @@ def _check_batch_size(
     if batch_size is None:
         batch = int(spec.get("batch_size", 1))
         windowed = spec.get("roi_size") or getattr(model.network, "fixed_roi", None)
-        if (
-            stays_on_device(model.device)
-            and int(spec["spatial_dims"]) == 2
-            and not windowed
-        ):
-            fits = CHUNK_BYTES // max(4 * math.prod(int(v) for v in slice_shape), 1)
-            batch = max(batch, min(ACCELERATOR_MIN_BATCH, fits))
-        elif int(spec["spatial_dims"]) == 2 and not windowed:
-            # The host keeps a batch's activations for the next one (see
-            # inference.allocator): bound them by pixels, not slices.
-            pixels = max(math.prod(int(v) for v in slice_shape), 1)
-            batch = max(1, min(batch, CPU_BATCH_PIXELS // pixels))
-        return batch
+        if int(spec["spatial_dims"]) != 2 or windowed:
+            return batch
+        pixels = max(math.prod(int(v) for v in slice_shape), 1)
+        if stays_on_device(model.device):
+            return max(batch, min(ACCELERATOR_MIN_BATCH, CHUNK_BYTES // (4 * pixels)))
+        # The host keeps a batch's activations for the next one (see
+        # inference.allocator): bound them by pixels, not slices.
+        return max(1, min(batch, CPU_BATCH_PIXELS // pixels))
     if (
         isinstance(batch_size, bool)
         or not isinstance(batch_size, int)
