@@ -280,25 +280,9 @@ def _structure_scores_tensor(
     )
     energy = torch.nn.functional.avg_pool2d(energy, LOCAL_WINDOW, stride=1)[:, 0]
     local_sd = torch.sqrt(energy.clamp(min=0))
-    gradient = torch.hypot(_np_gradient(recon, 1), _np_gradient(recon, 2))
+    gradient = _gradient_magnitude(recon)
     edges = _masked_pearson_tensor(local_sd, gradient, mask)
     return torch.maximum(direct, edges)
-
-
-def _np_gradient(a: torch.Tensor, dim: int) -> torch.Tensor:
-    """``np.gradient`` along ``dim``: central differences, one-sided at the ends."""
-    size = a.shape[dim]
-    if size < 2:
-        return torch.zeros_like(a)
-    out = torch.empty_like(a)
-    out.narrow(dim, 1, size - 2).copy_(
-        (a.narrow(dim, 2, size - 2) - a.narrow(dim, 0, size - 2)) / 2.0
-    )
-    out.narrow(dim, 0, 1).copy_(a.narrow(dim, 1, 1) - a.narrow(dim, 0, 1))
-    out.narrow(dim, size - 1, 1).copy_(
-        a.narrow(dim, size - 1, 1) - a.narrow(dim, size - 2, 1)
-    )
-    return out
 
 
 def _noise_sd_tensor(chunk: torch.Tensor) -> torch.Tensor:
@@ -463,31 +447,33 @@ def _sobel_energy(chunk: Any) -> Any:
     return energy
 
 
-def _gradient_magnitude(chunk: np.ndarray) -> np.ndarray:
-    """``np.hypot(*np.gradient(chunk, axis=(1, 2)))`` of a (z, y, x) float32 stack
-    with at least 2 x 2 pixels, a few times faster: the differences by slicing, the
-    magnitude as the root of the sum of squares (within float32 rounding)."""
+def _gradient_magnitude(chunk: Any) -> Any:
+    """``np.hypot(*np.gradient(chunk, axis=(1, 2)))`` of a (z, y, x) float32 NumPy
+    stack or tensor, a few times faster than NumPy's own: the differences by
+    slicing, the magnitude as the root of the sum of squares (within float32
+    rounding)."""
     grad_y, grad_x = (_central_difference(chunk, axis) for axis in (1, 2))
     grad_y *= grad_y
     grad_y += grad_x * grad_x
-    return np.sqrt(grad_y, out=grad_y)
+    grad_y **= 0.5
+    return grad_y
 
 
-def _central_difference(a: np.ndarray, axis: int) -> np.ndarray:
-    """``np.gradient`` along ``axis`` at unit spacing: central differences inside,
-    one-sided ones at the two ends."""
+def _central_difference(a: Any, axis: int) -> Any:
+    """``np.gradient`` along ``axis`` at unit spacing, of a NumPy array or tensor:
+    central differences inside, one-sided ones at the two ends (zeros along an
+    axis of one point)."""
 
     def at(part: slice) -> tuple[slice, ...]:
         return (slice(None),) * axis + (part,)
 
-    out = np.empty_like(a)
-    inner = out[at(slice(1, -1))]
-    np.subtract(a[at(slice(2, None))], a[at(slice(None, -2))], out=inner)
-    inner *= a.dtype.type(0.5)
-    np.subtract(a[at(slice(1, 2))], a[at(slice(0, 1))], out=out[at(slice(0, 1))])
-    np.subtract(
-        a[at(slice(-1, None))], a[at(slice(-2, -1))], out=out[at(slice(-1, None))]
-    )
+    out = torch.empty_like(a) if isinstance(a, torch.Tensor) else np.empty_like(a)
+    if a.shape[axis] < 2:
+        out[...] = 0
+        return out
+    out[at(slice(1, -1))] = (a[at(slice(2, None))] - a[at(slice(None, -2))]) * 0.5
+    out[at(slice(0, 1))] = a[at(slice(1, 2))] - a[at(slice(0, 1))]
+    out[at(slice(-1, None))] = a[at(slice(-1, None))] - a[at(slice(-2, -1))]
     return out
 
 

@@ -102,12 +102,18 @@ def test_fast_median_is_nan_when_a_value_is_nan() -> None:
     assert np.isnan(_median(np.array([1.0, np.nan, 2.0, 3.0], dtype=np.float32)))
 
 
+@pytest.mark.parametrize("as_tensor", [False, True])
 @pytest.mark.parametrize("shape", [(1, 2, 2), (2, 3, 5), (1, 7, 2), (3, 64, 48)])
-def test_gradient_magnitude_is_numpys_within_rounding(shape: tuple) -> None:
+def test_gradient_magnitude_is_numpys_within_rounding(
+    shape: tuple, as_tensor: bool
+) -> None:
+    import torch
+
     from inference.metrics import _gradient_magnitude
 
     values = np.random.default_rng(7).normal(0, 50, shape).astype(np.float32)
     expected = np.hypot(*np.gradient(values, axis=(1, 2)))
-    got = _gradient_magnitude(values)
+    got = _gradient_magnitude(torch.from_numpy(values) if as_tensor else values)
+    got = got.numpy() if as_tensor else got
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
