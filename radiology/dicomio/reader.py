@@ -184,8 +184,6 @@ def _read(data: bytes, name: str, limits: Limits) -> Instance:
     pixels = _decode(ds, name, n_frames, data)
     geometry = [_frame_geometry(ds, i, n_frames) for i in range(n_frames)]
     thickness = _slice_thickness(ds)
-    if pixels.dtype != np.int16 and _int16_exact(pixels):
-        pixels = pixels.astype(np.int16)
     pixels.flags.writeable = False
     return Instance(
         name=name,
@@ -483,11 +481,11 @@ def _native_pixels(
     ds: Dataset, keyword: str, syntax: UID, count: int
 ) -> np.ndarray | None:
     """The stored values of little-endian native 8/16/32-bit greyscale pixel data
-    (one sample per pixel),
-    read straight from the bytes (a read-only array), as ``pixel_array`` gives
-    them, unused high bits included (shifted out and sign-extended the same way);
-    ``None`` for anything else, which pydicom decodes. ``pixel_array``'s general
-    machinery costs several times the reading itself on a 512 x 512 slice."""
+    (one sample per pixel), read straight from the bytes (a read-only array), as
+    ``pixel_array`` gives them, unused high bits included (shifted out and
+    sign-extended the same way); ``None`` for anything else, which pydicom decodes.
+    ``pixel_array``'s general machinery costs several times the reading itself on a
+    512 x 512 slice."""
     bits = ds.get("BitsAllocated")
     stored_bits = ds.get("BitsStored")
     representation = ds.get("PixelRepresentation")
@@ -565,20 +563,21 @@ def _rescale(ds: Dataset, index: int, name: str) -> tuple[float, float] | None:
 
 def _apply_modality_lut(ds: Dataset, stored: np.ndarray, name: str) -> np.ndarray:
     """Stored values to original units: int16 when every result is a whole number
-    within int16 (checked from each frame's extremes, without a float copy),
-    float32 otherwise."""
+    within int16 (for integer data with whole rescales decided from each frame's
+    extremes, without a float copy), float32 otherwise."""
     rescales = [_rescale(ds, i, name) for i in range(stored.shape[0])]
     if all(r is None for r in rescales) and ds.get("ModalityLUTSequence"):
-        return np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
-    whole = _whole_units(stored, rescales)
-    if whole is not None:
-        return whole
-    out = stored.astype(np.float32)
-    for index, pair in enumerate(rescales):
-        if pair is not None and pair != (1.0, 0.0):
-            out[index] *= np.float32(pair[0])
-            out[index] += np.float32(pair[1])
-    return out
+        out = np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
+    else:
+        whole = _whole_units(stored, rescales)
+        if whole is not None:
+            return whole
+        out = stored.astype(np.float32)
+        for index, pair in enumerate(rescales):
+            if pair is not None and pair != (1.0, 0.0):
+                out[index] *= np.float32(pair[0])
+                out[index] += np.float32(pair[1])
+    return out.astype(np.int16) if _int16_exact(out) else out
 
 
 def _whole_units(
