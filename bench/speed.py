@@ -10,8 +10,9 @@ is clean:
   job marked succeeded), on a warmed-up worker (``warm_worker``, timed apart, as
   a Celery pool process does it before its first job), with the job's stage
   times, peak resident memory and peak anonymous memory;
-* model only, per variant (CPU: fp32, bf16 autocast, channels_last off, one
-  thread, TorchScript, ``torch.compile``; CUDA: TF32, bf16, fp16, larger batches,
+* model only, per variant (CPU: fp32 and bf16 as the engine runs them, with
+  convolution and ReLU fused, and the same eager, channels_last off, one thread,
+  TorchScript, ``torch.compile``; CUDA: TF32, bf16, fp16, larger batches,
   ``torch.compile``): slices/s, achieved GFLOP/s (FLOPs from ``FlopCounterMode``)
   against a large matmul timed on the same device in the same process, and the
   PSNR change vs fp32 on held-out low-dose CT phantoms;
@@ -48,12 +49,16 @@ __all__ = ["main", "VARIANTS"]
 RESULTS = Path(__file__).parent / "results"
 #: variant -> (precision, threads, how the network is prepared, batch or None for
 #: the bundle's)
+#: On a CPU, "fp32" and "bf16" run as the engine does, with convolution and ReLU fused
+#: (``inference.fused``); the "_eager" rows run the network module as it is.
 VARIANTS: dict[str, tuple[str, int, str, int | None]] = {
-    "fp32": ("fp32", 2, "eager", None),
-    "bf16": ("bf16", 2, "eager", None),
+    "fp32": ("fp32", 2, "fused", None),
+    "bf16": ("bf16", 2, "fused", None),
+    "fp32_eager": ("fp32", 2, "eager", None),
+    "bf16_eager": ("bf16", 2, "eager", None),
     "fp32_nchw": ("fp32", 2, "nchw", None),
-    "fp32_1thread": ("fp32", 1, "eager", None),
-    "bf16_1thread": ("bf16", 1, "eager", None),
+    "fp32_1thread": ("fp32", 1, "fused", None),
+    "bf16_1thread": ("bf16", 1, "fused", None),
     "fp32_torchscript": ("fp32", 2, "torchscript", None),
     "fp32_compile": ("fp32", 2, "compile", None),
     "bf16_compile": ("bf16", 2, "compile", None),
@@ -223,14 +228,20 @@ def _variants(device: str) -> dict[str, tuple[str, int, str, int | None]]:
     return VARIANTS if device == "cpu" else CUDA_VARIANTS
 
 
-def _prepare(how: str, network: Any, batch: Any) -> tuple[Any, float]:
+def _prepare(how: str, network: Any, batch: Any, precision: str) -> tuple[Any, float]:
     """The network as a variant runs it, and the seconds preparing it took."""
     import copy
 
     import torch
 
+    from inference.fused import cpu_network
+
     start = time.perf_counter()
-    if how == "nchw":
+    if how == "fused":
+        network = cpu_network(network, precision)
+        if network is None:
+            raise RuntimeError(f"the network could not be fused at {precision}")
+    elif how == "nchw":
         network = copy.deepcopy(network).to(memory_format=torch.contiguous_format)
         # The network converts its input to channels_last itself; undo that so
         # every layer really runs NCHW.
@@ -281,7 +292,7 @@ def _child_model(params: dict[str, Any]) -> dict[str, Any]:
             network(one)
         flops_per_slice = counter.get_total_flops()
     example = torch.zeros(batch_size, 1, size, size, device=device)
-    prepared, prepare_s = _prepare(how, network, example)
+    prepared, prepare_s = _prepare(how, network, example, precision)
 
     def forward(images: torch.Tensor) -> torch.Tensor:
         out = torch.empty_like(images)
@@ -291,7 +302,8 @@ def _child_model(params: dict[str, Any]) -> dict[str, Any]:
                 # Fixed batch shape: compiled variants never recompile for the tail.
                 full = torch.zeros((batch_size, 1, *part.shape[1:]), device=device)
                 full[: len(part), 0] = (part - offset) / scale
-                with autocast(device, precision):
+                # A fused copy holds its weights in its precision already.
+                with autocast(device, "fp32" if how == "fused" else precision):
                     result = prepared(full)
                 out[start : start + len(part)] = (
                     result.float()[: len(part), 0] * scale + offset
@@ -659,7 +671,7 @@ def _default_variant(variants: dict[str, Any]) -> str | None:
         (row["ms_per_slice"], name)
         for name, row in variants.items()
         if row.get("quality_ok")
-        and row.get("prepared") == "eager"
+        and row.get("prepared") in ("eager", "fused")
         and row.get("threads") == most_threads
     ]
     return min(eager)[1] if eager else None
@@ -677,7 +689,7 @@ def _summary(report: dict[str, Any], slices: int) -> dict[str, Any]:
         "model_only_s": (chosen.get("ms_per_slice", 0) / 1000 * slices) or None,
         "model_only_slices_per_s": chosen.get("slices_per_s"),
         "e2e_slices_per_s": slices / e2e["e2e_s"] if e2e.get("e2e_s") else None,
-        "fastest_quality_ok_eager_variant": default,
+        "fastest_quality_ok_uncompiled_variant": default,
         "network_gflops": chosen.get("network_gflops"),
         "matmul_fp32_gflops": chosen.get("matmul_fp32_gflops"),
         "network_fraction_of_fp32_matmul": chosen.get("fraction_of_matmul"),
