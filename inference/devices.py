@@ -24,8 +24,9 @@ __all__ = [
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 
 #: Network kinds whose bf16 autocast output stays within 0.1 dB PSNR of fp32 on the
-#: held-out CT set (``python -m bench speed``, bench/results/speed.md); "auto" runs
-#: them in bf16 on CPUs with native bf16 instructions, where it halves the time.
+#: held-out CT set (``python -m bench speed``, bench/results/speed.md); "auto" proposes
+#: bf16 for them on CPUs with native bf16 instructions, and the engine keeps it where
+#: it measures faster (:func:`inference.runner.faster_cpu_precision`).
 CPU_BF16_KINDS: frozenset[str] = frozenset({"fast_unet_noise"})
 
 

@@ -24,6 +24,7 @@ from inference.provenance import build_provenance, utc_now
 from inference.registry import LoadedModel
 from inference.runner import (
     WINDOW_OVERLAP,
+    faster_cpu_precision,
     normalisation_for,
     predict,
     predict_slices,
@@ -123,7 +124,8 @@ def denoise_volume(
             pixels.
         precision: "auto" (bf16, or fp16, with autocast on CUDA; on CPU bf16 for
             the network kinds of :data:`inference.devices.CPU_BF16_KINDS` on CPUs
-            with native bf16, else fp32), "fp32", "bf16" or "fp16" (CUDA only).
+            with native bf16 where it measures faster than fp32, else fp32),
+            "fp32", "bf16" or "fp16" (CUDA only).
         modality: the series' DICOM modality; a mismatch with the bundle warns.
         reconstruction_out: float32 array of ``volume``'s shape (e.g. a writable
             ``np.memmap``) that receives the reconstruction; default a new array.
@@ -146,14 +148,13 @@ def denoise_volume(
     started_at = utc_now()
     t_start = time.perf_counter()
     device = model.device
-    kind = model.metadata.get("network_def", {}).get("kind")
-    resolved_precision = resolve_precision(precision, device, kind)
     spec = model.input_spec
     reporter = _Progress(progress)
     reporter(0.0, "preprocess")
 
     source = _check_volume(volume)
     batch = _check_batch_size(batch_size, model, source.shape[-2:])
+    resolved_precision, precision_ms = _resolve_precision(precision, model)
     spacing_mm = _check_spacing(spacing, source.ndim)
     reconstruction = _check_output(reconstruction_out, source.shape, "reconstruction")
     residual = _check_output(residual_out, source.shape, "residual")
@@ -237,6 +238,8 @@ def denoise_volume(
         "modality": modality,
         "batch_size": batch,
         "precision_requested": precision,
+        # "auto" on a CPU: ms per slice of each precision, measured on this CPU.
+        "precision_ms_per_slice": precision_ms,
         "normalisation": norm.as_dict(),
         "roi_size": list(roi) if roi else None,
         "window_overlap": WINDOW_OVERLAP if roi or spec["spatial_dims"] == 3 else None,
@@ -303,7 +306,6 @@ def warm_up(
     spec = model.input_spec
     if int(spec["spatial_dims"]) != 2:
         return 0.0
-    kind = model.metadata.get("network_def", {}).get("kind")
     batch = _check_batch_size(None, model, slice_shape)
     images = torch.zeros((batch, *slice_shape), device=model.device)
     denoised = predict_slices(
@@ -312,12 +314,35 @@ def warm_up(
         spec=spec,
         norm=normalisation_for(images[:1].cpu().numpy(), spec),
         device=model.device,
-        precision=resolve_precision(precision, model.device, kind),
+        precision=_resolve_precision(precision, model)[0],
         batch_size=batch,
     )
     if stays_on_device(model.device):
         slice_statistics_tensor(images, denoised, images - denoised)
     return time.perf_counter() - start
+
+
+def _resolve_precision(
+    precision: str, model: LoadedModel
+) -> tuple[str, dict[str, float] | None]:
+    """The precision to run ``model`` at, and, when "auto" on a CPU had to choose
+    between bf16 and fp32, the milliseconds per slice it measured for each.
+
+    "auto" on a CPU proposes bf16 only for the kinds of
+    :data:`inference.devices.CPU_BF16_KINDS` on CPUs with native bf16; a 2D model
+    then keeps it only if it measures faster here (:func:`faster_cpu_precision`,
+    once per model and process, at the batch a 512x512 series runs at)."""
+    kind = model.metadata.get("network_def", {}).get("kind")
+    resolved = resolve_precision(precision, model.device, kind)
+    if (
+        precision != "auto"
+        or resolved != "bf16"
+        or model.device.type != "cpu"
+        or int(model.input_spec["spatial_dims"]) != 2
+    ):
+        return resolved, None
+    batch = _check_batch_size(None, model, (512, 512))
+    return faster_cpu_precision(model.network, batch_size=batch)
 
 
 class _Progress:

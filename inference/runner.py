@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
+import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,10 +26,22 @@ __all__ = [
     "predict",
     "predict_slices",
     "reflect_pad",
+    "faster_cpu_precision",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Fraction of overlap between neighbouring windows of the sliding-window inferer.
 WINDOW_OVERLAP = 0.25
+#: How much faster than fp32 bf16 must run on a CPU for "auto" to choose it.
+BF16_MIN_SPEEDUP = 1.1
+#: Timed passes per precision in :func:`faster_cpu_precision`, after one untimed.
+_CHOICE_REPEATS = 2
+
+_lock = threading.Lock()
+#: network -> (chosen precision, ms per slice for each)
+_choices: weakref.WeakKeyDictionary[nn.Module, tuple[str, dict[str, float]]]
+_choices = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -311,3 +327,65 @@ def _count_windows(shape: Sequence[int], roi: Sequence[int]) -> int:
 
 def _network_multiple(network: nn.Module) -> int:
     return int(getattr(network, "size_multiple", 1) or 1)
+
+
+def faster_cpu_precision(
+    network: nn.Module,
+    *,
+    batch_size: int,
+    slice_shape: Sequence[int] = (512, 512),
+) -> tuple[str, dict[str, float]]:
+    """Whether a 2D network runs faster in bf16 than in fp32 on this CPU, measured.
+
+    Native bf16 instructions do not make bf16 faster everywhere: on an AMD EPYC
+    (Zen 4) the shipped network ran 3x faster in bf16, on an Intel Xeon with
+    AVX512-BF16 but no AMX 1.3x slower (bench/results/speed.md). Both precisions
+    are run as :func:`predict_slices` runs them, on a batch of random slices,
+    interleaved, the fastest of :data:`_CHOICE_REPEATS` passes each after one
+    untimed pass. Measured once per network (and process), about eight forward
+    passes.
+
+    Args:
+        network: a 2D denoiser in eval mode on the CPU.
+        batch_size: slices per pass, as the engine will run them.
+        slice_shape: (y, x) of the probe slices, default (512, 512).
+
+    Returns:
+        "bf16" when it is at least :data:`BF16_MIN_SPEEDUP` times as fast as fp32,
+        else "fp32"; and the milliseconds per slice measured for each.
+    """
+    with _lock:
+        if network in _choices:
+            return _choices[network]
+        cpu = torch.device("cpu")
+        size_multiple = _network_multiple(network)
+        shape = [-(-int(n) // size_multiple) * size_multiple for n in slice_shape]
+        generator = torch.Generator().manual_seed(0)
+        batch = torch.randn(batch_size, 1, *shape, generator=generator) * 0.1 + 0.25
+        forwards = {p: _forward_fn(network, cpu, p) for p in ("fp32", "bf16")}
+        best = dict.fromkeys(forwards, math.inf)
+        with torch.inference_mode():
+            for repeat in range(_CHOICE_REPEATS + 1):
+                for precision, forward in forwards.items():
+                    start = time.perf_counter()
+                    forward(batch)
+                    if repeat:
+                        elapsed = time.perf_counter() - start
+                        best[precision] = min(best[precision], elapsed)
+        ms = {p: round(1000 * s / batch_size, 3) for p, s in best.items()}
+        chosen = _faster(ms)
+        logger.info(
+            "precision auto on this CPU: %s (fp32 %.1f ms per slice, bf16 %.1f ms)",
+            chosen,
+            ms["fp32"],
+            ms["bf16"],
+        )
+        _choices[network] = (chosen, ms)
+        return chosen, ms
+
+
+def _faster(ms_per_slice: Mapping[str, float]) -> str:
+    """bf16 when fp32 takes at least :data:`BF16_MIN_SPEEDUP` times as long, else
+    fp32 (the exact one wins ties and near-ties)."""
+    fp32, bf16 = ms_per_slice["fp32"], ms_per_slice["bf16"]
+    return "bf16" if fp32 >= BF16_MIN_SPEEDUP * bf16 else "fp32"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from inference import denoise_volume, devices, engine, load_model, metrics
+from inference import denoise_volume, devices, engine, load_model, metrics, runner
 from inference.registry import LoadedModel
 
 from .inference_fixtures import FAST_UNET, BundleFactory, phantom
@@ -115,6 +115,43 @@ def test_auto_precision_on_cpu_is_bf16_only_for_validated_kinds(
     cpu = devices.select_device("cpu")
     assert devices.resolve_precision("auto", cpu, kind) == expected
     assert devices.resolve_precision("fp32", cpu, kind) == "fp32"
+
+
+@pytest.mark.parametrize(
+    ("fp32_ms", "bf16_ms", "expected"),
+    [(30.0, 10.0, "bf16"), (11.0, 10.0, "bf16"), (10.9, 10.0, "fp32"), (17.0, 22.8, "fp32")],
+)
+def test_bf16_is_chosen_only_when_clearly_faster(
+    fp32_ms: float, bf16_ms: float, expected: str
+) -> None:
+    assert runner._faster({"fp32": fp32_ms, "bf16": bf16_ms}) == expected
+
+
+def test_auto_on_a_bf16_cpu_runs_the_precision_measured_faster(
+    unet_model: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    volume = phantom((3, 32, 32), seed=5)
+    result = denoise_volume(volume, unet_model, spacing=SPACING)
+    measured = result.provenance["parameters"]["precision_ms_per_slice"]
+    assert set(measured) == {"fp32", "bf16"}
+    assert all(ms > 0 for ms in measured.values())
+    assert result.provenance["precision"] == runner._faster(measured)
+    # Measured once per network: the next series reuses the choice.
+    again = denoise_volume(volume, unet_model, spacing=SPACING)
+    assert again.provenance["parameters"]["precision_ms_per_slice"] == measured
+    chosen = runner.faster_cpu_precision(unet_model.network, batch_size=1)
+    assert chosen == (result.provenance["precision"], measured)
+
+
+def test_auto_without_native_bf16_measures_nothing(
+    unet_model: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    result = denoise_volume(phantom((2, 16, 16), seed=5), unet_model, spacing=SPACING)
+    assert result.provenance["precision"] == "fp32"
+    assert result.provenance["parameters"]["precision_ms_per_slice"] is None
+    assert unet_model.network not in runner._choices
 
 
 def test_bf16_output_stays_close_to_fp32(unet_model: LoadedModel) -> None:
