@@ -228,8 +228,11 @@ def _variants(device: str) -> dict[str, tuple[str, int, str, int | None]]:
     return VARIANTS if device == "cpu" else CUDA_VARIANTS
 
 
-def _prepare(how: str, network: Any, batch: Any, precision: str) -> tuple[Any, float]:
-    """The network as a variant runs it, and the seconds preparing it took."""
+def _prepare(
+    how: str, network: Any, batch: Any, precision: str
+) -> tuple[Any, float, str]:
+    """The network as a variant runs it, the seconds preparing it took, and how it
+    was prepared ("eager" where a "fused" copy was refused, as the engine would)."""
     import copy
 
     import torch
@@ -238,9 +241,11 @@ def _prepare(how: str, network: Any, batch: Any, precision: str) -> tuple[Any, f
 
     start = time.perf_counter()
     if how == "fused":
-        network = cpu_network(network, precision)
-        if network is None:
-            raise RuntimeError(f"the network could not be fused at {precision}")
+        fused = cpu_network(network, precision)
+        if fused is None:
+            how = "eager"
+        else:
+            network = fused
     elif how == "nchw":
         network = copy.deepcopy(network).to(memory_format=torch.contiguous_format)
         # The network converts its input to channels_last itself; undo that so
@@ -255,7 +260,7 @@ def _prepare(how: str, network: Any, batch: Any, precision: str) -> tuple[Any, f
         # Freezing folds the weights in and lets oneDNN fuse conv + ReLU.
         inductor_config.freezing = True
         network = torch.compile(network, dynamic=False)
-    return network, time.perf_counter() - start
+    return network, time.perf_counter() - start, how
 
 
 def _child_model(params: dict[str, Any]) -> dict[str, Any]:
@@ -292,7 +297,7 @@ def _child_model(params: dict[str, Any]) -> dict[str, Any]:
             network(one)
         flops_per_slice = counter.get_total_flops()
     example = torch.zeros(batch_size, 1, size, size, device=device)
-    prepared, prepare_s = _prepare(how, network, example, precision)
+    prepared, prepare_s, how = _prepare(how, network, example, precision)
 
     def forward(images: torch.Tensor) -> torch.Tensor:
         out = torch.empty_like(images)

@@ -154,10 +154,11 @@ def denoise_volume(
 
     source = _check_volume(volume)
     batch = _check_batch_size(batch_size, model, source.shape[-2:])
-    resolved_precision, precision_ms = _resolve_precision(precision, model)
     spacing_mm = _check_spacing(spacing, source.ndim)
     reconstruction = _check_output(reconstruction_out, source.shape, "reconstruction")
     residual = _check_output(residual_out, source.shape, "residual")
+    # After the checks: on a CPU "auto" may time the network once (about 1 s).
+    resolved_precision, precision_ms = _resolve_precision(precision, model)
     stack = source if source.ndim == 3 else source[None]
     recon_stack = reconstruction if source.ndim == 3 else reconstruction[None]
     residual_stack = residual if source.ndim == 3 else residual[None]

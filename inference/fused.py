@@ -14,9 +14,13 @@ recompiles per input shape.
 by one fused call with its weights stored in the run's precision. The network's own
 ``forward`` is unchanged, so the same additions, skips and output arithmetic run. The
 copy is checked against the network run as is (under autocast for bf16) on a small
-input before it is used; a network with any other parameterised layer, an operator
-missing from the PyTorch build, or any difference beyond rounding falls back to the
-plain network, with a warning.
+CT-like input before it is used: its estimate (output minus input) must agree to
+rounding. A network with any other parameterised layer runs as it is; an operator
+missing from the PyTorch build, a copy that cannot be built, or any difference beyond
+rounding falls back to the plain network with a warning. The fused bf16 copy runs the
+network's other operations in bf16 too, which matches autocast for the operations the
+bundled kinds use between convolutions (addition, subtraction, ReLU); the check
+catches any other.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import copy
 import logging
 import threading
 import weakref
+
 import torch
 from monai.networks.blocks import Convolution
 from torch import nn
@@ -35,10 +40,11 @@ __all__ = ["FusedConvolution", "cpu_network", "fusable"]
 
 logger = logging.getLogger(__name__)
 
-#: Relative tolerance of the check against the plain network: the fused operator
-#: runs the same oneDNN convolution, so fp32 agrees to rounding (measured: exactly)
-#: and bf16 to bf16 rounding of the same values.
-_CHECK_RTOL = {"fp32": 1e-4, "bf16": 2e-2}
+#: Tolerance of the check, relative to the largest value of the plain network's
+#: estimate (output minus input): the fused operator runs the same oneDNN
+#: convolutions, so fp32 agrees to rounding and bf16 to a few bf16 steps (measured
+#: on the shipped model: exactly, in both).
+_CHECK_RTOL = {"fp32": 1e-5, "bf16": 4e-3}
 #: Spatial size of the check's input (a multiple of every bundled network's stride).
 _CHECK_SIZE = 32
 
@@ -62,6 +68,9 @@ class FusedConvolution(nn.Module):
     Raises:
         ValueError: for another layer type, string or non-zero padding modes.
     """
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
 
     def __init__(
         self, conv: nn.Module, relu: bool = True, dtype: torch.dtype = torch.float32
@@ -119,9 +128,17 @@ class FusedConvolution(nn.Module):
 
 
 def fusable(block: nn.Module) -> bool | None:
-    """Whether a MONAI ``Convolution`` block is a 2D convolution followed by ReLU
-    (``True``) or by nothing (``False``); ``None`` when it is anything else
-    (normalisation, dropout, another activation, 3D, or not such a block)."""
+    """What a MONAI ``Convolution`` block would fuse into.
+
+    Args:
+        block: any module.
+
+    Returns:
+        ``True`` for a 2D (transposed) convolution with integer zero padding
+        followed by ReLU, ``False`` for such a convolution alone, ``None`` for
+        anything else (normalisation, dropout, another activation, 3D, other
+        padding, or not such a block).
+    """
     if not isinstance(block, Convolution):
         return None
     children = dict(block.named_children())
@@ -146,14 +163,23 @@ def cpu_network(network: nn.Module, precision: str) -> nn.Module | None:
     is to run as it is (under :func:`inference.devices.autocast`).
 
     The copy is built and checked once per network, precision and weights, and
-    rebuilt when a parameter changes in place (as between training steps). It takes
+    rebuilt when a parameter is replaced or changed in place through autograd-visible
+    operations (an optimiser step, ``load_state_dict``). Writes through
+    ``parameter.data`` bypass PyTorch's version counter and are not seen. It takes
     float32 inputs and needs no autocast: its weights are already in ``precision``.
 
     Args:
-        network: a denoiser on the CPU; one in training mode is never fused.
+        network: a denoiser on the CPU. One in training mode, one with parameters
+            made under ``torch.inference_mode`` (which keep no version counter), or
+            any while ``torch.backends.mkldnn.enabled`` is off, is never fused.
         precision: a resolved precision, "fp32" or "bf16".
     """
-    if network.training or precision not in _DTYPES:
+    if (
+        network.training
+        or precision not in _DTYPES
+        or not torch.backends.mkldnn.enabled
+        or any(p.is_inference() for p in network.parameters())
+    ):
         return None
     versions = _weights_key(network)
     with _lock:
@@ -167,10 +193,7 @@ def cpu_network(network: nn.Module, precision: str) -> nn.Module | None:
 
 def _weights_key(network: nn.Module) -> tuple:
     """Where each parameter is and how often it was changed in place."""
-    return tuple(
-        (p.data_ptr(), -1 if p.is_inference() else p._version)
-        for p in network.parameters()
-    )
+    return tuple((p.data_ptr(), p._version) for p in network.parameters())
 
 
 def _build_checked(network: nn.Module, precision: str) -> nn.Module | None:
@@ -178,9 +201,13 @@ def _build_checked(network: nn.Module, precision: str) -> nn.Module | None:
     if not torch.backends.mkldnn.is_available() or not hasattr(
         torch.ops.mkldnn, "_convolution_pointwise"
     ):
-        logger.warning("fused CPU inference: this PyTorch has no oneDNN; %s runs as is", name)
+        logger.warning("fused CPU inference: no oneDNN here; %s runs as is", name)
         return None
-    fused = _build(network, _DTYPES[precision])
+    try:
+        fused = _build(network, _DTYPES[precision])
+    except Exception as exc:  # a module deepcopy or the fused layers refuse
+        logger.warning("fused CPU inference: %s runs as is: %s", name, _brief(exc))
+        return None
     if fused is None:
         logger.info("fused CPU inference: %s has layers that are not fusable", name)
         return None
@@ -197,7 +224,7 @@ def _build(network: nn.Module, dtype: torch.dtype) -> nn.Module | None:
     fused = copy.deepcopy(network)
     for name, block in list(fused.named_modules()):
         relu = fusable(block)
-        if relu is None:
+        if relu is None or not name:  # the network itself is no block to replace
             continue
         parent_name, _, child = name.rpartition(".")
         parent = fused.get_submodule(parent_name)
@@ -214,18 +241,26 @@ def _differs(network: nn.Module, fused: nn.Module, precision: str) -> str:
     size = max(_CHECK_SIZE, multiple)
     size += -size % multiple
     generator = torch.Generator().manual_seed(0)
-    sample = torch.randn(2, 1, size, size, generator=generator)
+    # Normalised CT: soft tissue about 0.26 of the (-1024, 4096) range, with noise.
+    sample = 0.26 + 0.02 * torch.randn(2, 1, size, size, generator=generator)
     try:
         with torch.inference_mode():
             with autocast(torch.device("cpu"), precision):
                 expected = network(sample).float()
             got = fused(sample).float()
     except Exception as exc:  # an operator this build or CPU lacks
-        return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        return _brief(exc)
     if got.shape != expected.shape:
         return f"output shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
-    scale = float(expected.abs().max()) or 1.0
+    # Compared as estimates (output minus input): the input, passed through by
+    # residual networks, would hide a difference in what the network adds.
+    estimate = expected - sample
+    scale = float(estimate.abs().max()) or 1.0
     error = float((got - expected).abs().max())
     if not error <= _CHECK_RTOL[precision] * scale:
-        return f"output differs by {error:.3g} (scale {scale:.3g})"
+        return f"output differs by {error:.3g} (estimate up to {scale:.3g})"
     return ""
+
+
+def _brief(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"

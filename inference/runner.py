@@ -21,12 +21,12 @@ from inference.fused import cpu_network
 
 __all__ = [
     "Normalisation",
+    "faster_cpu_precision",
     "normalisation_for",
     "padding_for",
     "predict",
     "predict_slices",
     "reflect_pad",
-    "faster_cpu_precision",
 ]
 
 logger = logging.getLogger(__name__)
@@ -337,13 +337,18 @@ def faster_cpu_precision(
 ) -> tuple[str, dict[str, float]]:
     """Whether a 2D network runs faster in bf16 than in fp32 on this CPU, measured.
 
-    Native bf16 instructions do not make bf16 faster everywhere: on an AMD EPYC
-    (Zen 4) the shipped network ran 3x faster in bf16, on an Intel Xeon with
-    AVX512-BF16 but no AMX 1.3x slower (bench/results/speed.md). Both precisions
-    are run as :func:`predict_slices` runs them, on a batch of random slices,
-    interleaved, the fastest of :data:`_CHOICE_REPEATS` passes each after one
-    untimed pass. Measured once per network (and process), about eight forward
-    passes.
+    Native bf16 instructions do not make bf16 faster everywhere: the shipped
+    network ran 3x faster in bf16 than in fp32 on the AMD EPYC (Zen 4) of an
+    earlier benchmark run, and 1.4x slower on this project's Intel Xeon CI machine
+    (AVX512-BF16, no AMX; bench/results/speed.md). Both precisions are run as
+    :func:`predict_slices` runs them, on a batch of random slices, interleaved, the
+    fastest of :data:`_CHOICE_REPEATS` passes each after one untimed pass: six
+    forward passes, once per network and process (a recycled worker measures
+    again, so a CPU near the threshold may choose differently; the provenance
+    records the timings and the choice). Callers should hold the allocator
+    settings the engine runs under (:func:`inference.allocator.reusing_freed_blocks`),
+    without which page faults slow fp32 more than bf16. Measurements are taken
+    one at a time in a process, so that two do not share the cores.
 
     Args:
         network: a 2D denoiser in eval mode on the CPU.
@@ -354,6 +359,9 @@ def faster_cpu_precision(
         "bf16" when it is at least :data:`BF16_MIN_SPEEDUP` times as fast as fp32,
         else "fp32"; and the milliseconds per slice measured for each.
     """
+    known = _choices.get(network)
+    if known is not None:
+        return known
     with _lock:
         if network in _choices:
             return _choices[network]

@@ -4,6 +4,7 @@ network run as it is, built once per weights, and refused where it would not be.
 from __future__ import annotations
 
 import logging
+import threading
 
 import numpy as np
 import pytest
@@ -18,6 +19,9 @@ from inference.runner import Normalisation, predict_slices
 
 from .inference_fixtures import CT_SPEC, FAST_UNET, REDCNN
 
+pytestmark = pytest.mark.skipif(
+    not torch.backends.mkldnn.is_available(), reason="this PyTorch build has no oneDNN"
+)
 #: bf16 is checked only where oneDNN computes it (an emulated bf16 is never chosen by
 #: "auto", and may be refused by the check, which the fallback tests cover).
 PRECISIONS = ["fp32"] + (
@@ -37,8 +41,9 @@ def _unet(seed: int = 0) -> nn.Module:
 
 
 def _reference(network: nn.Module, batch: torch.Tensor, precision: str) -> torch.Tensor:
-    with torch.inference_mode(), torch.autocast(
-        "cpu", dtype=torch.bfloat16, enabled=precision == "bf16"
+    with (
+        torch.inference_mode(),
+        torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"),
     ):
         return network(batch).float()
 
@@ -91,9 +96,50 @@ def test_the_copy_is_reused_and_rebuilt_when_the_weights_change() -> None:
         )
 
 
+def test_a_state_dict_loaded_in_place_rebuilds_the_copy() -> None:
+    network, other = _unet(seed=0), _unet(seed=1)
+    first = cpu_network(network, "fp32")
+    network.load_state_dict(other.state_dict())
+    second = cpu_network(network, "fp32")
+    assert second is not first
+    batch = torch.randn(1, 1, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(second(batch), other(batch), rtol=1e-5, atol=1e-5)
+
+
 def test_a_network_in_training_mode_is_not_fused() -> None:
     network = _unet().train()
     assert cpu_network(network, "fp32") is None
+
+
+def test_parameters_without_version_counters_are_not_fused() -> None:
+    with torch.inference_mode():
+        network = build_network(FAST_UNET).eval()
+    assert cpu_network(network, "fp32") is None
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
+def test_fusion_follows_the_onednn_switch() -> None:
+    network = _unet()
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert cpu_network(network, "fp32") is None
+    assert cpu_network(network, "fp32") is not None
+
+
+def test_a_network_that_cannot_be_copied_runs_as_is(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    network = _unet()
+    network.guard = threading.Lock()  # deepcopy refuses locks
+    with caplog.at_level(logging.WARNING, logger="inference.fused"):
+        assert cpu_network(network, "fp32") is None
+    assert "TypeError" in caplog.text
+
+
+def test_a_bare_block_is_not_replaced_by_itself() -> None:
+    block = Convolution(2, 1, 2, kernel_size=3, act="relu", norm=None).eval()
+    # The block itself would have to be replaced: its parameters stay, so no copy.
+    assert cpu_network(block, "fp32") is None
 
 
 @pytest.mark.parametrize(
@@ -111,17 +157,46 @@ def test_networks_with_layers_it_cannot_fuse_run_as_they_are(
     assert cpu_network(network, "fp32") is None
 
 
-def test_redcnn_blocks_fuse_when_every_layer_can() -> None:
+def test_redcnn_with_padded_transposed_convolutions_fuses_too() -> None:
     network = build_network(REDCNN).eval()
-    copy = cpu_network(network, "fp32")
     blocks = [m for m in network.modules() if isinstance(m, Convolution)]
-    if all(fused.fusable(b) is not None for b in blocks):
-        assert copy is not None
-        batch = torch.randn(2, 1, 24, 24)
-        with torch.inference_mode():
-            torch.testing.assert_close(copy(batch), network(batch), rtol=1e-5, atol=1e-5)
-    else:
-        assert copy is None
+    assert [fused.fusable(b) for b in blocks] == [True, True, True, False]
+    copy = cpu_network(network, "fp32")
+    assert copy is not None
+    batch = torch.randn(2, 1, 24, 24)
+    with torch.inference_mode():
+        torch.testing.assert_close(copy(batch), network(batch), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2),
+        nn.ConvTranspose2d(4, 4, (2, 3), stride=(2, 1), padding=(0, 1), dilation=2),
+        nn.Conv2d(
+            4, 6, (3, 5), stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2
+        ),
+        nn.Conv2d(4, 2, 3, padding=0, bias=False),
+    ],
+    ids=[
+        "transposed-groups-output-padding",
+        "transposed-dilated",
+        "grouped",
+        "no-bias",
+    ],
+)
+@pytest.mark.parametrize("relu", [True, False])
+def test_fused_convolution_equals_the_layer_it_replaces(
+    conv: nn.Module, relu: bool
+) -> None:
+    torch.manual_seed(3)
+    batch = torch.randn(2, 4, 13, 11).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        expected = conv(batch)
+        if relu:
+            expected = torch.relu(expected)
+        got = FusedConvolution(conv, relu)(batch)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_a_copy_that_differs_is_refused_with_a_warning(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 
 from inference import denoise_volume, devices, engine, load_model, metrics, runner
@@ -119,7 +120,12 @@ def test_auto_precision_on_cpu_is_bf16_only_for_validated_kinds(
 
 @pytest.mark.parametrize(
     ("fp32_ms", "bf16_ms", "expected"),
-    [(30.0, 10.0, "bf16"), (11.0, 10.0, "bf16"), (10.9, 10.0, "fp32"), (17.0, 22.8, "fp32")],
+    [
+        (30.0, 10.0, "bf16"),
+        (11.0, 10.0, "bf16"),
+        (10.9, 10.0, "fp32"),
+        (17.0, 22.8, "fp32"),
+    ],
 )
 def test_bf16_is_chosen_only_when_clearly_faster(
     fp32_ms: float, bf16_ms: float, expected: str
@@ -142,6 +148,25 @@ def test_auto_on_a_bf16_cpu_runs_the_precision_measured_faster(
     assert again.provenance["parameters"]["precision_ms_per_slice"] == measured
     chosen = runner.faster_cpu_precision(unet_model.network, batch_size=1)
     assert chosen == (result.provenance["precision"], measured)
+
+
+@pytest.mark.parametrize("faster", ["fp32", "bf16"])
+def test_auto_runs_exactly_what_the_measurement_chose(
+    unet_model: LoadedModel, monkeypatch: pytest.MonkeyPatch, faster: str
+) -> None:
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(runner, "_faster", lambda ms: faster)
+    with torch.no_grad():  # weights whose bf16 rounding shows in the output
+        for parameter in unet_model.network.parameters():
+            parameter.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(2))
+    volume = phantom((3, 32, 32), seed=5)
+    auto = denoise_volume(volume, unet_model, spacing=SPACING)
+    explicit = denoise_volume(volume, unet_model, spacing=SPACING, precision=faster)
+    assert auto.provenance["precision"] == faster
+    np.testing.assert_array_equal(auto.reconstruction, explicit.reconstruction)
+    other = "bf16" if faster == "fp32" else "fp32"
+    different = denoise_volume(volume, unet_model, spacing=SPACING, precision=other)
+    assert not np.array_equal(auto.reconstruction, different.reconstruction)
 
 
 def test_auto_without_native_bf16_measures_nothing(
