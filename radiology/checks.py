@@ -34,6 +34,21 @@ def check_time_limits(app_configs, **kwargs):
 
 
 @register(Tags.compatibility)
+def check_precision(app_configs, **kwargs):
+    allowed = ("auto", "fp32", "bf16", "fp16")
+    if settings.DENOISE_PRECISION not in allowed:
+        return [
+            Error(
+                f"DENOISE_PRECISION={settings.DENOISE_PRECISION!r} is not one of "
+                f"{', '.join(allowed)}: every denoise request would be refused.",
+                hint="Unset it (auto) or pick one; fp16 needs CUDA workers.",
+                id="radiology.E003",
+            )
+        ]
+    return []
+
+
+@register(Tags.compatibility)
 def check_model_bundle(app_configs, **kwargs):
     root = settings.MODELS_ROOT
     if not any(root.glob("*/configs/metadata.json")):

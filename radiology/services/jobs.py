@@ -45,7 +45,9 @@ class TransientJobError(RuntimeError):
 
 
 def normalise_params(params: dict | None) -> tuple[dict, str]:
-    merged = dict(DEFAULT_PARAMS)
+    # A deployment may pin the precision (DENOISE_PRECISION) of jobs that ask for
+    # none; the pinned value is part of the job's identity, like a requested one.
+    merged = {**DEFAULT_PARAMS, "precision": settings.DENOISE_PRECISION}
     for key, value in (params or {}).items():
         if key not in DEFAULT_PARAMS:
             raise JobRequestError(
@@ -97,7 +99,9 @@ def warm_worker() -> float:
     so the first job after a worker starts waits for none of that; seconds taken."""
     start = time.perf_counter()
     info = resolve_model(None)
-    inference.warm_up(worker_model(info.name, info.version))
+    inference.warm_up(
+        worker_model(info.name, info.version), precision=settings.DENOISE_PRECISION
+    )
     elapsed = time.perf_counter() - start
     logger.info(
         "worker warmed up with %s:%s in %.2f s", info.name, info.version, elapsed

@@ -21,6 +21,7 @@ from radiology.services.jobs import (
     denoise_job_cancel,
     denoise_job_request,
     denoise_job_run,
+    normalise_params,
     output_names,
     reconcile_stale_jobs,
     resolve_model,
@@ -294,6 +295,17 @@ def test_queued_job_whose_message_was_lost_is_sent_again(
     )
     reconcile_stale_jobs()
     assert sent == [job.pk]
+
+
+def test_pinned_precision_is_the_default_and_part_of_the_job_identity(settings):
+    settings.DENOISE_PRECISION = "fp32"
+    pinned, pinned_sha = normalise_params(None)
+    assert pinned["precision"] == "fp32"
+    asked, asked_sha = normalise_params({"precision": "bf16"})
+    assert asked["precision"] == "bf16" and asked_sha != pinned_sha
+    settings.DENOISE_PRECISION = "auto"
+    auto, auto_sha = normalise_params(None)
+    assert auto["precision"] == "auto" and auto_sha != pinned_sha
 
 
 def test_worker_warm_up_loads_the_default_model_before_any_job(models_root):

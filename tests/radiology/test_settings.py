@@ -109,3 +109,11 @@ def test_pure_packages_never_import_django(path):
         )
     ]
     assert offenders == []
+
+
+def test_a_precision_pin_is_checked(settings):
+    from radiology.checks import check_precision
+
+    assert check_precision(None) == []
+    settings.DENOISE_PRECISION = "fp64"
+    assert [e.id for e in check_precision(None)] == ["radiology.E003"]
