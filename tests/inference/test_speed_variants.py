@@ -11,6 +11,7 @@ import torch
 from scipy import ndimage
 
 from inference import denoise_volume, devices, engine, load_model, metrics, runner
+from inference.networks import build_network
 from inference.registry import LoadedModel
 
 from .inference_fixtures import FAST_UNET, BundleFactory, phantom
@@ -231,3 +232,17 @@ def test_separable_filters_match_their_3x3_kernels() -> None:
         rtol=1e-5,
         atol=1e-4,
     )
+
+
+def test_in_place_skips_without_autograd_change_nothing() -> None:
+    torch.manual_seed(4)
+    network = build_network(FAST_UNET).eval()
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.normal_(0.0, 0.3)
+    batch = torch.randn(2, 1, 24, 16)
+    with_grad = network(batch)  # the skips are added out of place
+    assert with_grad.requires_grad
+    with_grad.sum().backward()  # and autograd still works through them
+    with torch.inference_mode():
+        torch.testing.assert_close(network(batch), with_grad.detach(), rtol=0, atol=0)
