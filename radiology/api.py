@@ -79,14 +79,14 @@ def job_json(job: DenoiseJob) -> dict:
                 "strength": r.strength,
                 "created_at": r.created_at,
             }
-            for r in job.reviews.select_related("reviewer")
+            for r in selectors.job_reviews(job)
         ],
     }
 
 
 def series_json(series) -> dict:
     latest = selectors.latest_job(series)
-    open_issues = list(series.open_fixity_issues)
+    open_issues = selectors.open_fixity_issues(series)
     data = series_summary(series)
     data.update(
         {
