@@ -32,6 +32,7 @@ from pydicom.uid import UID
 from .api import TokenAuth
 from .audit import audit_record
 from .dicomio.sandbox import DecodeFailed, decode_isolated
+from .errors import DicomwebError
 from .models import AuditEvent, Instance, Series, Study
 from .services.ingest import upload_ingest
 from .storage import media_path
@@ -51,19 +52,6 @@ _EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
 _PROCESSING_FAILURE = 0x0110
 _CANNOT_UNDERSTAND = 0xC000
 _STUDY_MISMATCH = 0xA900
-
-
-class DicomwebError(Exception):
-    """A request the DICOMweb service refuses; ``status`` is the HTTP answer.
-
-    Cause: a malformed or unsupported request (media type, query attribute,
-    frame number). Fix: the message says what was expected.
-    """
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
 
 
 def _problem(status: int, detail: str) -> HttpResponse:

@@ -10,6 +10,8 @@ from django.db import models
 from django.db.models import Q
 from django.urls import reverse
 
+from .errors import AuditImmutableError
+
 
 class StudyQuerySet(models.QuerySet):
     def visible_to(self, user) -> StudyQuerySet:
@@ -290,14 +292,6 @@ class AuditQuerySet(models.QuerySet):
 
     def delete(self):
         raise AuditImmutableError("audit events are append-only: delete refused")
-
-
-class AuditImmutableError(Exception):
-    """An audit row was about to be changed or deleted.
-
-    Cause: code called ``save()`` on an existing event, or ``update()``/``delete()``.
-    Fix: write a new event with ``audit.record`` instead; the log is append-only.
-    """
 
 
 class AuditEvent(models.Model):

@@ -23,17 +23,11 @@ from ..dicomio.derived import (
     deidentify_series,
     to_bytes,
 )
+from ..errors import ExportError
 from ..models import AuditEvent, DenoiseJob
 from ..storage import load_array, media_path
 
 __all__ = ["ExportError", "ExportResult", "ExportedSeries", "series_export"]
-
-
-class ExportError(ValueError):
-    """An export that cannot be made (job not finished, output missing, folder in use).
-
-    Cause and fix are in the message; nothing was written.
-    """
 
 
 @dataclass(frozen=True)

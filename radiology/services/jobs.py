@@ -19,6 +19,7 @@ import inference
 from inference.bundle import parse_version
 
 from ..audit import audit_record, canonical_json
+from ..errors import JobRequestError, JobSuperseded, TransientJobError
 from ..models import AuditEvent, DenoiseJob, Series
 from ..storage import ArrayFile, load_array
 
@@ -26,22 +27,6 @@ logger = logging.getLogger(__name__)
 
 #: Parameters a requester may set, with their defaults; anything else is refused.
 DEFAULT_PARAMS: dict[str, object] = {"precision": "auto", "batch_size": None}
-
-
-class JobRequestError(ValueError):
-    """A denoise request that cannot be honoured (derived series, unknown model, bad
-    parameter). Cause and fix are in the message; nothing was queued."""
-
-
-class JobSuperseded(RuntimeError):
-    """This attempt no longer owns its job (requeued, cancelled or taken over).
-
-    The attempt stops and discards its temp files; the owner of the job goes on."""
-
-
-class TransientJobError(RuntimeError):
-    """A failure worth retrying (database connection dropped, storage briefly full).
-    The task retries it with back-off; after the last retry the job fails."""
 
 
 def normalise_params(params: dict | None) -> tuple[dict, str]:
