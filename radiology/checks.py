@@ -5,6 +5,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 
+from inference.devices import PRECISIONS
+
 
 @register(Tags.compatibility)
 def check_time_limits(app_configs, **kwargs):
@@ -35,12 +37,11 @@ def check_time_limits(app_configs, **kwargs):
 
 @register(Tags.compatibility)
 def check_precision(app_configs, **kwargs):
-    allowed = ("auto", "fp32", "bf16", "fp16")
-    if settings.DENOISE_PRECISION not in allowed:
+    if settings.DENOISE_PRECISION not in PRECISIONS:
         return [
             Error(
                 f"DENOISE_PRECISION={settings.DENOISE_PRECISION!r} is not one of "
-                f"{', '.join(allowed)}: every denoise request would be refused.",
+                f"{', '.join(PRECISIONS)}: every denoise request would be refused.",
                 hint="Unset it (auto) or pick one; fp16 needs CUDA workers.",
                 id="radiology.E003",
             )

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 import inference
 from inference.bundle import parse_version
+from inference.devices import PRECISIONS
 
 from ..audit import audit_record, canonical_json
 from ..errors import JobRequestError, JobSuperseded, TransientJobError
@@ -39,10 +40,10 @@ def normalise_params(params: dict | None) -> tuple[dict, str]:
                 f"denoise: unknown parameter {key!r}; allowed: {sorted(DEFAULT_PARAMS)}"
             )
         merged[key] = value
-    if merged["precision"] not in {"auto", "fp32", "bf16", "fp16"}:
+    if merged["precision"] not in PRECISIONS:
+        choices = ", ".join(PRECISIONS[:-1]) + " or " + PRECISIONS[-1]
         raise JobRequestError(
-            "denoise: precision must be auto, fp32, bf16 or fp16, got "
-            f"{merged['precision']!r}"
+            f"denoise: precision must be {choices}, got {merged['precision']!r}"
         )
     batch = merged["batch_size"]
     if batch is not None and (not isinstance(batch, int) or not 1 <= batch <= 512):
