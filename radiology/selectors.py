@@ -76,7 +76,11 @@ def _with_listing(qs: QuerySet[Series]) -> QuerySet[Series]:
     jobs = (
         DenoiseJob.objects.select_related("requested_by")
         .prefetch_related(
-            Prefetch("reviews", queryset=Review.objects.select_related("reviewer"))
+            Prefetch(
+                "reviews",
+                queryset=Review.objects.select_related("reviewer"),
+                to_attr="reviews_listed",
+            )
         )
         .order_by("-created_at")
     )
@@ -104,9 +108,8 @@ def open_fixity_issues(series: Series) -> list[FixityIssue]:
 
 def job_reviews(job: DenoiseJob) -> list[Review]:
     """The job's reviews with their reviewers: fetched with the listing, else now."""
-    if "reviews" in getattr(job, "_prefetched_objects_cache", {}):
-        return list(job.reviews.all())
-    return list(job.reviews.select_related("reviewer"))
+    listed = getattr(job, "reviews_listed", None)
+    return list(job.reviews.select_related("reviewer")) if listed is None else listed
 
 
 def audit_events_for(
