@@ -26,6 +26,8 @@ from inference.registry import (
     default_models_root,
     list_models,
     load_model,
+    next_version,
+    write_default,
 )
 
 __all__ = [
@@ -48,6 +50,8 @@ __all__ = [
     "read_metadata",
     "reference_statistics",
     "sha256_file",
+    "next_version",
     "warm_up",
     "write_bundle",
+    "write_default",
 ]

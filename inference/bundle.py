@@ -137,6 +137,22 @@ def validate_input_spec(spec: Any) -> dict[str, Any]:
     for key in ("batch_size", "size_multiple"):
         if not _is_positive_int(spec.get(key)):
             raise fail(f"{key} must be a positive integer, got {spec.get(key)!r}")
+    unit = spec.get("noise_unit", 0.005)
+    if not _is_number(unit) or not math.isfinite(unit) or unit <= 0:
+        raise fail(f"noise_unit must be a number > 0, got {unit!r}")
+    limit = spec.get("residual_limit")
+    if limit is not None:
+        if not isinstance(limit, Mapping):
+            raise fail(f"residual_limit must be null or an object, got {limit!r}")
+        multiple, window = limit.get("sd_multiple"), limit.get("window", 0)
+        if not _is_number(multiple) or not math.isfinite(multiple) or multiple <= 0:
+            raise fail(
+                f"residual_limit.sd_multiple must be a number > 0, got {multiple!r}"
+            )
+        if not _is_positive_int(window) or window < 3 or window % 2 == 0:
+            raise fail(f"residual_limit.window must be odd and >= 3, got {window!r}")
+        if dims != 2:
+            raise fail("residual_limit needs spatial_dims 2")
     return spec
 
 

@@ -18,13 +18,16 @@ import torch
 
 from inference.allocator import GrowthLimit, reusing_freed_blocks
 from inference.devices import resolve_precision
-from inference.metrics import slice_statistics, slice_statistics_tensor, summarise
+from inference.metrics import slice_statistics, summarise
+from inference.noise import estimate_noise_sd
 from inference.ood import check_ood, ood_statistics
 from inference.provenance import build_provenance, utc_now
 from inference.registry import LoadedModel
 from inference.runner import (
     WINDOW_OVERLAP,
+    body_threshold,
     faster_cpu_precision,
+    input_channels,
     normalisation_for,
     predict,
     predict_slices,
@@ -181,13 +184,14 @@ def denoise_volume(
             stack,
             recon_stack,
             residual_stack,
-            lambda x, progress_: predict_slices(
-                x, model.network, progress=progress_, **options
+            lambda x, progress_, noise_sd: predict_slices(
+                x, model.network, progress=progress_, noise_sd=noise_sd, **options
             ),
             device,
             batch,
             report,
             on_slices_done,
+            body_threshold(spec),
         )
     else:
         pass_ = _run_whole(
@@ -198,6 +202,7 @@ def denoise_volume(
                 x, model.network, out=out, progress=progress_, **options
             ),
             report,
+            body_threshold(spec),
         )
         if on_slices_done is not None:
             on_slices_done(0, stack.shape[0])
@@ -218,8 +223,10 @@ def denoise_volume(
     if metrics["flagged_slices"]:
         warnings.append(
             f"residual shows structure in {len(metrics['flagged_slices'])} slice(s) "
-            f"(score {metrics['structure_score_max']:.2f} > "
-            f"{metrics['structure_threshold']}): the model may have removed anatomy"
+            f"(edge energy ratio up to {metrics['structure_score_max'] or 0.0:.2f}, "
+            f"limit {metrics['structure_threshold']}; anatomy correlation up to "
+            f"{metrics['anatomy_correlation_max'] or 0.0:.2f}, limit "
+            f"{metrics['anatomy_threshold']}): the model may have removed anatomy"
         )
     t_post = time.perf_counter()
 
@@ -246,6 +253,9 @@ def denoise_volume(
         "window_overlap": WINDOW_OVERLAP if roi or spec["spatial_dims"] == 3 else None,
         "size_multiple": spec.get("size_multiple", 1),
         "padding": "reflect",
+        "noise_conditioned": input_channels(model.network) == 2,
+        "residual_limit": spec.get("residual_limit"),
+        "noise_sd_estimate": _noise_summary(per_slice["noise_sd_before"]),
     }
     provenance = build_provenance(
         model,
@@ -318,8 +328,7 @@ def warm_up(
         precision=_resolve_precision(precision, model)[0],
         batch_size=batch,
     )
-    if stays_on_device(model.device):
-        slice_statistics_tensor(images, denoised, images - denoised)
+    slice_statistics(images.cpu().numpy(), denoised.cpu().numpy())
     return time.perf_counter() - start
 
 
@@ -344,6 +353,18 @@ def _resolve_precision(
         return resolved, None
     batch = _check_batch_size(None, model, (512, 512))
     return faster_cpu_precision(model.network, batch_size=batch)
+
+
+def _noise_summary(per_slice: np.ndarray) -> dict[str, Any]:
+    """The input's noise estimate for the provenance: its method and its median,
+    minimum and maximum over slices, in the series' units (the per-slice values
+    are in the metrics)."""
+    values = np.asarray(per_slice, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    summary: dict[str, Any] = {"method": "inference.noise.estimate_noise_sd"}
+    for name, reduce in (("median", np.median), ("min", np.min), ("max", np.max)):
+        summary[name] = round(float(reduce(values)), 3) if values.size else None
+    return summary
 
 
 class _Progress:
@@ -424,7 +445,7 @@ class _Pass:
 
 
 SlicePredictor = Callable[
-    [torch.Tensor, Callable[[int, int], None] | None], torch.Tensor
+    [torch.Tensor, Callable[[int, int], None] | None, np.ndarray], torch.Tensor
 ]
 VolumePredictor = Callable[
     [np.ndarray, np.ndarray, Callable[[int, int], None] | None], None
@@ -440,17 +461,20 @@ def _run_slices(
     batch: int,
     report: Callable[[int, int], None],
     on_slices_done: Callable[[int, int], None] | None = None,
+    body: float | None = -500.0,
 ) -> _Pass:
     """One pass over a 2D series, a chunk at a time.
 
-    On a CPU the residual and metrics are computed with NumPy in the output arrays;
-    on a GPU the chunk stays there from input to metrics and only the
-    reconstruction and residual come back. Two helper threads keep the disk and
-    the hashes off the critical path: one hashes the input, the other hashes the
-    output, calls ``on_slices_done`` for finished chunks, writes those of
-    memory-mapped outputs back to their files and releases their pages. At most
-    :data:`_CHUNKS_IN_FLIGHT` chunks wait for them, so memory stays bounded when
-    the disk is slower than the device.
+    Each chunk's noise is measured first (it conditions the network and bounds
+    its residual), then the chunk is denoised. On a CPU the residual is computed
+    with NumPy in the output arrays; on a GPU the chunk stays there from input to
+    residual and only the reconstruction and residual come back. The metrics are
+    computed on the host, where the selections they need are fast. Two helper
+    threads keep the disk and the hashes off the critical path: one hashes the
+    input, the other hashes the output, calls ``on_slices_done`` for finished
+    chunks, writes those of memory-mapped outputs back to their files and releases
+    their pages. At most :data:`_CHUNKS_IN_FLIGHT` chunks wait for them, so memory
+    stays bounded when the disk is slower than the device.
     """
     depth = stack.shape[0]
     chunk = _chunk_slices(stack.shape[1:], batch)
@@ -479,26 +503,29 @@ def _run_slices(
             x = _as_float32(stack[start:stop])
             hashed = hash_in.submit(sha_in.update, x.data.cast("B"))
             images = torch.from_numpy(x).to(device)
+            noise_sd = estimate_noise_sd(x, body_threshold=body)
             t_pre = time.perf_counter()
 
             def chunk_progress(step: int, _total: int, before: int = done) -> None:
                 report(before + step, total)
 
-            denoised = predictor(images, chunk_progress)
+            denoised = predictor(images, chunk_progress, noise_sd)
             done += math.ceil((stop - start) / batch)
             out, res = recon[start:stop], residual[start:stop]
             _populate_pages(out, res)
             if on_device:
                 difference = images - denoised
-                parts.append(slice_statistics_tensor(images, denoised, difference))
-                t_infer = time.perf_counter()
                 _copy_to_host(denoised, out)
                 _copy_to_host(difference, res)
             else:
                 out[...] = denoised.cpu().numpy()
-                t_infer = time.perf_counter()
                 np.subtract(x, out, out=res)
-                parts.append(slice_statistics(x, out, res))
+            t_infer = time.perf_counter()
+            parts.append(
+                slice_statistics(
+                    x, out, res, noise_sd_before=noise_sd, body_threshold=body
+                )
+            )
             written = write_out.submit(
                 _finish_chunk,
                 sha_out,
@@ -546,9 +573,8 @@ def _finish_chunk(
 
 
 def stays_on_device(device: torch.device) -> bool:
-    """Whether residual and metrics are computed where the network ran (CUDA)
-    rather than with NumPy on the host (a CPU, where NumPy is faster, or another
-    backend, whose float64 support the metrics cannot count on)."""
+    """Whether the residual is computed where the network ran (CUDA) rather than
+    with NumPy on the host (a CPU, where NumPy is faster, or another backend)."""
     return device.type == "cuda"
 
 
@@ -621,6 +647,7 @@ def _run_whole(
     residual: np.ndarray,
     predictor: VolumePredictor,
     report: Callable[[int, int], None],
+    body: float | None = -500.0,
 ) -> _Pass:
     tick = time.perf_counter()
     x = _as_float32(stack)
@@ -629,7 +656,7 @@ def _run_whole(
     predictor(x, recon, report)
     t_infer = time.perf_counter()
     np.subtract(x, recon, out=residual)
-    per_slice = slice_statistics(x, recon, residual)
+    per_slice = slice_statistics(x, recon, residual, body_threshold=body)
     output_sha256 = hashlib.sha256(np.ascontiguousarray(recon).data.cast("B"))
     return _Pass(
         per_slice,

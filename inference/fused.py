@@ -243,6 +243,9 @@ def _differs(network: nn.Module, fused: nn.Module, precision: str) -> str:
     generator = torch.Generator().manual_seed(0)
     # Normalised CT: soft tissue about 0.26 of the (-1024, 4096) range, with noise.
     sample = 0.26 + 0.02 * torch.randn(2, 1, size, size, generator=generator)
+    if getattr(network, "noise_conditioned", False):
+        # The second channel is the slice's noise SD as a constant map.
+        sample = torch.cat([sample, torch.full_like(sample, 0.02)], dim=1)
     try:
         with torch.inference_mode():
             with autocast(torch.device("cpu"), precision):
@@ -254,7 +257,7 @@ def _differs(network: nn.Module, fused: nn.Module, precision: str) -> str:
         return f"output shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
     # Compared as estimates (output minus input): the input, passed through by
     # residual networks, would hide a difference in what the network adds.
-    estimate = expected - sample
+    estimate = expected - sample[:, :1]
     scale = float(estimate.abs().max()) or 1.0
     error = float((got - expected).abs().max())
     if not error <= _CHECK_RTOL[precision] * scale:

@@ -35,6 +35,9 @@ class DenoisingNetwork(nn.Module):
     kind: str = ""
     size_multiple: int = 1
     fixed_roi: tuple[int, ...] | None = None
+    #: Whether the input has a second channel, the slice's noise SD in normalised
+    #: units as a constant map (:func:`inference.runner.predict_slices` adds it).
+    noise_conditioned: bool = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -270,6 +273,13 @@ class FastNoiseUNet(DenoisingNetwork):
     concatenation). The output is ``x - noise``. For 2D inputs the network runs in
     ``channels_last`` memory format, which roughly halves CPU time for thin layers.
 
+    With ``noise_conditioned`` the input has a second channel holding the slice's
+    estimated noise SD as a level map (:func:`inference.noise.noise_level_map`, as
+    FFDNet's noise level map), so one network can remove exactly the noise a slice
+    has, from none to very low dose; the head's estimate is then in units of that
+    SD (it is multiplied by it), so a slice without noise comes out unchanged and
+    every noise level asks the same of the network. The output keeps one channel.
+
     Args:
         spatial_dims: 2 or 3.
         stem_channels: channels of the single full-resolution layer, default 8.
@@ -279,6 +289,10 @@ class FastNoiseUNet(DenoisingNetwork):
             default ``(1, 1, 2)``.
         decoder_blocks: 3x3 convolutions per level after its skip addition, for
             every level but the deepest, default ``(1, 1)``; a 0 skips them.
+        noise_conditioned: take the noise level map as a second input channel,
+            default ``False``.
+        noise_unit: the map's unit (the input spec's ``noise_unit``), default
+            0.005: the noise SD is ``noise_unit * (2 ** (8 * map) - 1)``.
     """
 
     kind = "fast_unet_noise"
@@ -290,6 +304,8 @@ class FastNoiseUNet(DenoisingNetwork):
         channels: Sequence[int] = (16, 32, 64),
         encoder_blocks: Sequence[int] = (1, 1, 2),
         decoder_blocks: Sequence[int] = (1, 1),
+        noise_conditioned: bool = False,
+        noise_unit: float = 0.005,
     ) -> None:
         super().__init__()
         if len(channels) < 1:
@@ -305,6 +321,8 @@ class FastNoiseUNet(DenoisingNetwork):
                 f"but the deepest), got {decoder_blocks}"
             )
         self.spatial_dims = spatial_dims
+        self.noise_conditioned = bool(noise_conditioned)
+        self.noise_unit = float(noise_unit)
 
         def conv(cin: int, cout: int, *, strides: int = 1) -> Convolution:
             return Convolution(
@@ -332,7 +350,7 @@ class FastNoiseUNet(DenoisingNetwork):
             )
 
         widths = [stem_channels, *channels]
-        self.stem = conv(1, stem_channels)
+        self.stem = conv(1 + int(self.noise_conditioned), stem_channels)
         self.down = nn.ModuleList(
             nn.Sequential(
                 conv(widths[i], widths[i + 1], strides=2),
@@ -365,6 +383,9 @@ class FastNoiseUNet(DenoisingNetwork):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.spatial_dims == 2:
             x = x.contiguous(memory_format=torch.channels_last)
+        sd = None
+        if self.noise_conditioned:
+            sd = self.noise_unit * (torch.exp2(8.0 * x[:, 1:2]) - 1.0)
         h = self.stem(x)
         skips = [h]
         for level in self.down:
@@ -378,7 +399,10 @@ class FastNoiseUNet(DenoisingNetwork):
             up = self.up[i](h)
             up = up.add_(skips.pop()) if in_place else up + skips.pop()
             h = self.decode[i](up)
-        return (x - self.head(h)).contiguous()
+        estimate = self.head(h)
+        if sd is not None:
+            estimate = estimate * sd
+        return (x[:, :1] - estimate).contiguous()
 
 
 NETWORK_KINDS: Mapping[str, type[DenoisingNetwork]] = {

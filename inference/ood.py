@@ -17,8 +17,12 @@ max and the 1/5/50/95/99th percentiles) in ``metadata["ood_reference"]``:
   autoencoder anomaly detector, applied to our own inputs.
 
 At inference, :func:`check_ood` takes the median of each statistic over the
-series' slices and warns when it is more than :data:`Z_THRESHOLD` (4) spreads from
-the training mean AND outside the training [min, max]. The spread is the training
+series' slices. A size (:data:`SCALE_STATISTICS`: SDs and RMS, which span orders of
+magnitude from quiet to noisy training slices) warns when it lies more than
+:data:`SCALE_FACTOR` (4) times outside the training [min, max]: an image in other
+units or of another modality. Any other statistic warns when it is more than
+:data:`Z_THRESHOLD` (4) spreads from the training mean AND outside the training
+[min, max]. The spread is the training
 SD, floored at 2% of |mean| and at 1e-4 so that a reference computed at a single
 noise level does not warn on estimator jitter. Requiring both keeps heavy-tailed
 training distributions from warning on values the model has actually seen. A
@@ -63,6 +67,10 @@ OOD_STATISTICS: tuple[str, ...] = (
 )
 #: Spreads from the training mean beyond which a series statistic warns.
 Z_THRESHOLD = 4.0
+#: Statistics that are sizes, checked by a factor outside their training range.
+SCALE_STATISTICS: frozenset[str] = frozenset({"intensity_sd", "noise_sd", "recon_rmse"})
+#: How far outside the training range (as a factor) a size may be.
+SCALE_FACTOR = 4.0
 _RELATIVE_FLOOR = 0.02
 _ABSOLUTE_FLOOR = 1e-4
 _PERCENTILES = (1, 5, 50, 95, 99)
@@ -207,6 +215,19 @@ def check_ood(
             continue
         value = _series_value(volume_stats[name])
         if value is None:
+            continue
+        if name in SCALE_STATISTICS:
+            # Sizes (SDs, RMS) span orders of magnitude in training, from a
+            # near-noiseless slice to a very noisy one: a z-score over that range
+            # misses an input in other units; a factor outside the range does not.
+            low, high = float(ref["min"]), float(ref["max"])
+            if value < low / SCALE_FACTOR or value > high * SCALE_FACTOR:
+                side = "above" if value > high else "below"
+                warnings.append(
+                    f"{name} {value:.4g} is more than {SCALE_FACTOR:g}x {side} the "
+                    f"training range {low:.4g} to {high:.4g}: the input is unlike "
+                    "the training data (other units or modality?)"
+                )
             continue
         spread = max(
             float(ref["sd"]), _RELATIVE_FLOOR * abs(float(ref["mean"])), _ABSOLUTE_FLOOR

@@ -33,6 +33,8 @@ __all__ = [
     "list_models",
     "load_model",
     "clear_cache",
+    "next_version",
+    "write_default",
 ]
 
 logger = logging.getLogger(__name__)
@@ -252,6 +254,19 @@ def _build(meta: dict[str, Any], payload: bytes, weights_path: Path) -> nn.Modul
         raise BundleError(
             f"load_model: {weights_path}: bad network_def ({exc})"
         ) from None
+    if getattr(network, "noise_conditioned", False):
+        # The runner writes the level map with the spec's unit, the network reads
+        # it with its own: they must agree.
+        unit = float(meta["input_spec"].get("noise_unit", 0.005))
+        if abs(unit - float(getattr(network, "noise_unit", unit))) > 1e-12:
+            raise BundleError(
+                f"load_model: {weights_path}: input_spec noise_unit {unit} differs "
+                f"from the network's {getattr(network, 'noise_unit', None)}"
+            )
+        if int(meta["input_spec"]["spatial_dims"]) != 2:
+            raise BundleError(
+                f"load_model: {weights_path}: noise-conditioned networks are 2D"
+            )
     try:
         state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
         network.load_state_dict(state, strict=True)
@@ -289,6 +304,26 @@ def _scan(root: Path) -> dict[tuple[str, str], tuple[Path, dict[str, Any]]]:
             )
         bundles[key] = (folder, meta)
     return bundles
+
+
+def write_default(root: Path | str, name: str, version: str) -> None:
+    """Point ``root/DEFAULT`` at ``name:version``, pinned (a later version of the
+    name never becomes the default by being written), atomically (a reader sees
+    the old or the new line, never an empty file)."""
+    path = Path(root) / "DEFAULT"
+    tmp = path.with_name(f".DEFAULT.{os.getpid()}.tmp")
+    tmp.write_text(f"{name}:{version}\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def next_version(root: Path | str, name: str, after: str) -> str:
+    """The next minor version of ``name`` above ``after`` that no bundle under
+    ``root`` has (``MAJOR.MINOR+1.0``, then on)."""
+    taken = {version for (n, version) in _scan(Path(root)) if n == name}
+    major, minor, _ = parse_version(after)
+    while f"{major}.{minor + 1}.0" in taken:
+        minor += 1
+    return f"{major}.{minor + 1}.0"
 
 
 def _read_default(root: Path, *, required: bool) -> tuple[str, str | None] | None:

@@ -18,10 +18,14 @@ from torch import nn
 
 from inference.devices import autocast
 from inference.fused import cpu_network
+from inference.noise import estimate_noise_sd, limit_residual, noise_level_map
 
 __all__ = [
     "Normalisation",
+    "body_threshold",
+    "denoise_images",
     "faster_cpu_precision",
+    "input_channels",
     "normalisation_for",
     "padding_for",
     "predict",
@@ -105,6 +109,7 @@ def predict(
     batch_size: int,
     out: np.ndarray,
     progress: Callable[[int, int], None] | None = None,
+    noise_sd: np.ndarray | None = None,
 ) -> None:
     """Denoise ``volume`` into ``out`` (same shape, float32, original units).
 
@@ -126,6 +131,7 @@ def predict(
         batch_size: slices (2D) or windows per forward pass.
         out: preallocated (z, y, x) float32 array that receives the result.
         progress: called with (steps done, total steps) after each forward pass.
+        noise_sd: 2D: as for :func:`predict_slices`.
     """
     if int(spec["spatial_dims"]) == 2:
         images = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
@@ -138,9 +144,12 @@ def predict(
             precision=precision,
             batch_size=batch_size,
             progress=progress,
+            noise_sd=noise_sd,
         )
         out[...] = result.cpu().numpy()
         return
+    if input_channels(network) != 1:
+        raise ValueError("predict: noise-conditioned networks must be 2D")
     _predict_volume(
         volume,
         _forward_fn(network, device, precision),
@@ -164,6 +173,7 @@ def predict_slices(
     precision: str,
     batch_size: int,
     progress: Callable[[int, int], None] | None = None,
+    noise_sd: np.ndarray | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Denoise a stack of 2D slices where the network is, without leaving it.
 
@@ -171,11 +181,19 @@ def predict_slices(
     on a GPU the slices cross the bus once each way and the caller can go on
     (residual, metrics) with the result where it is.
 
+    A noise-conditioned network (``network.noise_conditioned``) gets each slice's
+    noise SD as a second input channel, and a bundle with a ``residual_limit``
+    has its residual held to that many noise SDs (:func:`inference.noise.
+    limit_residual`); both use ``noise_sd``, estimated here when not given.
+
     Args:
         images: (z, y, x) float32 tensor in original units, on any device.
         network: a 2D denoiser, in eval mode, on ``device``.
         spec, norm, device, precision, batch_size, progress: as for
             :func:`predict`.
+        noise_sd: (z,) noise SD of each slice in original units
+            (:func:`inference.noise.estimate_noise_sd`), default estimated here
+            when the network or the bundle needs it.
 
     Returns:
         (z, y, x) float32 tensor on ``device``, original units.
@@ -188,23 +206,115 @@ def predict_slices(
     inferer = _inferer(roi, batch_size, device, stitch_on=device) if roi else None
     total = math.ceil(depth / batch_size)
     offset, scale = float(norm.offset), float(norm.scale)
+    conditioned = input_channels(network) == 2
+    limit = spec.get("residual_limit")
     with torch.inference_mode():
         images = images.to(device)
+        sigma = None
+        if conditioned or limit:
+            if noise_sd is None:
+                noise_sd = estimate_noise_sd(
+                    images, body_threshold=body_threshold(spec)
+                )
+            # A slice too small to measure has no noise to remove as far as anyone
+            # can tell: it comes out unchanged.
+            measured = np.nan_to_num(np.asarray(noise_sd, dtype=np.float64), nan=0.0)
+            sigma = torch.as_tensor(measured, dtype=torch.float32).to(device) / scale
+            level_map = noise_level_map(sigma, float(spec.get("noise_unit", 0.005)))
         out = torch.empty_like(images, dtype=torch.float32)
         for step, start in enumerate(range(0, depth, batch_size), start=1):
             stop = min(start + batch_size, depth)
-            batch = (images[start:stop].float() - offset) / scale
-            batch = reflect_pad(batch[:, None], pads)
-            result = inferer(batch, forward) if inferer else forward(batch)
+            batch = ((images[start:stop].float() - offset) / scale)[:, None]
+            if sigma is not None and conditioned:
+                level = level_map[start:stop].reshape(-1, 1, 1, 1).expand_as(batch)
+                batch = torch.cat([batch, level], dim=1)
+            padded = reflect_pad(batch, pads)
+            result = inferer(padded, forward) if inferer else forward(padded)
             assert isinstance(result, torch.Tensor)
             crop = [
                 slice(before, size - after)
                 for (before, after), size in zip(pads, result.shape[2:], strict=True)
             ]
-            out[start:stop] = result[:, 0][(slice(None), *crop)] * scale + offset
+            result = result[(slice(None), slice(0, 1), *crop)]
+            if limit and sigma is not None:
+                result = limit_residual(
+                    batch[:, :1],
+                    result,
+                    sigma[start:stop],
+                    sd_multiple=float(limit["sd_multiple"]),
+                    window=int(limit["window"]),
+                )
+            out[start:stop] = result[:, 0] * scale + offset
             if progress is not None:
                 progress(step, total)
     return out
+
+
+def denoise_images(
+    network: nn.Module,
+    images: Sequence[np.ndarray],
+    spec: Mapping[str, Any],
+    *,
+    batch_size: int | None = None,
+    precision: str = "fp32",
+) -> list[np.ndarray]:
+    """Denoise separate 2D images exactly as the worker denoises a series.
+
+    Training validation, ``python -m training evaluate`` and ``python -m bench
+    quality`` call this, so their numbers measure what production runs: each
+    image is one series for :func:`normalisation_for` (same-shape images share a
+    batch when the normalisation is linear, which does not depend on the series),
+    and :func:`predict_slices` does the rest, noise estimate, conditioning and
+    residual limit included.
+
+    Args:
+        network: a 2D denoiser; put in eval mode for the call and restored after.
+        images: 2D float arrays in original units (HU for CT).
+        spec: the bundle's ``input_spec``.
+        batch_size: slices per forward pass, default ``spec["batch_size"]``.
+        precision: a resolved precision, default "fp32".
+
+    Returns:
+        float32 arrays, same shapes as ``images``.
+    """
+    batch = int(batch_size or spec["batch_size"])
+    device = next(network.parameters()).device
+    outputs: list[np.ndarray] = [np.empty(0, np.float32)] * len(images)
+    groups: dict[Any, list[int]] = {}
+    linear = spec["normalisation"]["kind"] == "linear"
+    for index, image in enumerate(images):
+        key = image.shape if linear else index
+        groups.setdefault(key, []).append(index)
+    was_training = network.training
+    network.eval()
+    try:
+        for indices in groups.values():
+            stack = np.stack([np.asarray(images[i], np.float32) for i in indices])
+            result = predict_slices(
+                torch.from_numpy(stack),
+                network,
+                spec=spec,
+                norm=normalisation_for(stack, spec),
+                device=device,
+                precision=precision,
+                batch_size=batch,
+            )
+            for k, i in enumerate(indices):
+                outputs[i] = result[k].cpu().numpy()
+    finally:
+        network.train(was_training)
+    return outputs
+
+
+def input_channels(network: nn.Module) -> int:
+    """Channels a denoiser takes: 2 for noise-conditioned networks, else 1."""
+    return 2 if getattr(network, "noise_conditioned", False) else 1
+
+
+def body_threshold(spec: Mapping[str, Any]) -> float | None:
+    """The value above which a pixel belongs to the patient, for the noise
+    estimate: -500 HU for CT, none for MR (no fixed scale)."""
+    return -500.0 if spec.get("modality") == "CT" else None
 
 
 def reflect_pad(batch: torch.Tensor, pads: Sequence[tuple[int, int]]) -> torch.Tensor:
@@ -370,6 +480,8 @@ def faster_cpu_precision(
         shape = [-(-int(n) // size_multiple) * size_multiple for n in slice_shape]
         generator = torch.Generator().manual_seed(0)
         batch = torch.randn(batch_size, 1, *shape, generator=generator) * 0.1 + 0.25
+        if input_channels(network) == 2:
+            batch = torch.cat([batch, torch.full_like(batch, 0.05)], dim=1)
         forwards = {p: _forward_fn(network, cpu, p) for p in ("fp32", "bf16")}
         best = dict.fromkeys(forwards, math.inf)
         with torch.inference_mode():

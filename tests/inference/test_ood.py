@@ -25,7 +25,7 @@ SPACING = (2.0, 0.8, 0.8)
 
 
 def training_slices(noise_hu: float = 20.0) -> list[np.ndarray]:
-    return list(phantom((12, 48, 48), seed=100, noise_hu=noise_hu))
+    return list(phantom((12, 128, 128), seed=100, noise_hu=noise_hu))
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_bare_network_without_input_spec_is_refused() -> None:
 def test_in_distribution_series_does_not_warn(
     model_with_reference: LoadedModel,
 ) -> None:
-    volume = phantom((6, 48, 48), seed=7, noise_hu=20.0)
+    volume = phantom((6, 128, 128), seed=7, noise_hu=20.0)
     result = denoise_volume(
         volume, model_with_reference, spacing=SPACING, modality="CT"
     )
@@ -76,7 +76,7 @@ def test_in_distribution_series_does_not_warn(
 
 
 def test_wrong_modality_warns(model_with_reference: LoadedModel) -> None:
-    volume = phantom((3, 48, 48), seed=8, noise_hu=20.0)
+    volume = phantom((3, 128, 128), seed=8, noise_hu=20.0)
     result = denoise_volume(
         volume, model_with_reference, spacing=SPACING, modality="MR"
     )
@@ -85,7 +85,7 @@ def test_wrong_modality_warns(model_with_reference: LoadedModel) -> None:
 
 
 def test_much_higher_noise_warns(model_with_reference: LoadedModel) -> None:
-    volume = phantom((3, 48, 48), seed=9, noise_hu=200.0)
+    volume = phantom((3, 128, 128), seed=9, noise_hu=200.0)
     result = denoise_volume(
         volume, model_with_reference, spacing=SPACING, modality="CT"
     )
@@ -104,3 +104,12 @@ def test_missing_reference_warns_that_nothing_was_checked() -> None:
 def test_value_inside_training_range_does_not_warn(reference: dict) -> None:
     stats = {name: [s["p50"]] for name, s in reference["statistics"].items()}
     assert check_ood(stats, reference, modality=None, expected_modality="CT") == []
+
+
+def test_ct_in_other_units_warns(model_with_reference: LoadedModel) -> None:
+    volume = phantom((3, 128, 128), seed=10, noise_hu=20.0)
+    scaled = (volume + 1024.0) / 4096.0  # 0..1 instead of HU
+    result = denoise_volume(
+        scaled, model_with_reference, spacing=SPACING, modality="CT"
+    )
+    assert any("below the training range" in w for w in result.warnings)

@@ -191,47 +191,16 @@ def test_bf16_output_stays_close_to_fp32(unet_model: LoadedModel) -> None:
     )
 
 
-def _flat_reference(chunk: np.ndarray, pad: bool) -> np.ndarray:
-    if pad:
-        size = (1, 3, 3)
-        return ndimage.maximum_filter(chunk, size=size, mode="nearest") != (
-            ndimage.minimum_filter(chunk, size=size, mode="nearest")
-        )
-    views = [
-        chunk[:, dy : chunk.shape[1] - 2 + dy, dx : chunk.shape[2] - 2 + dx]
-        for dy in range(3)
-        for dx in range(3)
-    ]
-    return np.maximum.reduce(views) != np.minimum.reduce(views)
-
-
-@pytest.mark.parametrize("pad", [True, False])
-def test_not_flat_matches_the_max_min_filter_definition(pad: bool) -> None:
+def test_not_flat_matches_the_max_min_filter_definition() -> None:
     rng = np.random.default_rng(6)
     chunk = rng.integers(0, 3, size=(3, 19, 23)).astype(np.float32)
     chunk[:, :8, :9] = 5.0
     chunk[1] = 1.0
-    np.testing.assert_array_equal(
-        metrics._not_flat(chunk, pad=pad), _flat_reference(chunk, pad)
+    size = (1, 3, 3)
+    expected = ndimage.maximum_filter(chunk, size=size, mode="nearest") != (
+        ndimage.minimum_filter(chunk, size=size, mode="nearest")
     )
-
-
-def test_separable_filters_match_their_3x3_kernels() -> None:
-    chunk = np.random.default_rng(7).normal(size=(2, 17, 13)).astype(np.float32)
-    laplace = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
-    sobel_x = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32)
-    expected_l = np.stack([ndimage.correlate(c, laplace) for c in chunk])
-    gx = np.stack([ndimage.correlate(c, sobel_x) for c in chunk])
-    gy = np.stack([ndimage.correlate(c, sobel_x.T) for c in chunk])
-    np.testing.assert_allclose(
-        metrics._laplacian(chunk), expected_l[:, 1:-1, 1:-1], atol=1e-5
-    )
-    np.testing.assert_allclose(
-        metrics._sobel_energy(chunk),
-        (gx * gx + gy * gy)[:, 1:-1, 1:-1],
-        rtol=1e-5,
-        atol=1e-4,
-    )
+    np.testing.assert_array_equal(metrics._not_flat(chunk), expected)
 
 
 def test_in_place_skips_without_autograd_change_nothing() -> None:

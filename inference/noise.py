@@ -1,0 +1,227 @@
+"""Per-slice noise level of a scan, and the bound that keeps a denoiser to it.
+
+:func:`estimate_noise_sd` measures noise the way a radiologist does, as the SD in
+flat tissue, without an ROI: each slice is cut into 16x16 blocks, each block's SD
+is taken after removing its best-fitting quadratic surface (so smooth shading and
+gentle gradients do not count as noise), and only blocks inside the patient count
+(blocks with any pixel above ``body_threshold``, holes filled, so air inside a skull
+counts as well). Blocks with edges or texture have a larger SD than noise alone, so
+the estimate is the median of the blocks whose SD is at most
+:data:`FLAT_BLOCK_FACTOR` times the tenth percentile of all of them: the flat part
+of the body, whatever share of the slice it is. Blocks touching padding (pixels at
+the slice's minimum, as scanners store outside the field of view) are left out.
+
+Measured against independent references: on the shared real head CT series,
+1.00x (median; 0.95-1.09x per slice) the SD from neighbouring slices; on the
+LCD-CT tool's water phantom, 0.93x the SD at its centre over ten realisations (the
+estimate follows the quieter periphery a little). Texture finer than a block
+counts as noise: a noiseless phantom with a 4 HU organ texture reads 1.8 HU.
+
+:func:`limit_residual` scales a denoiser's residual (input - output) down wherever
+its local RMS exceeds ``sd_multiple`` times the slice's estimated noise: the model
+may remove noise, never more than the noise that is there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch.nn import functional as F
+
+__all__ = [
+    "BLOCK",
+    "FLAT_BLOCK_FACTOR",
+    "block_statistics",
+    "estimate_noise_sd",
+    "flat_blocks",
+    "limit_residual",
+    "noise_level_map",
+]
+
+#: Edge of the square blocks (pixels) whose SDs are compared.
+BLOCK = 16
+#: Blocks with an SD up to this multiple of the tenth percentile count as flat.
+FLAT_BLOCK_FACTOR = 1.5
+_FLAT_QUANTILE = 0.1
+#: Fewest blocks inside the body for the body to be used; below it every block is.
+_MIN_BODY_BLOCKS = 16
+
+
+def block_statistics(
+    images: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SD about the best-fitting quadratic surface, minimum and maximum of each
+    :data:`BLOCK`-pixel square block (the blocks tile the slice).
+
+    The surface (1, u, v, u^2, v^2, uv: orthogonal on a square grid, so each
+    coefficient is one projection) takes smooth shading and gentle anatomy out of
+    the SD, which then measures what varies from pixel to pixel.
+
+    Args:
+        images: (z, y, x) array, any real dtype.
+
+    Returns:
+        Three float64 arrays of shape (z, y // BLOCK, x // BLOCK).
+    """
+    k = BLOCK
+    depth, height, width = images.shape
+    ny, nx = height // k, width // k
+    cropped = images[:, : ny * k, : nx * k]
+    # Extremes over a block's rows, then over every k-th column: NumPy reduces
+    # whole rows fast and short runs of a row slowly.
+    rows = cropped.reshape(depth, ny, k, nx * k)
+    row_low, row_high = rows.min(axis=2), rows.max(axis=2)
+    low = np.minimum.reduce([row_low[..., j::k] for j in range(k)]).astype(np.float64)
+    high = np.maximum.reduce([row_high[..., j::k] for j in range(k)]).astype(np.float64)
+    x = cropped.astype(np.float64).reshape(depth, ny, k, nx, k)
+    u = np.arange(k) - (k - 1) / 2
+    across, down = np.meshgrid(u, u)
+    centred = float((u * u).mean())
+    basis = (
+        np.ones((k, k)),
+        across,
+        down,
+        across * across - centred,
+        down * down - centred,
+        across * down,
+    )
+    residual = np.einsum("zacbd,zacbd->zab", x, x)
+    for b in basis:
+        residual -= np.einsum("zacbd,cd->zab", x, b) ** 2 / float((b * b).sum())
+    sd = np.sqrt(np.maximum(residual, 0) / (k * k - len(basis)))
+    return sd, low, high
+
+
+def estimate_noise_sd(
+    images: np.ndarray | torch.Tensor, *, body_threshold: float | None = -500.0
+) -> np.ndarray:
+    """Noise SD of each slice, in the images' units (HU for CT).
+
+    Args:
+        images: (z, y, x) or (y, x) array (or tensor, on any device) in original
+            units.
+        body_threshold: a block belongs to the patient when any pixel exceeds this
+            value (default -500, CT in HU); ``None`` uses every block (MR, where
+            intensities have no fixed scale).
+
+    Returns:
+        float64 array of shape (z,): NaN for a slice smaller than one block, 0
+        for one without any block that varies.
+    """
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu().numpy()
+    stack = np.asarray(images)
+    if stack.ndim == 2:
+        stack = stack[None]
+    if stack.ndim != 3:
+        raise ValueError(
+            f"estimate_noise_sd: expected a (y, x) or (z, y, x) array, got shape "
+            f"{stack.shape}"
+        )
+    depth, height, width = stack.shape
+    if height < BLOCK or width < BLOCK:
+        return np.full(depth, np.nan)
+    result = np.zeros(depth)
+    sd, low, high = block_statistics(stack)
+    floor = stack.reshape(depth, -1).min(axis=1)
+    for index in range(depth):
+        flat = flat_blocks(
+            sd[index], low[index], high[index], floor[index], body_threshold
+        )
+        if flat.any():
+            result[index] = float(np.median(sd[index][flat]))
+    return result
+
+
+def flat_blocks(
+    sd: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    floor: float,
+    body_threshold: float | None,
+) -> np.ndarray:
+    """Which blocks of one slice hold noise alone (module docstring).
+
+    Args:
+        sd, low, high: (by, bx) from :func:`block_statistics`.
+        floor: the slice's minimum (its padding value, if it has padding).
+        body_threshold: as for :func:`estimate_noise_sd`.
+
+    Returns:
+        (by, bx) boolean mask; all False when no block varies.
+    """
+    # Padding (the slice's minimum, or constant air) carries no noise; a constant
+    # block inside the body does: it says the image has none.
+    inside_level = floor if body_threshold is None else body_threshold
+    varies = (low > floor) & ((high > low) | (high > inside_level))
+    candidates = varies
+    if body_threshold is not None:
+        inside = varies & ndimage.binary_fill_holes(high > body_threshold)
+        if inside.sum() >= _MIN_BODY_BLOCKS:
+            candidates = inside
+    if not candidates.any():
+        return candidates
+    cut = FLAT_BLOCK_FACTOR * np.quantile(sd[candidates], _FLAT_QUANTILE)
+    return candidates & (sd <= cut)
+
+
+def noise_level_map(noise_sd: torch.Tensor, unit: float) -> torch.Tensor:
+    """The value of a noise-conditioned network's second input channel:
+    ``log2(1 + noise_sd / unit) / 8`` (about 0.07 at half a unit, 0.4 at ten and
+    0.8 at a hundred), so quiet and noisy slices are far apart in what the network
+    sees, as a linear map in normalised units would not make them.
+
+    Args:
+        noise_sd: noise SDs in normalised units (after the input spec's
+            normalisation), any shape.
+        unit: the input spec's ``noise_unit``, default in bundles 0.005 (1 HU
+            at CT's 200 HU scale).
+    """
+    return torch.log2(1.0 + noise_sd.clamp(min=0) / unit) / 8.0
+
+
+def limit_residual(
+    images: torch.Tensor,
+    denoised: torch.Tensor,
+    noise_sd: torch.Tensor,
+    *,
+    sd_multiple: float,
+    window: int,
+) -> torch.Tensor:
+    """``denoised`` with its residual scaled down to at most ``sd_multiple`` times
+    the slice's noise SD in local RMS.
+
+    The residual's RMS over ``window`` x ``window`` neighbourhoods is compared with
+    ``sd_multiple * noise_sd``; where it is larger the residual is multiplied by
+    their ratio (each pixel by the smallest ratio of the windows it lies in, so
+    every window ends within the limit), and left as it is elsewhere. A slice
+    with no measurable noise keeps its input.
+
+    Args:
+        images: (n, 1, y, x) network input (normalised or original units).
+        denoised: the network's output, same shape and units.
+        noise_sd: (n,) noise SD of each slice in the same units.
+        sd_multiple: local residual RMS allowed, in noise SDs (> 0).
+        window: neighbourhood edge in pixels (odd, >= 3).
+
+    Returns:
+        The limited output, same shape, dtype and device as ``denoised``.
+    """
+    if not sd_multiple > 0:
+        raise ValueError(f"limit_residual: sd_multiple must be > 0, got {sd_multiple}")
+    if window < 3 or window % 2 == 0:
+        raise ValueError(f"limit_residual: window must be odd and >= 3, got {window}")
+    residual = images - denoised
+    half = window // 2
+    energy = F.avg_pool2d(
+        F.pad(residual * residual, (half,) * 4, mode="replicate"), window, stride=1
+    )
+    allowed = sd_multiple * noise_sd.to(residual.dtype).reshape(-1, 1, 1, 1)
+    scale = (allowed / energy.sqrt().clamp(min=1e-12)).clamp(max=1.0)
+    # Each pixel takes the smallest scale of the windows it lies in, so no window
+    # keeps more than the allowed RMS.
+    scale = -F.max_pool2d(
+        F.pad(-scale, (half,) * 4, mode="replicate"), window, stride=1
+    )
+    return images - residual * scale

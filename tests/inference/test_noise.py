@@ -1,0 +1,142 @@
+"""Tests for inference.noise: the flat-block noise estimate and the residual limit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from inference.noise import (
+    block_statistics,
+    estimate_noise_sd,
+    limit_residual,
+    noise_level_map,
+)
+
+from .inference_fixtures import phantom
+
+
+def _correlated(shape: tuple[int, ...], sd: float, seed: int) -> np.ndarray:
+    """Gaussian noise blurred like a smooth CT kernel, rescaled to ``sd``."""
+    white = np.random.default_rng(seed).normal(size=shape)
+    noise = ndimage.gaussian_filter(white, (0, 1.0, 1.0))
+    return (noise / noise.std() * sd).astype(np.float32)
+
+
+@pytest.mark.parametrize("sd", [1.0, 5.0, 40.0])
+def test_white_noise_sd_is_recovered_despite_edges(sd: float) -> None:
+    clean = phantom((3, 128, 128), seed=0, noise_hu=0.0)
+    noisy = clean + np.random.default_rng(1).normal(0, sd, clean.shape)
+    np.testing.assert_allclose(estimate_noise_sd(noisy), sd, rtol=0.1)
+
+
+def test_correlated_noise_sd_is_recovered() -> None:
+    clean = phantom((3, 128, 128), seed=2, noise_hu=0.0)
+    noisy = clean + _correlated(clean.shape, 10.0, 3)
+    np.testing.assert_allclose(estimate_noise_sd(noisy), 10.0, rtol=0.15)
+
+
+def test_constant_padding_does_not_bias_the_estimate() -> None:
+    clean = phantom((2, 128, 128), seed=4, noise_hu=0.0)
+    noisy = clean + np.random.default_rng(5).normal(0, 20.0, clean.shape)
+    noisy[:, :, :40] = -3024.0
+    np.testing.assert_allclose(estimate_noise_sd(noisy), 20.0, rtol=0.1)
+
+
+def test_a_noiseless_image_has_no_noise_and_a_tiny_one_none_measured() -> None:
+    clean = phantom((1, 256, 256), seed=6, noise_hu=0.0)
+    assert estimate_noise_sd(clean)[0] == 0.0
+    assert np.isnan(estimate_noise_sd(np.zeros((1, 8, 8), np.float32))[0])
+
+
+def test_block_statistics_remove_each_blocks_smooth_surface() -> None:
+    yy, xx = np.mgrid[:32, :32].astype(np.float32)
+    ramp = 3.0 * yy - 2.0 * xx + 0.05 * yy * yy - 0.03 * xx * yy + 7.0
+    sd, low, high = block_statistics(ramp[None])
+    assert sd.shape == (1, 2, 2)
+    np.testing.assert_allclose(sd, 0.0, atol=1e-4)
+    assert low[0, 0, 0] == ramp[:16, :16].min()
+    assert high[0, 1, 1] == ramp[16:, 16:].max()
+
+
+def test_tensors_on_any_device_are_accepted() -> None:
+    noisy = phantom((2, 64, 64), seed=7, noise_hu=8.0)
+    np.testing.assert_allclose(
+        estimate_noise_sd(torch.from_numpy(noisy)), estimate_noise_sd(noisy)
+    )
+
+
+def test_limit_residual_caps_the_local_rms_and_keeps_small_residuals() -> None:
+    images = torch.zeros(2, 1, 32, 32)
+    denoised = images.clone()
+    denoised[0, 0, 8:24, 8:24] = 10.0  # a residual of 10 where 1.5 are allowed
+    denoised[1, 0] = 0.5  # a residual well within the limit
+    limited = limit_residual(
+        images, denoised, torch.tensor([1.0, 1.0]), sd_multiple=1.5, window=5
+    )
+    residual = images - limited
+    local_rms = torch.nn.functional.avg_pool2d(residual**2, 5, stride=1).sqrt()
+    assert float(local_rms[0].max()) <= 1.5 + 1e-4
+    assert float(residual[0].abs().max()) > 1.0  # limited, not erased
+    torch.testing.assert_close(limited[1], denoised[1])
+
+
+def test_limit_residual_leaves_a_noiseless_slice_unchanged() -> None:
+    images = torch.randn(1, 1, 16, 16)
+    limited = limit_residual(
+        images, images + 1.0, torch.zeros(1), sd_multiple=1.5, window=3
+    )
+    torch.testing.assert_close(limited, images)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"sd_multiple": 0.0, "window": 3}, "sd_multiple"),
+        ({"sd_multiple": 1.0, "window": 4}, "window"),
+    ],
+)
+def test_limit_residual_refuses_bad_arguments(kwargs: dict, message: str) -> None:
+    images = torch.zeros(1, 1, 8, 8)
+    with pytest.raises(ValueError, match=message):
+        limit_residual(images, images, torch.ones(1), **kwargs)
+
+
+def test_noise_level_map_separates_quiet_from_noisy() -> None:
+    levels = noise_level_map(torch.tensor([0.0, 0.0025, 0.05, 0.5]), 0.005)
+    assert float(levels[0]) == 0.0
+    assert bool((levels[1:] > levels[:-1]).all())
+    assert float(levels[-1]) < 1.0
+
+
+def test_a_slice_too_small_to_measure_comes_out_unchanged() -> None:
+    from inference.networks import build_network
+    from inference.runner import denoise_images
+
+    network = build_network(
+        {
+            "kind": "fast_unet_noise",
+            "args": {
+                "stem_channels": 4,
+                "channels": [4, 8],
+                "encoder_blocks": [1, 1],
+                "decoder_blocks": [1],
+                "noise_conditioned": True,
+            },
+        }
+    )
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.normal_(0.0, 0.3)
+    spec = {
+        "modality": "CT",
+        "spatial_dims": 2,
+        "normalisation": {"kind": "linear", "offset": 0.0, "scale": 200.0},
+        "batch_size": 2,
+        "residual_limit": {"sd_multiple": 1.5, "window": 9},
+        "noise_unit": 0.005,
+    }
+    tiny = np.random.default_rng(0).normal(40, 10, (12, 12)).astype(np.float32)
+    (out,) = denoise_images(network, [tiny], spec)
+    np.testing.assert_allclose(out, tiny, atol=1e-4)  # the normalisation round trip
