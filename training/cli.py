@@ -7,17 +7,21 @@ import json
 import logging
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from inference.bundle import read_metadata
 from inference.networks import DenoisingNetwork, build_network
+from inference.registry import write_default
 from training.config import load_config
 from training.errors import TrainingError
 from training.evaluate import describe_held_out, evaluate_network, held_out_pairs
-from training.trainer import run_dir, train, training_pairs
+from training.synth import validation_pairs as synth_validation_pairs
+from training.trainer import run_dir, train, training_pairs, training_slices
 
 __all__ = ["main", "build_parser"]
 
@@ -34,6 +38,44 @@ def build_parser() -> argparse.ArgumentParser:
     p_train = sub.add_parser("train", help="train a network; writes runs/<name>/")
     p_eval = sub.add_parser("evaluate", help="held-out metrics of a checkpoint")
     p_export = sub.add_parser("export", help="write the bundle under models/")
+    p_finetune = sub.add_parser(
+        "finetune",
+        help="fine-tune a CT bundle on a site's scans; the held-out part decides "
+        "whether the new version may become the default",
+    )
+    which = p_finetune.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--series", type=int, nargs="+", metavar="ID", help="the app's series IDs"
+    )
+    which.add_argument(
+        "--volume",
+        nargs="+",
+        metavar="PATH:PIXEL_MM",
+        help="stored (z, y, x) HU volumes (.npy) and their pixel spacing",
+    )
+    p_finetune.add_argument(
+        "--from",
+        dest="parent",
+        type=Path,
+        help="parent bundle folder, default the one models/DEFAULT names",
+    )
+    p_finetune.add_argument("--version", help="new version, default the next minor")
+    p_finetune.add_argument(
+        "--minutes", type=float, default=10.0, help="training time (default 10)"
+    )
+    p_finetune.add_argument("--threads", type=int, default=2, help="CPU threads")
+    p_finetune.add_argument(
+        "--set-default",
+        action="store_true",
+        help="make it the default, only if the decision allows it",
+    )
+    p_finetune.add_argument(
+        "--manage",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent / "manage.py",
+        help="the app's manage.py, which resolves series IDs",
+    )
+    p_finetune.add_argument("--json", action="store_true", help="print the result")
     p_compare = sub.add_parser(
         "compare", help="equal-budget runs of several configs, one table"
     )
@@ -141,12 +183,55 @@ def _cmd_evaluate(args: argparse.Namespace, config: dict[str, Any]) -> int:
     return 0
 
 
+def _central(image: np.ndarray, share: float) -> np.ndarray:
+    """The central ``share`` of a slice along each axis."""
+    ny, nx = image.shape
+    dy, dx = int(ny * (1 - share) / 2), int(nx * (1 - share) / 2)
+    return np.ascontiguousarray(image[dy : ny - dy, dx : nx - dx])
+
+
 def _cmd_export(args: argparse.Namespace, config: dict[str, Any]) -> int:
+    path, meta = export_run(
+        config,
+        checkpoint=args.checkpoint,
+        models_root=args.models_root,
+        folder=args.folder,
+        set_default=args.set_default,
+    )
+    size_mb = (path / "models" / "model.pt").stat().st_size / 1e6
+    print(
+        f"exported {meta['name']} {meta['version']} to {path} "
+        f"({size_mb:.2f} MB, sha256 {meta['weights_sha256']})"
+    )
+    return 0
+
+
+def export_run(
+    config: dict[str, Any],
+    *,
+    checkpoint: str | None = None,
+    models_root: str | None = None,
+    folder: str | None = None,
+    set_default: bool = False,
+) -> tuple[Path, dict[str, Any]]:
+    """Evaluate a trained run on the held-out data and write its bundle.
+
+    Args:
+        config: the run's completed config.
+        checkpoint: default ``runs/<name>/checkpoint_best.pt``.
+        models_root: default ``export.models_root``.
+        folder: bundle folder name, default ``<name>`` (``<name>-<version>`` when
+            taken).
+        set_default: point ``models/DEFAULT`` at this ``name:version``.
+
+    Returns:
+        The bundle folder and its metadata.
+    """
     from training.export import bundle_folder, export_bundle
 
     torch.set_num_threads(int(config["train"]["threads"]))
-    network, checkpoint = _load_checkpoint(config, args.checkpoint)
-    input_spec = checkpoint["input_spec"]
+    network, checkpoint_data = _load_checkpoint(config, checkpoint)
+    input_spec = checkpoint_data["input_spec"]
     summary_path = run_dir(config) / "train_summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     metrics = _evaluate(config, network, input_spec)
@@ -156,22 +241,35 @@ def _cmd_export(args: argparse.Namespace, config: dict[str, Any]) -> int:
     )
     # The OOD reference describes the training inputs: a spread of the noisy
     # training slices (all levels), capped to keep the export quick.
-    pairs = training_pairs(config)
+    if config["data"]["noise"] is not None:
+        slices = training_slices(config)
+        step = max(1, len(slices) // 16)
+        low, high = (float(v) for v in config["data"]["noise"]["sd_hu"])
+        levels = np.geomspace(max(low, 1.0), high, 4).tolist()
+        pairs = synth_validation_pairs(slices[::step], levels, seed=int(config["seed"]))
+        # Views zoomed onto the body (a spine, an orbit) are ordinary CT too: the
+        # central 40% of each slice joins the reference.
+        pairs += [
+            replace(p, noisy=_central(p.noisy, 0.4))
+            for p in pairs[:: max(1, len(pairs) // 16)]
+        ]
+    else:
+        pairs = training_pairs(config)
     step = max(1, len(pairs) // 48)
     ood_slices = [p.noisy for p in pairs[::step]]
-    root = Path(args.models_root or config["export"]["models_root"])
-    folder = bundle_folder(
+    root = Path(models_root or config["export"]["models_root"])
+    target = bundle_folder(
         root,
         config["name"],
         config["version"],
-        args.folder or config["export"]["folder"],
+        folder or config["export"]["folder"],
     )
     path, meta = export_bundle(
-        directory=folder,
+        directory=target,
         network=network,
         metadata_args={
             "config": config,
-            "network_def": checkpoint["network_def"],
+            "network_def": checkpoint_data["network_def"],
             "input_spec": input_spec,
             "metrics": metrics,
             "summary": summary,
@@ -179,13 +277,71 @@ def _cmd_export(args: argparse.Namespace, config: dict[str, Any]) -> int:
         },
         ood_slices=ood_slices,
     )
-    if args.set_default:
-        (root / "DEFAULT").write_text(f"{meta['name']}\n")
-    size_mb = (path / "models" / "model.pt").stat().st_size / 1e6
-    print(
-        f"exported {meta['name']} {meta['version']} to {path} "
-        f"({size_mb:.2f} MB, sha256 {meta['weights_sha256']})"
+    if set_default:
+        write_default(root, meta["name"], meta["version"])
+    return path, meta
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from inference import load_model
+    from inference.registry import default_models_root
+    from training.config import complete_config
+    from training.finetune import (
+        SiteVolume,
+        app_volumes,
+        decide,
+        describe,
+        pin_default,
+        site_config,
     )
+
+    if args.series:
+        volumes = app_volumes(args.series, args.manage)
+    else:
+        volumes = []
+        for item in args.volume:
+            path, sep, pixel = item.rpartition(":")
+            if not sep:
+                raise TrainingError(
+                    f"finetune: --volume {item!r}: expected PATH:PIXEL_MM"
+                )
+            volumes.append(SiteVolume(Path(path), float(pixel), Path(path).name))
+    parent_dir = args.parent
+    if parent_dir is None:
+        parent_dir = load_model(models_root=default_models_root(), device="cpu").path
+    config = complete_config(
+        site_config(
+            Path(parent_dir),
+            volumes,
+            version=args.version,
+            seconds=args.minutes * 60,
+            threads=args.threads,
+        )
+    )
+    train(config, progress=not args.json, cache=True)
+    pin_default(Path(config["export"]["models_root"]))
+    path, meta = export_run(config)
+    root = path.parent
+    parent = read_metadata(Path(parent_dir))
+    decision = decide(
+        load_model(parent["name"], parent["version"], models_root=root, device="cpu"),
+        load_model(meta["name"], meta["version"], models_root=root, device="cpu"),
+        volumes,
+    )
+    if args.set_default and decision["promote"]:
+        write_default(root, meta["name"], meta["version"])
+    result = {
+        "bundle": str(path),
+        "name": meta["name"],
+        "version": meta["version"],
+        "parent": f"{parent['name']}:{parent['version']}",
+        "decision": decision,
+        "default": bool(args.set_default and decision["promote"]),
+    }
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        print(f"{meta['name']} {meta['version']} ({path}) {describe(decision)}")
     return 0
 
 
@@ -213,6 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "compare":
             return _cmd_compare(args)
+        if args.command == "finetune":
+            return _cmd_finetune(args)
         config = load_config(args.config, overrides=args.set)
         handler = {
             "train": _cmd_train,

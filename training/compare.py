@@ -12,6 +12,7 @@ import torch
 
 from inference.fused import cpu_network
 from inference.networks import DenoisingNetwork, build_network
+from inference.runner import denoise_images, input_channels
 from training.config import load_config
 from training.evaluate import evaluate_network, held_out_pairs
 from training.trainer import run_dir, train
@@ -32,17 +33,20 @@ def ms_per_slice(
     network.eval()
     try:
         if network.fixed_roi is not None:
-            from training.infer import denoise_slices
-
-            spec = {"normalisation": {"kind": "linear", "offset": 0.0, "scale": 1.0}}
+            spec = {
+                "modality": "CT",
+                "spatial_dims": 2,
+                "normalisation": {"kind": "linear", "offset": 0.0, "scale": 1.0},
+                "batch_size": batch,
+            }
             images = [torch.zeros(size, size).numpy()] * batch
-            denoise_slices(network, images[:1], spec)
+            denoise_images(network, images[:1], spec)
             started = time.perf_counter()
-            denoise_slices(network, images, spec, batch_size=batch)
+            denoise_images(network, images, spec, batch_size=batch)
             return (time.perf_counter() - started) / batch * 1000.0
         # As the engine runs it on a CPU: convolution and ReLU fused where they can be.
         runnable = cpu_network(network, "fp32") or network
-        x = torch.zeros(batch, 1, size, size)
+        x = torch.zeros(batch, input_channels(network), size, size)
         with torch.inference_mode():
             runnable(x)
             best = float("inf")

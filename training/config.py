@@ -24,6 +24,9 @@ DEFAULTS: dict[str, Any] = {
     # input_spec normalisation; default CT {"kind": "linear", "offset": -1024,
     # "scale": 4096}, MR {"kind": "percentile", "upper": 99.5}
     "normalisation": None,
+    # input_spec residual_limit, e.g. {"sd_multiple": 1.5, "window": 9}: the
+    # residual's local RMS is held to that many noise SDs (inference.noise)
+    "residual_limit": None,
     "data": {
         # Each source: {"kind": "phantom", "count", "seed", "size"},
         # {"kind": "bundled"} (pydicom + pydicom-data training split) or
@@ -35,6 +38,12 @@ DEFAULTS: dict[str, Any] = {
         "realisations": 1,  # noisy copies per slice and level
         "validation": {"count": 2, "seed": 850_000, "size": 512, "levels": [0.25]},
         "cache_dir": "runs/cache",
+        # Noise made on the fly for every crop (training.synth.NOISE_DEFAULTS
+        # lists the keys), instead of fixed-level pairs; data.levels then only
+        # sets the validation noise SDs in HU. CT, supervised, linear
+        # normalisation.
+        "noise": None,
+        "workers": 1,  # processes that simulate projection-domain noise
     },
     "train": {
         "mode": "supervised",  # or "self_supervised" (Noise2Void blind spots)
@@ -155,12 +164,35 @@ def complete_config(raw: Mapping[str, Any]) -> dict[str, Any]:
         )
     if not 0 < float(train["mask_fraction"]) < 0.5:
         raise ConfigError("config: train.mask_fraction must be in (0, 0.5)")
+    noise = config["data"]["noise"]
+    if noise is not None:
+        from training.synth import NOISE_DEFAULTS
+
+        if not isinstance(noise, Mapping):
+            raise ConfigError(f"config: data.noise must be a mapping, got {noise!r}")
+        unknown = sorted(set(noise) - set(NOISE_DEFAULTS))
+        if unknown:
+            raise ConfigError(
+                f"config: unknown data.noise keys {unknown}; allowed: "
+                f"{sorted(NOISE_DEFAULTS)}"
+            )
+        if config["modality"] != "CT" or train["mode"] != "supervised":
+            raise ConfigError(
+                "config: data.noise (on-the-fly noise) is for CT in supervised mode"
+            )
+        config["data"]["noise"] = {**NOISE_DEFAULTS, **noise}
+        low, high = (float(v) for v in config["data"]["noise"]["sd_hu"])
+        if not 0 < low <= high:
+            raise ConfigError(
+                f"config: data.noise.sd_hu must be [low, high] with 0 < low <= high, "
+                f"got {noise.get('sd_hu')!r}"
+            )
     levels = config["data"]["levels"]
     if not levels or not all(isinstance(v, int | float) and v > 0 for v in levels):
         raise ConfigError(
             f"config: data.levels must be positive numbers, got {levels!r}"
         )
-    if config["modality"] == "CT" and any(v > 1 for v in levels):
+    if config["modality"] == "CT" and noise is None and any(v > 1 for v in levels):
         raise ConfigError(
             f"config: CT data.levels are dose fractions in (0, 1], got {levels}"
         )
@@ -230,6 +262,7 @@ def default_input_spec(
     network: Any,
     batch_size: int,
     normalisation: Mapping[str, Any] | None = None,
+    residual_limit: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``input_spec`` of ``models/README.md`` for a built network."""
     norm: dict[str, Any]
@@ -242,7 +275,7 @@ def default_input_spec(
     if normalisation is not None:
         norm = {k: (float(v) if k != "kind" else v) for k, v in normalisation.items()}
     roi = list(network.fixed_roi) if network.fixed_roi is not None else None
-    return {
+    spec = {
         "modality": modality,
         "units": units,
         "spatial_dims": 2,
@@ -251,3 +284,10 @@ def default_input_spec(
         "batch_size": batch_size,
         "size_multiple": int(network.size_multiple),
     }
+    if residual_limit is not None:
+        spec["residual_limit"] = dict(residual_limit)
+    if getattr(network, "noise_conditioned", False):
+        # The noise level map is log2(1 + SD / noise_unit) / 8, SD in normalised
+        # units (inference.noise): 0.005 is 1 HU at CT's usual 200 HU scale.
+        spec["noise_unit"] = float(network.noise_unit)
+    return spec

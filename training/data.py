@@ -14,6 +14,8 @@ import numpy as np
 import pydicom
 from scipy import ndimage
 
+from inference.runner import normalisation_for
+from training.content import textured_slice
 from training.errors import DataError
 from training.metrics import lesion_regions
 from training.noise import CTNoiseModel, add_rician_noise
@@ -21,6 +23,7 @@ from training.phantoms import ct_phantom, mr_phantom
 
 __all__ = [
     "HELD_OUT_PHANTOM_SEED",
+    "REAL_SERIES_HELD_OUT",
     "REAL_SLICES",
     "Slice",
     "Pair",
@@ -30,8 +33,10 @@ __all__ = [
     "read_dicom_slices",
     "real_slices",
     "phantom_slices",
+    "series_neighbours",
+    "series_slices",
+    "volume_slices",
     "make_pairs",
-    "normaliser",
 ]
 
 #: Phantom seeds at or above this are reserved for evaluation and the benchmark;
@@ -60,6 +65,14 @@ REAL_SLICES: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
+#: The real CT series shipped beside the project for real-data work (a head
+#: phantom, real scanner noise; ``../shared/data/real-ct-head-phantom``): slices
+#: ``[24, 42)`` in position order are held out of training (the neighbour-slice
+#: measures of ``python -m bench quality`` use them), two more either side are
+#: unused, the rest may train.
+REAL_SERIES_HELD_OUT: tuple[int, int] = (24, 42)
+
+
 @dataclass
 class Slice:
     """One clean (or full-dose) 2D image with where it came from.
@@ -72,6 +85,12 @@ class Slice:
         full_dose: ``True`` for real scans, which already carry full-dose noise.
         lesion_mask: labelled lesion mask for phantoms, else ``None``.
         lesion_contrast: contrast of each lesion label (1-based), for phantoms.
+        noise_sd: the noise the image already carries (real scans: its estimate,
+            :func:`inference.noise.estimate_noise_sd`), 0 for synthetic images.
+        target: for self-supervised real slices, the mean of the two neighbouring
+            slices (the same anatomy with independent noise), which stands in for
+            the clean image where ``target_mask`` says they agree; else ``None``.
+        target_mask: boolean map of the pixels where ``target`` may be trusted.
     """
 
     image: np.ndarray
@@ -80,6 +99,9 @@ class Slice:
     full_dose: bool = False
     lesion_mask: np.ndarray | None = None
     lesion_contrast: list[float] = field(default_factory=list)
+    noise_sd: float = 0.0
+    target: np.ndarray | None = None
+    target_mask: np.ndarray | None = None
 
 
 @dataclass
@@ -209,10 +231,155 @@ def folder_slices(path: Path | str, modality: str) -> list[Slice]:
     return slices
 
 
+def series_slices(
+    path: Path | str,
+    modality: str,
+    *,
+    held_out: Sequence[int] | None = None,
+    split: str = "train",
+) -> list[Slice]:
+    """The slices of one DICOM series in a folder, in order of position, split.
+
+    Args:
+        path: a folder holding one series (files of other series are skipped).
+        modality: keep only this modality.
+        held_out: ``[start, stop)`` slice indices (in position order) kept out of
+            training; the two slices either side are dropped from the training
+            split too, so no training slice neighbours a held-out one.
+        split: ``"train"`` (everything but the held-out range and its margin) or
+            ``"held_out"`` (the range only).
+
+    Raises:
+        DataError: when the folder has no readable slices of ``modality``.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"dicom series: {root}: not a directory")
+    if split not in ("train", "held_out"):
+        raise DataError(f"dicom series: split must be train or held_out, got {split!r}")
+    found = []
+    for file in sorted(p for p in root.iterdir() if p.is_file()):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                header = pydicom.dcmread(file, stop_before_pixels=True)
+        except Exception:  # not DICOM (a README, a licence)
+            continue
+        # One frame per file, with its position and orientation: what a series of
+        # slices is; anything else (an enhanced multi-frame object, a localiser
+        # without geometry) is not part of it.
+        if (
+            header.get("Modality") != modality
+            or "ImagePositionPatient" not in header
+            or "ImageOrientationPatient" not in header
+            or int(header.get("NumberOfFrames", 1) or 1) != 1
+        ):
+            continue
+        normal = np.cross(
+            np.asarray(header.ImageOrientationPatient[:3], float),
+            np.asarray(header.ImageOrientationPatient[3:], float),
+        )
+        position = float(np.dot(normal, np.asarray(header.ImagePositionPatient, float)))
+        found.append((position, file))
+    if not found:
+        raise DataError(f"dicom series: {root}: no readable {modality} slices")
+    found.sort()
+    start, stop = (int(v) for v in held_out) if held_out else (0, 0)
+    keep = []
+    for index, (_, file) in enumerate(found):
+        inside = start <= index < stop
+        margin = start - 2 <= index < stop + 2
+        if (split == "held_out" and inside) or (split == "train" and not margin):
+            keep.extend(read_dicom_slices(file, modality))
+    return keep
+
+
+def series_neighbours(
+    path: Path | str, modality: str, *, held_out: Sequence[int] | None = None
+) -> list[Slice]:
+    """Self-supervised training items from a thin contiguous real series: each
+    training slice whose two neighbours are training slices too, with their mean
+    as :attr:`Slice.target` and, as :attr:`Slice.target_mask`, the flat blocks
+    where the three agree (:func:`training.neighbours.agreement_mask`). Slices in
+    ``held_out`` (and two either side) are never used.
+    """
+    from training.neighbours import agreement_mask, neighbour_noise_sd
+
+    every = series_slices(path, modality, held_out=None)
+    start, stop = (int(v) for v in held_out) if held_out else (0, 0)
+    volume = np.stack([s.image for s in every])
+    items = []
+    for i in range(1, len(every) - 1):
+        if any(start - 2 <= j < stop + 2 for j in (i - 1, i, i + 1)):
+            continue
+        noise = neighbour_noise_sd(volume, i)
+        if not np.isfinite(noise):
+            continue
+        target = 0.5 * (volume[i - 1] + volume[i + 1])
+        mask = agreement_mask(volume[i], target)
+        if mask.sum() < 64 * 64:
+            continue
+        item = every[i]
+        items.append(
+            Slice(
+                item.image,
+                item.pixel_mm,
+                item.source + "+neighbours",
+                True,
+                noise_sd=float(noise),
+                target=target.astype(np.float32),
+                target_mask=mask,
+            )
+        )
+    return items
+
+
+def volume_slices(
+    path: Path | str,
+    pixel_mm: float,
+    *,
+    held_out: Sequence[int] | None = None,
+    split: str = "train",
+) -> list[Slice]:
+    """The slices of a stored (z, y, x) volume (``.npy``, HU), as a full-dose series,
+    split like :func:`series_slices`.
+
+    Raises:
+        DataError: naming the file when it cannot be read or is not a volume.
+    """
+    path = Path(path)
+    try:
+        volume = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"volume: {path}: {exc}") from None
+    if volume.ndim != 3:
+        raise DataError(f"volume: {path}: expected (z, y, x), got shape {volume.shape}")
+    start, stop = (int(v) for v in held_out) if held_out else (0, 0)
+    keep = []
+    for index in range(volume.shape[0]):
+        inside = start <= index < stop
+        margin = start - 2 <= index < stop + 2
+        if (split == "held_out" and inside) or (split == "train" and not margin):
+            image = np.maximum(np.asarray(volume[index], np.float32), -1024.0)
+            keep.append(
+                Slice(image, float(pixel_mm), f"volume:{path.name}#{index}", True)
+            )
+    return keep
+
+
 def phantom_slices(
-    modality: str, count: int, *, seed: int, size: int, held_out: bool = False
+    modality: str,
+    count: int,
+    *,
+    seed: int,
+    size: int,
+    held_out: bool = False,
+    kind: str = "phantom",
 ) -> list[Slice]:
     """``count`` phantom slices with seeds ``seed .. seed + count - 1``.
+
+    ``kind`` is ``"phantom"`` (:mod:`training.phantoms`) or ``"texture"`` (CT
+    only: :func:`training.content.textured_slice`).
 
     Raises:
         DataError: when a training request (``held_out=False``) reaches into the
@@ -220,6 +387,11 @@ def phantom_slices(
     """
     if count < 0:
         raise DataError(f"phantom count must be >= 0, got {count}")
+    if kind not in ("phantom", "texture") or (kind == "texture" and modality != "CT"):
+        raise DataError(
+            f"phantom kind must be phantom, or texture for CT, got {kind!r} for "
+            f"{modality}"
+        )
     last = seed + count - 1
     if not held_out and count and last >= HELD_OUT_PHANTOM_SEED:
         raise DataError(
@@ -230,15 +402,19 @@ def phantom_slices(
         raise DataError(
             f"held-out phantom seeds must be >= {HELD_OUT_PHANTOM_SEED}, got {seed}"
         )
-    make = ct_phantom if modality == "CT" else mr_phantom
     slices = []
     for s in range(seed, seed + count):
-        ph = make((size, size), seed=s)
+        if kind == "texture":
+            ph = textured_slice(size, seed=s)
+        elif modality == "CT":
+            ph = ct_phantom((size, size), seed=s)
+        else:
+            ph = mr_phantom((size, size), seed=s)
         slices.append(
             Slice(
                 ph.image,
                 ph.pixel_mm,
-                f"phantom:{s}",
+                f"{kind}:{s}",
                 False,
                 ph.lesion_mask,
                 [les.contrast for les in ph.lesions],
@@ -311,16 +487,6 @@ def make_pairs(
     return pairs
 
 
-def normaliser(input_spec: Mapping[str, Any]) -> Any:
-    """A function ``(image) -> (offset, scale)`` following a bundle's ``input_spec``."""
-    norm = input_spec["normalisation"]
-    if norm["kind"] == "linear":
-        offset, scale = float(norm["offset"]), float(norm["scale"])
-        return lambda image: (offset, scale)
-    upper = float(norm["upper"])
-    return lambda image: (0.0, float(np.percentile(image, upper)) or 1.0)
-
-
 class Batch(NamedTuple):
     """Training crops, each ``(B, 1, patch, patch)``.
 
@@ -369,7 +535,6 @@ class PairPool:
             raise DataError(f"lesion_weight must be >= 1, got {lesion_weight}")
         if not 0 <= lesion_crops <= 1:
             raise DataError(f"lesion_crops must be in [0, 1], got {lesion_crops}")
-        norm = normaliser(input_spec)
         self.lesion_crops = lesion_crops
         self.noisy: list[np.ndarray] = []
         self.clean: list[np.ndarray] = []
@@ -378,7 +543,9 @@ class PairPool:
         self.lesion_centres: list[np.ndarray] = []
         regions_of: dict[int, tuple[np.ndarray | None, np.ndarray]] = {}
         for pair in pairs:
-            offset, scale = norm(pair.noisy)
+            # The worker's own normalisation, each slice a series of one.
+            norm = normalisation_for(pair.noisy[None], input_spec)
+            offset, scale = norm.offset, norm.scale
             self.noisy.append(((pair.noisy - offset) / scale).astype(np.float32))
             self.clean.append(((pair.clean.image - offset) / scale).astype(np.float32))
             mask = pair.clean.lesion_mask

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from inference.networks import DenoisingNetwork
+from inference.runner import denoise_images
 from training.data import (
     HELD_OUT_PHANTOM_SEED,
     REAL_SLICES,
@@ -18,7 +19,6 @@ from training.data import (
     phantom_slices,
     real_slices,
 )
-from training.infer import denoise_slices
 from training.metrics import image_metrics, mean_metrics
 
 __all__ = ["held_out_pairs", "level_key", "evaluate_network", "describe_held_out"]
@@ -69,7 +69,7 @@ def _score(
 ) -> dict[str, float]:
     modality = input_spec["modality"]
     started = time.perf_counter()
-    outputs = denoise_slices(
+    outputs = denoise_images(
         network, [p.noisy for p in pairs], input_spec, batch_size=batch_size
     )
     elapsed = time.perf_counter() - started

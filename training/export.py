@@ -62,7 +62,20 @@ def bundle_metadata(
     modality = config["modality"]
     train = config["train"]
     noise_model: dict[str, Any]
-    if modality == "CT":
+    synth = config["data"].get("noise")
+    if synth is not None:
+        noise_model = {
+            "kind": "on_the_fly",
+            "description": "every crop gets noise drawn anew: SD log-uniform over "
+            "sd_hu (or none for clean_fraction of crops); projection-domain CT noise "
+            "(projection_fraction) or stationary noise with a noise power spectrum "
+            "measured on the real training scans or of the FBP family, amplitude "
+            "modulated; real scans get at least real_ratio times their own noise; "
+            "the network sees the noise SD as a second channel and the loss is in "
+            "units of it (training/synth.py)",
+            **dict(synth),
+        }
+    elif modality == "CT":
         from training.noise import CTNoiseModel
 
         model = CTNoiseModel()
@@ -168,8 +181,14 @@ def model_card(metadata: Mapping[str, Any]) -> str:
         f"{train['patch_size']} px; seed {train['seed']}.",
         f"- Noise model: {train['noise_model']['kind']} — "
         f"{train['noise_model']['description']}.",
-        f"- Data: {len(train['data']['slices_seen'])} clean slices "
-        f"({train['data']['pairs']} noisy/clean pairs): "
+        f"- Data: {len(train['data']['slices_seen'])} clean or full-dose slices "
+        f"({train['data']['pairs']} noisy/clean pairs"
+        + (
+            ", noise drawn anew for every crop"
+            if train["noise_model"]["kind"] == "on_the_fly"
+            else ""
+        )
+        + "): "
         + ", ".join(_short_sources(train["data"]["sources"]))
         + ".",
         f"- Held out (never trained on): {train['data']['held_out']['phantoms']}; "
@@ -228,8 +247,18 @@ def _short_sources(sources: Sequence[Mapping[str, Any]]) -> list[str]:
                 f"{s.get('count')} phantoms {s.get('size')} px "
                 f"(seeds from {s.get('seed')})"
             )
+        elif s.get("kind") == "texture":
+            out.append(
+                f"{s.get('count')} textured slices {s.get('size')} px (vessel trees, "
+                f"trabecular bone, natural textures; seeds from {s.get('seed')})"
+            )
         elif s.get("kind") == "bundled":
             out.append("pydicom/pydicom-data training slices")
+        elif s.get("kind") == "dicom_series":
+            start, stop = s.get("held_out") or (0, 0)
+            out.append(
+                f"real series {s.get('path')} (slices {start}-{stop - 1} held out)"
+            )
         else:
             out.append(f"DICOM folder {s.get('path')}")
     return out

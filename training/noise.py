@@ -90,6 +90,27 @@ class CTNoiseModel:
         Returns:
             float32 noise image in HU, same shape as ``image_hu``.
         """
+        return self.realisations(
+            image_hu,
+            dose,
+            1,
+            pixel_mm=pixel_mm,
+            rng=rng,
+            full_dose_input=full_dose_input,
+        )[0]
+
+    def realisations(
+        self,
+        image_hu: np.ndarray,
+        dose: float,
+        count: int,
+        *,
+        pixel_mm: float,
+        rng: np.random.Generator,
+        full_dose_input: bool = False,
+    ) -> np.ndarray:
+        """``count`` independent :meth:`noise` images of one slice, projecting the
+        slice once: (count, y, x) float32 HU."""
         if image_hu.ndim != 2 or image_hu.shape[0] != image_hu.shape[1]:
             raise ValueError(
                 f"CT noise needs a square 2D slice, got shape {image_hu.shape}"
@@ -97,7 +118,7 @@ class CTNoiseModel:
         if not 0 < dose <= 1:
             raise ValueError(f"dose must be in (0, 1], got {dose}")
         if full_dose_input and dose >= 1:
-            return np.zeros(image_hu.shape, dtype=np.float32)
+            return np.zeros((count, *image_hu.shape), dtype=np.float32)
         size = image_hu.shape[0]
         # Circle mask: radon(circle=True) assumes zero attenuation outside it.
         yy, xx = np.mgrid[:size, :size]
@@ -108,15 +129,18 @@ class CTNoiseModel:
         line_integrals = radon(mu, theta, circle=True) * pixel_mm
         counts_mean = self.i0 * (dose / (1.0 - dose) if full_dose_input else dose)
         expected = counts_mean * np.exp(-line_integrals)
-        counts = rng.poisson(expected).astype(np.float64)
-        counts += rng.normal(0.0, self.electronic_sd, counts.shape)
-        # Photon starvation: counts at or below zero are clipped as scanners do.
-        noisy = -np.log(np.maximum(counts, 1.0) / counts_mean)
-        delta = (noisy - line_integrals) / pixel_mm
-        noise_mu = iradon(delta, theta, circle=True, filter_name="ramp")
-        noise_hu = noise_mu / MU_WATER_PER_MM * 1000.0
-        noise_hu[outside] = 0.0
-        return noise_hu.astype(np.float32)
+        out = np.empty((count, size, size), dtype=np.float32)
+        for k in range(count):
+            counts = rng.poisson(expected).astype(np.float64)
+            counts += rng.normal(0.0, self.electronic_sd, counts.shape)
+            # Photon starvation: counts at or below zero are clipped as scanners do.
+            noisy = -np.log(np.maximum(counts, 1.0) / counts_mean)
+            delta = (noisy - line_integrals) / pixel_mm
+            noise_mu = iradon(delta, theta, circle=True, filter_name="ramp")
+            noise_hu = noise_mu / MU_WATER_PER_MM * 1000.0
+            noise_hu[outside] = 0.0
+            out[k] = noise_hu
+        return out
 
     def apply(
         self,

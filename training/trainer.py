@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import pickle
 import random
 import time
 from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +20,27 @@ from tqdm import tqdm
 
 from inference.devices import device_name, select_device
 from inference.networks import DenoisingNetwork, build_network
+from inference.noise import estimate_noise_sd
+from inference.runner import denoise_images, input_channels
 from training.config import default_input_spec
 from training.data import (
     HELD_OUT_PHANTOM_SEED,
     Pair,
     PairPool,
+    Slice,
     cache_key,
     folder_slices,
     make_pairs,
     phantom_slices,
     real_slices,
+    series_neighbours,
+    series_slices,
+    volume_slices,
 )
 from training.errors import ConfigError, DataError
-from training.infer import denoise_slices
 from training.metrics import psnr
+from training.synth import SynthBatch, SynthPool, measured_profiles, projection_noise
+from training.synth import validation_pairs as synth_validation_pairs
 
 __all__ = [
     "seed_everything",
@@ -49,7 +58,7 @@ log = logging.getLogger(__name__)
 
 #: Part of every cache key: bump it when phantoms or noise models change, so stale
 #: simulated pairs are never reused.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 def seed_everything(seed: int) -> None:
@@ -65,33 +74,89 @@ def run_dir(config: Mapping[str, Any]) -> Path:
     return Path(config["train"]["output_dir"] or Path("runs") / config["name"])
 
 
-def _source_slices(source: Mapping[str, Any], modality: str) -> list:
+def _source_slices(
+    source: Mapping[str, Any], modality: str, workers: int = 1
+) -> list[Slice]:
     kind = source.get("kind")
-    if kind == "phantom":
-        seed = int(source.get("seed", 1000))
-        return phantom_slices(
-            modality,
-            int(source.get("count", 16)),
-            seed=seed,
-            size=int(source.get("size", 512)),
-        )
+    if kind in ("phantom", "texture"):
+        seed, count = int(source.get("seed", 1000)), int(source.get("count", 16))
+        size = int(source.get("size", 512))
+        if workers <= 1 or count < 2:
+            return phantom_slices(modality, count, seed=seed, size=size, kind=str(kind))
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            parts = [
+                pool.submit(
+                    phantom_slices, modality, 1, seed=s, size=size, kind=str(kind)
+                )
+                for s in range(seed, seed + count)
+            ]
+            return [item for part in parts for item in part.result()]
     if kind == "bundled":
         return real_slices(modality, "train")
-    if kind == "dicom_folder":
+    if kind == "volume":
+        if "path" not in source or "pixel_mm" not in source:
+            raise ConfigError("config: a volume source needs a path and pixel_mm")
+        return volume_slices(
+            source["path"], float(source["pixel_mm"]), held_out=source.get("held_out")
+        )
+    if kind == "series_neighbours":
         if "path" not in source:
-            raise ConfigError("config: a dicom_folder source needs a path")
+            raise ConfigError("config: a series_neighbours source needs a path")
+        return series_neighbours(
+            source["path"], modality, held_out=source.get("held_out")
+        )
+    if kind in ("dicom_folder", "dicom_series"):
+        if "path" not in source:
+            raise ConfigError(f"config: a {kind} source needs a path")
+        if kind == "dicom_series":
+            return series_slices(
+                source["path"], modality, held_out=source.get("held_out")
+            )
         return folder_slices(source["path"], modality)
     raise ConfigError(
-        "config: data source kind must be phantom, bundled or dicom_folder, "
-        f"got {kind!r}"
+        "config: data source kind must be phantom, texture, bundled, dicom_folder, "
+        f"dicom_series, series_neighbours or volume, got {kind!r}"
     )
 
 
-def _cached_pairs(
-    config: Mapping[str, Any], key_obj: Any, build: Any, cache: bool
-) -> list[Pair]:
+def training_slices(config: Mapping[str, Any], *, cache: bool = True) -> list[Slice]:
+    """The clean (synthetic) and full-dose (real) slices of a config's sources,
+    each source cached under ``data.cache_dir`` except site folders, whose content
+    may change; real slices get their own noise estimate (``Slice.noise_sd``)."""
+    modality = config["modality"]
+    slices: list[Slice] = []
+    for source in config["data"]["sources"]:
+        key = {"v": CACHE_VERSION, "modality": modality, "source": dict(source)}
+
+        def build(source: Mapping[str, Any] = source) -> list[Slice]:
+            found = _source_slices(source, modality, int(config["data"]["workers"]))
+            for item in found:
+                if item.full_dose and item.target is None:
+                    body = -500.0 if modality == "CT" else None
+                    item.noise_sd = float(
+                        estimate_noise_sd(item.image, body_threshold=body)[0]
+                    )
+            return found
+
+        slices.extend(
+            _cached(
+                config,
+                "source",
+                key,
+                build,
+                cache and source["kind"] not in ("dicom_folder", "volume"),
+            )
+        )
+    if not slices:
+        raise DataError("training data: the sources gave no slices")
+    return slices
+
+
+def _cached(
+    config: Mapping[str, Any], prefix: str, key_obj: Any, build: Any, cache: bool
+) -> Any:
     cache_dir = Path(config["data"]["cache_dir"])
-    path = cache_dir / f"pairs-{cache_key(key_obj)}.pkl"
+    path = cache_dir / f"{prefix}-{cache_key(key_obj)}.pkl"
     if cache and path.exists():
         with open(path, "rb") as handle:
             return pickle.load(handle)
@@ -133,7 +198,7 @@ def training_pairs(config: Mapping[str, Any], *, cache: bool = True) -> list[Pai
         )
 
     folder_sources = any(s.get("kind") == "dicom_folder" for s in data["sources"])
-    return _cached_pairs(config, key, build, cache and not folder_sources)
+    return _cached(config, "pairs", key, build, cache and not folder_sources)
 
 
 def validation_pairs(config: Mapping[str, Any], *, cache: bool = True) -> list[Pair]:
@@ -145,15 +210,70 @@ def validation_pairs(config: Mapping[str, Any], *, cache: bool = True) -> list[P
         raise ConfigError(
             f"config: data.validation.seed must be below {HELD_OUT_PHANTOM_SEED}"
         )
-    key = {"v": CACHE_VERSION, "validation": dict(val), "modality": modality}
+    synth = config["data"]["noise"] is not None
+    key = {
+        "v": CACHE_VERSION,
+        "validation": dict(val),
+        "modality": modality,
+        "synth": synth,
+    }
 
     def build() -> list[Pair]:
         slices = phantom_slices(
             modality, int(val["count"]), seed=seed, size=int(val["size"])
         )
+        if synth:
+            slices += phantom_slices(
+                modality,
+                int(val["count"]),
+                seed=seed,
+                size=int(val["size"]),
+                kind="texture",
+            )
+            return synth_validation_pairs(slices, val["levels"], seed=seed)
         return make_pairs(slices, modality, val["levels"], seed=seed)
 
-    return _cached_pairs(config, key, build, cache)
+    return _cached(config, "validation", key, build, cache)
+
+
+def projection_bank(
+    config: Mapping[str, Any], slices: list[Slice], *, cache: bool = True
+) -> list[np.ndarray]:
+    """:func:`training.synth.projection_noise` of the training slices, each cached
+    under ``data.cache_dir/bank`` by the slice's content and the config's seed, so
+    adding a source simulates only its slices."""
+    seed = int(config["seed"])
+    folder = Path(config["data"]["cache_dir"]) / "bank"
+    keys = [
+        cache_key(
+            {
+                "v": CACHE_VERSION,
+                "seed": seed,
+                "source": item.source,
+                "image": hashlib.sha256(item.image.tobytes()).hexdigest(),
+            }
+        )
+        for item in slices
+    ]
+    bank: list[np.ndarray | None] = [
+        np.load(folder / f"{key}.npy")
+        if cache and (folder / f"{key}.npy").exists()
+        else None
+        for key in keys
+    ]
+    missing = [i for i, noise in enumerate(bank) if noise is None]
+    made = projection_noise(
+        [slices[i] for i in missing],
+        seeds=[int(keys[i][:8], 16) for i in missing],
+        workers=int(config["data"]["workers"]),
+    )
+    if cache and missing:
+        folder.mkdir(parents=True, exist_ok=True)
+    for i, noise in zip(missing, made, strict=True):
+        bank[i] = noise
+        if cache:
+            np.save(folder / f"{keys[i]}.npy", noise)
+    return [noise for noise in bank if noise is not None]
 
 
 def blind_spot_batch(
@@ -286,17 +406,52 @@ def lesion_contrast_loss(
     return (core - ring)[seen].square().mean()
 
 
+def _synth_loss(
+    network: DenoisingNetwork, batch: SynthBatch, train: Mapping[str, Any]
+) -> torch.Tensor:
+    """Loss of one on-the-fly batch, in units of each crop's noise SD: the
+    weighted pixel loss plus, when asked, the lesion contrast and low-pass terms
+    on the same scale."""
+    inputs = batch.noisy if input_channels(network) == 2 else batch.noisy[:, :1]
+    pred = network(inputs)
+    error = pred - batch.clean
+    error = error.square() if train["loss"] == "mse" else error.abs()
+    loss = (error * batch.weight).mean()
+    unit = batch.unit
+    if float(train["lowpass_weight"]) > 0:
+        loss = loss + float(train["lowpass_weight"]) * lowpass_loss(
+            pred * unit, batch.clean * unit, torch.ones_like(batch.weight)
+        )
+    if float(train["contrast_weight"]) > 0:
+        loss = loss + float(train["contrast_weight"]) * lesion_contrast_loss(
+            pred * unit, batch.clean * unit, batch.regions
+        )
+    return loss
+
+
 def _loss_fn(name: str) -> nn.Module:
     return nn.MSELoss() if name == "mse" else nn.L1Loss()
 
 
 def _validate(
-    network: DenoisingNetwork, pairs: list[Pair], input_spec: Mapping[str, Any]
+    network: DenoisingNetwork,
+    pairs: list[Pair],
+    input_spec: Mapping[str, Any],
+    noise_floor: float | None = None,
 ) -> dict[str, float]:
-    outputs = denoise_slices(network, [p.noisy for p in pairs], input_spec)
+    outputs = denoise_images(network, [p.noisy for p in pairs], input_spec)
     losses, psnrs = [], []
     for pair, out in zip(pairs, outputs, strict=True):
         clean = pair.clean.image
+        if noise_floor is not None:
+            # In units of the noise SD (Pair.level, HU) inside the body.
+            body = clean > -500.0
+            sd = max(pair.level, noise_floor)
+            losses.append(float(np.mean(((out - clean)[body] / sd) ** 2)))
+            psnrs.append(
+                psnr(np.clip(clean, -160, 240), np.clip(out, -160, 240), 400.0)
+            )
+            continue
         if input_spec["normalisation"]["kind"] == "linear":
             scale = float(input_spec["normalisation"]["scale"])
         else:
@@ -390,14 +545,31 @@ def train(
             network,
             int(config["export"]["batch_size"]),
             config["normalisation"],
+            config["residual_limit"],
         )
-    pairs = training_pairs(config, cache=cache)
-    pool = PairPool(
-        pairs,
-        input_spec,
-        lesion_weight=float(t["lesion_weight"]),
-        lesion_crops=float(t["lesion_crops"]),
-    )
+    noise = config["data"]["noise"]
+    pool: PairPool | SynthPool
+    if noise is not None:
+        slices = training_slices(config, cache=cache)
+        pool = SynthPool(
+            slices,
+            projection_bank(config, slices, cache=cache),
+            measured_profiles(slices),
+            input_spec,
+            noise,
+            device,
+            lesion_weight=float(t["lesion_weight"]),
+            lesion_crops=float(t["lesion_crops"]),
+        )
+        noise_floor: float | None = float(noise["loss_floor_hu"])
+    else:
+        pool = PairPool(
+            training_pairs(config, cache=cache),
+            input_spec,
+            lesion_weight=float(t["lesion_weight"]),
+            lesion_crops=float(t["lesion_crops"]),
+        )
+        noise_floor = None
     val_pairs = validation_pairs(config, cache=cache)
     patch = int(t["patch_size"])
     if network.fixed_roi is not None:
@@ -421,6 +593,7 @@ def train(
     loss_fn = _loss_fn(t["loss"])
     rng = np.random.default_rng(int(config["seed"]))
     generator = torch.Generator().manual_seed(int(config["seed"]))
+    noise_generator = torch.Generator(device=device).manual_seed(int(config["seed"]))
     self_supervised = t["mode"] == "self_supervised"
     history: list[dict[str, float]] = []
     best: dict[str, Any] = {"val_loss": float("inf"), "epoch": 0}
@@ -431,9 +604,15 @@ def train(
         network.train()
         losses = []
         for _ in range(int(t["steps_per_epoch"])):
-            crops = pool.batch(rng, int(t["batch_size"]), patch)
-            noisy = torch.from_numpy(crops.noisy)
-            if self_supervised:
+            if isinstance(pool, SynthPool):
+                data_loss = _synth_loss(
+                    network,
+                    pool.batch(rng, noise_generator, int(t["batch_size"]), patch),
+                    t,
+                )
+            elif self_supervised:
+                crops = pool.batch(rng, int(t["batch_size"]), patch)
+                noisy = torch.from_numpy(crops.noisy)
                 # Masks come from the CPU generator: the same on every device.
                 masked, mask = blind_spot_batch(
                     noisy, float(t["mask_fraction"]), generator
@@ -442,7 +621,8 @@ def train(
                 pred = network(masked.to(device))
                 data_loss = loss_fn(pred[mask], noisy[mask])
             else:
-                noisy = noisy.to(device)
+                crops = pool.batch(rng, int(t["batch_size"]), patch)
+                noisy = torch.from_numpy(crops.noisy).to(device)
                 pred = network(noisy)
                 clean = torch.from_numpy(crops.clean).to(device)
                 weight = torch.from_numpy(crops.weight).to(device)
@@ -465,7 +645,7 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3g}", epoch=epoch)
         row = {"epoch": epoch, "train_loss": float(np.mean(losses))}
-        row.update(_validate(network, val_pairs, input_spec))
+        row.update(_validate(network, val_pairs, input_spec, noise_floor))
         row["elapsed_s"] = time.perf_counter() - started
         history.append(row)
         state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}

@@ -11,9 +11,9 @@ import yaml
 
 from inference import load_model
 from inference.bundle import read_metadata
+from inference.runner import denoise_images
 from training.cli import main as cli_main
 from training.data import real_slices
-from training.infer import denoise_slices
 
 
 @pytest.fixture
@@ -49,8 +49,8 @@ def test_export_then_load_round_trips_bit_exactly(exported):
     fresh.load_state_dict(checkpoint["state_dict"])
     spec = loaded.input_spec
     np.testing.assert_array_equal(
-        denoise_slices(loaded.network, [image], spec)[0],
-        denoise_slices(fresh, [image], spec)[0],
+        denoise_images(loaded.network, [image], spec)[0],
+        denoise_images(fresh, [image], spec)[0],
     )
 
 
