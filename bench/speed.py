@@ -274,6 +274,8 @@ def _child_model(params: dict[str, Any]) -> dict[str, Any]:
     from inference import load_model
     from inference.allocator import keep_freed_blocks
     from inference.devices import autocast
+    from inference.noise import estimate_noise_sd, noise_level_map
+    from inference.runner import input_channels
 
     variant, device_name = params["variant"], params["device"]
     precision, threads, how, batch = _variants(device_name)[variant]
@@ -290,13 +292,21 @@ def _child_model(params: dict[str, Any]) -> dict[str, Any]:
     noisy = torch.from_numpy(held["noisy"]).to(device)
     clean = held["clean"]
 
+    channels = input_channels(network)
+    # A noise-conditioned network's second channel: each slice's noise level map,
+    # measured once here (the worker measures it per chunk, outside the network).
+    levels = noise_level_map(
+        torch.from_numpy(np.nan_to_num(estimate_noise_sd(held["noisy"]))).float()
+        / scale,
+        float(model.input_spec.get("noise_unit", 0.005)),
+    ).to(device)
     with torch.inference_mode():
-        one = torch.zeros(1, 1, size, size, device=device)
+        one = torch.zeros(1, channels, size, size, device=device)
         counter = FlopCounterMode(display=False)
         with counter:
             network(one)
         flops_per_slice = counter.get_total_flops()
-    example = torch.zeros(batch_size, 1, size, size, device=device)
+    example = torch.zeros(batch_size, channels, size, size, device=device)
     prepared, prepare_s, how = _prepare(how, network, example, precision)
 
     def forward(images: torch.Tensor) -> torch.Tensor:
@@ -305,8 +315,14 @@ def _child_model(params: dict[str, Any]) -> dict[str, Any]:
             for start in range(0, len(images), batch_size):
                 part = images[start : start + batch_size]
                 # Fixed batch shape: compiled variants never recompile for the tail.
-                full = torch.zeros((batch_size, 1, *part.shape[1:]), device=device)
+                full = torch.zeros(
+                    (batch_size, channels, *part.shape[1:]), device=device
+                )
                 full[: len(part), 0] = (part - offset) / scale
+                if channels == 2:
+                    # The timing input repeats the held-out slices: so do their maps.
+                    rows = torch.arange(start, start + len(part)) % len(levels)
+                    full[: len(part), 1] = levels[rows.to(device)][:, None, None]
                 # A fused copy holds its weights in its precision already.
                 with autocast(device, "fp32" if how == "fused" else precision):
                     result = prepared(full)
