@@ -20,7 +20,7 @@ from . import selectors
 from .models import ApiToken, AuditEvent, DenoiseJob, Review
 from .services import jobs as job_services
 from .services.ingest import series_summary, upload_ingest
-from .services.reviews import review_submit
+from .services.reviews import review_concerns, review_submit
 
 
 class TokenAuth(HttpBearer):
@@ -67,6 +67,8 @@ def job_json(job: DenoiseJob) -> dict:
         "metrics": job.metrics,
         "provenance": job.provenance,
         "warnings": job.warnings,
+        # Why an Accept needs a comment (flagged slices, OOD or modality warnings).
+        "review_concerns": review_concerns(job),
         "outputs": {
             "reconstruction_sha256": job.reconstruction_sha256,
             "residual_sha256": job.residual_sha256,
@@ -311,6 +313,35 @@ def models(request):
         }
         for m in inference.list_models(settings.MODELS_ROOT)
     ]
+
+
+class FinetuneIn(Schema):
+    series: list[int]
+    minutes: float = 10.0
+
+
+@api.post("/models/finetune", response={202: dict, 400: dict, 403: dict})
+def finetune(request, payload: FinetuneIn):
+    """Staff: fine-tune the default CT model on these series in a worker; the
+    held-out slices decide whether the new version becomes the default, and the
+    outcome is in the audit log (``model.finetuned``)."""
+    from .services.finetune import model_finetune_request
+
+    if not request.user.is_staff:
+        raise HttpError(403, "finetune: only staff may fine-tune models")
+    series = [selectors.series_for(request.user, pk) for pk in payload.series]
+    model_finetune_request(
+        series=series, requested_by=request.user, minutes=payload.minutes
+    )
+    return Status(
+        202,
+        {
+            "queued": True,
+            "series": payload.series,
+            "minutes": payload.minutes,
+            "result": "audit log, action model.finetuned",
+        },
+    )
 
 
 api.add_router("", "radiology.api_viewer.router")

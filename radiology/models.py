@@ -311,6 +311,8 @@ class AuditEvent(models.Model):
         AUDIT_READ = "audit.read"
         ACCESS_DENIED = "access.denied"
         FIXITY = "fixity"
+        MODEL_FINETUNE = "model.finetune"
+        MODEL_FINETUNED = "model.finetuned"
 
     created_at = models.DateTimeField()
     actor = models.ForeignKey(

@@ -221,7 +221,13 @@ CELERY_TASK_ANNOTATIONS = {
     "radiology.tasks.run_denoise_job": {
         "soft_time_limit": DENOISE_SOFT_TIME_LIMIT_S,
         "time_limit": DENOISE_HARD_TIME_LIMIT_S,
-    }
+    },
+    # Up to 240 training minutes plus data preparation, export and the decision;
+    # on the default queue, so denoise jobs on "gpu" never wait behind it.
+    "radiology.tasks.run_model_finetune": {
+        "soft_time_limit": 5 * 3600,
+        "time_limit": 5 * 3600 + 300,
+    },
 }
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

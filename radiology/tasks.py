@@ -40,6 +40,18 @@ def run_denoise_job(self, job_id: int) -> None:
     jobs.denoise_job_run(job_id=job_id, worker=jobs.worker_id(self.request.hostname))
 
 
+@shared_task(acks_late=False, reject_on_worker_lost=False)
+def run_model_finetune(series_ids: list[int], user_id: int, minutes: float) -> bool:
+    """Staff-requested site fine-tune (training takes minutes: never retried; the
+    service audits a failure)."""
+    from .services.finetune import model_finetune_run
+
+    decision = model_finetune_run(
+        series_ids=series_ids, requested_by_id=user_id, minutes=minutes
+    )
+    return bool(decision["promote"])
+
+
 @shared_task
 def reconcile_stale_jobs() -> list[int]:
     return jobs.reconcile_stale_jobs()

@@ -27,7 +27,13 @@ from ..storage import ArrayFile, load_array
 logger = logging.getLogger(__name__)
 
 #: Parameters a requester may set, with their defaults; anything else is refused.
-DEFAULT_PARAMS: dict[str, object] = {"precision": "auto", "batch_size": None}
+DEFAULT_PARAMS: dict[str, object] = {
+    "precision": "auto",
+    "batch_size": None,
+    # Run a model on a series of another modality anyway (recorded in the job's
+    # identity, its audit event and its provenance).
+    "allow_modality_mismatch": False,
+}
 
 
 def normalise_params(params: dict | None) -> tuple[dict, str]:
@@ -48,12 +54,29 @@ def normalise_params(params: dict | None) -> tuple[dict, str]:
     batch = merged["batch_size"]
     if batch is not None and (not isinstance(batch, int) or not 1 <= batch <= 512):
         raise JobRequestError(f"denoise: batch_size must be 1..512, got {batch!r}")
-    return merged, hashlib.sha256(canonical_json(merged).encode()).hexdigest()
+    if not isinstance(merged["allow_modality_mismatch"], bool):
+        raise JobRequestError(
+            "denoise: allow_modality_mismatch must be true or false, got "
+            f"{merged['allow_modality_mismatch']!r}"
+        )
+    # Parameters left at their defaults stay out of the identity, so the jobs
+    # of earlier versions keep theirs.
+    identity = {
+        k: v
+        for k, v in merged.items()
+        if k in ("precision", "batch_size") or v != DEFAULT_PARAMS[k]
+    }
+    return merged, hashlib.sha256(canonical_json(identity).encode()).hexdigest()
 
 
-def resolve_model(spec: str | None) -> inference.ModelInfo:
+def resolve_model(
+    spec: str | None, *, modality: str | None = None
+) -> inference.ModelInfo:
     """Find a registered model from ``NAME[:VERSION]``; empty means the default
-    (``DENOISE_DEFAULT_MODEL``, else ``models/DEFAULT``). No version: the highest."""
+    (``DENOISE_DEFAULT_MODEL``, else ``models/DEFAULT``), or, for a ``modality``
+    the default is not for, the registered model of that modality (highest
+    version; the default itself when there is none, for the modality gate of
+    :func:`denoise_job_request` to refuse or allow). No version: the highest."""
     models = inference.list_models(settings.MODELS_ROOT)
     name, _, version = (spec or settings.DENOISE_DEFAULT_MODEL).partition(":")
     if name:
@@ -62,6 +85,14 @@ def resolve_model(spec: str | None) -> inference.ModelInfo:
         candidates = [m for m in models if m.default]
         if not candidates:
             raise JobRequestError("denoise: no default model is registered")
+    wanted = (modality or "").upper()
+    if not spec and wanted and candidates:
+        # The default is for one modality: another's series gets the model of its
+        # own modality when one is registered.
+        if all(m.modality.upper() != wanted for m in candidates):
+            candidates = [
+                m for m in models if m.modality.upper() == wanted
+            ] or candidates
     if version:
         candidates = [m for m in candidates if m.version == version]
     if not candidates:
@@ -125,8 +156,24 @@ def denoise_job_request(
             f"denoise: series {series.pk} is a derived series (ImageType DERIVED); "
             "denoising a denoised image is refused"
         )
-    info = resolve_model(model)
+    info = resolve_model(model, modality=series.modality)
+    mismatch = (series.modality or "").upper() != info.modality.upper()
+    if not mismatch and params and params.get("allow_modality_mismatch"):
+        # Nothing to override: the same job as without the flag.
+        params = {k: v for k, v in params.items() if k != "allow_modality_mismatch"}
     merged, params_sha = normalise_params(params)
+    if mismatch and not merged["allow_modality_mismatch"]:
+        others = sorted(
+            {m.modality for m in inference.list_models(settings.MODELS_ROOT)}
+        )
+        raise JobRequestError(
+            f"denoise: series {series.pk} is {series.modality or 'of unknown modality'}"
+            f" and model {info.name}:{info.version} is for {info.modality} (models "
+            f"registered for: {', '.join(others)}): it would alter these images, "
+            f"whose intensities are not in its units. Choose a "
+            f"{series.modality or 'matching'} model, or ask with "
+            f"allow_modality_mismatch to run it anyway (recorded in the provenance)"
+        )
     with transaction.atomic():
         job, created = DenoiseJob.objects.get_or_create(
             series=series,
@@ -154,6 +201,8 @@ def denoise_job_request(
                     "weights_sha256": info.sha256,
                     "params": merged,
                     "input_sha256": series.volume_sha256,
+                    "modality": series.modality,
+                    "model_modality": info.modality,
                 },
             )
             _enqueue(job)
@@ -406,6 +455,8 @@ def _run_claimed(job: DenoiseJob, token: str) -> DenoiseJob:
             "reconstruction_file_sha256": recon_sha,
             "residual_file_sha256": residual_sha,
             "series_instance_uid": job.series.series_instance_uid,
+            "series_modality": job.series.modality,
+            "modality_override": bool(job.params.get("allow_modality_mismatch")),
         }
     )
     with transaction.atomic():

@@ -9,6 +9,24 @@ from ..models import AuditEvent, DenoiseJob, Review
 from .jobs import JobRequestError
 
 
+def review_concerns(job: DenoiseJob) -> list[str]:
+    """Why an Accept on this job needs a comment: slices flagged for structure in
+    the residual, and out-of-distribution or modality warnings; empty if none."""
+    concerns = []
+    flagged = (job.metrics or {}).get("flagged_slices") or []
+    if flagged:
+        concerns.append(
+            f"{len(flagged)} slice(s) flagged for structure in the residual"
+        )
+    # The engine's own warning about flagged slices says the same as the count.
+    concerns.extend(
+        str(w)
+        for w in job.warnings or []
+        if not str(w).startswith("residual shows structure")
+    )
+    return concerns
+
+
 def review_submit(
     *,
     job: DenoiseJob,
@@ -23,7 +41,8 @@ def review_submit(
         job: a succeeded job; reviewing anything else is refused.
         reviewer: the user giving the verdict.
         verdict: a ``Review.Verdict`` value.
-        comment: free text.
+        comment: free text; required to accept a job with
+            :func:`review_concerns`.
         strength: the blend alpha (0 = original, 1 = denoised) the reviewer chose.
     """
     if job.status != DenoiseJob.Status.SUCCEEDED:
@@ -34,6 +53,12 @@ def review_submit(
         )
     if not 0.0 <= strength <= 1.0:
         raise JobRequestError(f"review: strength must be within 0..1, got {strength}")
+    concerns = review_concerns(job)
+    if verdict == Review.Verdict.ACCEPT and concerns and not comment.strip():
+        raise JobRequestError(
+            f"review: accepting job {job.pk} needs a comment saying why: "
+            + "; ".join(concerns)
+        )
     with transaction.atomic():
         review = Review.objects.create(
             job=job,

@@ -164,7 +164,17 @@ def test_reviewer_uploads_compares_measures_and_records_a_verdict(
     page.eval_on_selector(
         "#alpha", "el => { el.value = '0.7'; el.dispatchEvent(new Event('input')); }"
     )
+    # The tiny test model has no OOD reference, so the job carries a warning and an
+    # Accept needs a comment: refused without one, in the page and by the server.
+    assert page.locator("#verdict-concerns").is_visible()
+    assert "needs a comment" in page.locator("#verdict-concerns").inner_text()
     page.check("input[name=verdict][value=accept]")
+    page.click("#verdict-form button[type=submit]")
+    page.wait_for_selector("#verdict-message.error")
+    assert "needs a comment" in page.locator("#verdict-message").inner_text()
+    assert not Review.objects.filter(job=job).exists()
+    # The slice label gives the slice's estimated noise, which the model removed.
+    assert "noise" in page.locator("#slice-label").inner_text()
     page.fill("textarea[name=comment]", "noise halved, edges kept")
     page.click("#verdict-form button[type=submit]")
     page.wait_for_selector("#verdict-message.ok")

@@ -25,6 +25,11 @@ class Command(BaseCommand):
         parser.add_argument(
             "--user", help="who asks (audited); default: none, recorded as system"
         )
+        parser.add_argument(
+            "--allow-modality-mismatch",
+            action="store_true",
+            help="run a model of another modality anyway (recorded in the provenance)",
+        )
         parser.add_argument("--wait", action="store_true")
         parser.add_argument("--timeout", type=float, default=3600.0, help="seconds")
         parser.add_argument("--json", action="store_true")
@@ -48,7 +53,14 @@ class Command(BaseCommand):
                 )
         try:
             job, created = denoise_job_request(
-                series=series, requested_by=user, model=options["model"]
+                series=series,
+                requested_by=user,
+                model=options["model"],
+                params=(
+                    {"allow_modality_mismatch": True}
+                    if options["allow_modality_mismatch"]
+                    else None
+                ),
             )
         except JobRequestError as exc:
             raise CommandError(str(exc)) from exc

@@ -293,7 +293,9 @@ function updateLabels() {
   const { depth } = planeDims();
   const index = state.index[state.plane];
   const flagged = state.plane === "axial" && flaggedSet.has(index);
-  $("slice-label").textContent = `${state.plane} ${index + 1}/${depth}${flagged ? " ⚑ flagged" : ""}`;
+  const noise = state.plane === "axial" ? noiseBySlice[index] : undefined;
+  const noiseText = Number.isFinite(noise) ? ` · noise ${fmt(noise)}${unit}` : "";
+  $("slice-label").textContent = `${state.plane} ${index + 1}/${depth}${noiseText}${flagged ? " ⚑ flagged" : ""}`;
   $("slice-label").classList.toggle("flagged", flagged);
   $("zoom-label").textContent = `zoom ${state.zoom.toFixed(2)}× · W ${Math.round(state.ww)} L ${Math.round(state.wc)}`;
   const slider = $("slice");
@@ -622,19 +624,28 @@ function bindControls() {
 // ---------------------------------------------------------------- side panel
 
 const flaggedSet = new Set();
+// The input's estimated noise SD per axial slice (what the model was told to remove).
+const noiseBySlice = [];
 
 function renderFlags(metrics) {
   const marks = $("slice-marks");
   marks.replaceChildren();
   const nz = vol.shape[0];
+  const perSlice = metrics.per_slice || {};
+  noiseBySlice.splice(0, noiseBySlice.length, ...(perSlice.noise_sd_before || []).map(Number));
   for (const entry of metrics.flagged_slices || []) {
     const index = typeof entry === "number" ? entry : entry.index ?? entry.slice;
     if (!Number.isInteger(index) || index < 0 || index >= nz) continue;
     flaggedSet.add(index);
-    const score = metrics.per_slice && metrics.per_slice.structure_score ? metrics.per_slice.structure_score[index] : null;
+    const score = (perSlice.structure_score || [])[index];
+    const anatomy = (perSlice.anatomy_correlation || [])[index];
+    const detail = [
+      Number.isFinite(score) ? `edge energy ${fmt(score, 2)} (limit ${metrics.structure_threshold})` : null,
+      Number.isFinite(anatomy) ? `anatomy r ${fmt(anatomy, 2)} (limit ${metrics.anatomy_threshold})` : null,
+    ].filter(Boolean).join(", ");
     const mark = el("button", {
       type: "button", class: "mark", dataset: { slice: index },
-      title: `slice ${index + 1}: structure in residual${score !== null && score !== undefined ? ` (score ${Number(score).toFixed(3)})` : ""}`,
+      title: `slice ${index + 1}: structure in the residual${detail ? ` (${detail})` : ""}`,
       style: `left: ${nz > 1 ? (index / (nz - 1)) * 100 : 50}%`,
       onclick: () => { setPlane("axial"); setSlice(index); },
     });
@@ -679,6 +690,13 @@ function renderProvenance(job) {
   $("audit-link").href = `${root.dataset.auditUrl}?target_type=denoisejob&target_id=${job.id}`;
 }
 
+function renderConcerns(job) {
+  const note = $("verdict-concerns");
+  const concerns = job.review_concerns || [];
+  note.hidden = !concerns.length;
+  note.textContent = concerns.length ? `Accepting needs a comment: ${concerns.join("; ")}.` : "";
+}
+
 function renderReviews(job) {
   $("reviews").replaceChildren(...job.reviews.map((r) => el("li", {},
     el("span", { class: `badge verdict-${r.verdict}` }, r.verdict.replace("_", " ")),
@@ -692,6 +710,13 @@ async function submitVerdict(event) {
   const message = $("verdict-message");
   const verdict = form.elements.verdict.value;
   if (!verdict) { message.textContent = "Choose accept, reject or needs review."; message.className = "small error"; return; }
+  const concerns = (viewerApi.job && viewerApi.job.review_concerns) || [];
+  if (verdict === "accept" && concerns.length && !form.elements.comment.value.trim()) {
+    message.textContent = `Accepting needs a comment saying why: ${concerns.join("; ")}.`;
+    message.className = "small error";
+    form.elements.comment.focus();
+    return;
+  }
   try {
     const review = await api(`/jobs/${jobId}/review`, {
       method: "POST", body: { verdict, comment: form.elements.comment.value, strength: state.alpha },
@@ -799,6 +824,7 @@ async function start() {
   viewerApi.job = job;
   renderProvenance(job);
   renderReviews(job);
+  renderConcerns(job);
   if (job.status !== "succeeded") {
     $("load-label").textContent = `job ${job.status}: ${job.error || "no outputs to compare"}`;
     return;
