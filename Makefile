@@ -22,7 +22,15 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-run: install
+# A development checkout: `manage.py` run by hand reads its defaults from here, so the
+# README's commands work as printed; variables set in the environment still win.
+LOCAL_ENV := $(or $(VAR_DIR),var)/local.env
+
+$(LOCAL_ENV):
+	mkdir -p $(dir $@)
+	printf '# Written by `make run`: defaults for manage.py in this checkout only.\nDEBUG=1\n' > $@
+
+run: install $(LOCAL_ENV)
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py load_demo
 	$(PY) manage.py rundev

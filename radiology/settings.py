@@ -43,8 +43,33 @@ def env_list(name: str, default: str) -> list[str]:
     ]
 
 
-DEBUG = env_bool("DEBUG", False)
 VAR_DIR = Path(os.environ.get("VAR_DIR", BASE_DIR / "var"))
+
+
+def _load_local_env(path: Path) -> None:
+    """Defaults for this checkout from ``var/local.env`` (written by ``make run``).
+
+    ``NAME=value`` lines, ``#`` comments; a variable already in the environment wins,
+    so production (which has no such file and sets its own) is unaffected.
+    """
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return
+    for number, line in enumerate(lines, start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise ImproperlyConfigured(
+                f"{path}:{number}: expected NAME=value, got {line!r}"
+            )
+        os.environ.setdefault(name.strip(), value.strip())
+
+
+_load_local_env(VAR_DIR / "local.env")
+DEBUG = env_bool("DEBUG", False)
 
 
 def _secret_key() -> str:
@@ -54,7 +79,8 @@ def _secret_key() -> str:
     if not DEBUG:
         raise ImproperlyConfigured(
             "SECRET_KEY is not set and DEBUG is off: set SECRET_KEY (50+ random "
-            "characters) or DEBUG=1 for a local development server."
+            "characters), or DEBUG=1 for a local development server (`make run` "
+            f"writes DEBUG=1 to {VAR_DIR / 'local.env'} for this checkout)."
         )
     # Development only: one random key per checkout, kept so sessions survive restarts.
     VAR_DIR.mkdir(parents=True, exist_ok=True)

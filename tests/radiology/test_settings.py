@@ -50,6 +50,48 @@ def test_refuses_to_start_without_secret_key_when_debug_is_off(tmp_path):
     assert "SECRET_KEY is not set and DEBUG is off" in result.stderr
 
 
+def _without(*names):
+    return {name: None for name in names}
+
+
+def test_local_env_written_by_make_run_lets_printed_commands_run(tmp_path):
+    """`make run` writes var/local.env; `manage.py ...` run by hand then needs no prefix."""
+    env = {**_without("DEBUG", "SECRET_KEY"), "VAR_DIR": str(tmp_path)}
+    refused = _manage("check", env=env)
+    assert refused.returncode != 0
+    assert "SECRET_KEY is not set and DEBUG is off" in refused.stderr
+    assert str(tmp_path / "local.env") in refused.stderr
+
+    made = subprocess.run(
+        ["make", "-s", f"{tmp_path}/local.env", f"VAR_DIR={tmp_path}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    assert "DEBUG=1" in (tmp_path / "local.env").read_text().splitlines()
+    result = _manage("check", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "dev-secret-key").exists()
+
+
+def test_environment_wins_over_local_env(tmp_path):
+    (tmp_path / "local.env").write_text("# dev\nDEBUG=1\n")
+    env = {**PRODUCTION, "SECRET_KEY": "", "VAR_DIR": str(tmp_path)}
+    result = _manage("check", env=env)
+    assert result.returncode != 0
+    assert "SECRET_KEY is not set and DEBUG is off" in result.stderr
+
+
+def test_malformed_local_env_names_the_file_and_line(tmp_path):
+    (tmp_path / "local.env").write_text("DEBUG=1\nnot a setting\n")
+    env = {**_without("DEBUG", "SECRET_KEY"), "VAR_DIR": str(tmp_path)}
+    result = _manage("check", env=env)
+    assert result.returncode != 0
+    assert f"{tmp_path / 'local.env'}:2: expected NAME=value" in result.stderr
+
+
 def test_bad_boolean_is_a_clear_error(tmp_path):
     result = _manage("check", env={"DEBUG": "maybe", "VAR_DIR": str(tmp_path)})
     assert result.returncode != 0
