@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -82,6 +85,13 @@ def test_reviewer_uploads_compares_measures_and_records_a_verdict(
             break
         page.wait_for_timeout(500)
     shot("studies-succeeded")
+    # Two slices per slab, and the residual slab of the slice shown first (6 of 12)
+    # arrives last: the windows must still be measured on that slice's own data.
+    page.add_init_script(f"window.VIEWER_SLAB_BYTES = {SHAPE[1] * SHAPE[2] * 2 * 2};")
+    page.route(
+        re.compile(r"/volume/residual\?z0=6&"),
+        lambda route: (time.sleep(1.5), route.continue_()),
+    )
     page.click("#studies tr[data-status=succeeded] a:has-text('Compare')")
 
     page.wait_for_selector("#viewer[data-loaded='1']")
@@ -90,6 +100,20 @@ def test_reviewer_uploads_compares_measures_and_records_a_verdict(
     job = DenoiseJob.objects.get(series=series)
     assert job.status == DenoiseJob.Status.SUCCEEDED
     shot("viewer-side-by-side")
+
+    z = page.evaluate("window.viewer.state.index.axial")
+    assert z == SHAPE[0] // 2
+    residual = np.asarray(load_array(job.residual_file)[z], dtype=np.float64)
+    scale = page.evaluate("window.viewer.vol.res.scale")
+    expected = max(3 * np.sqrt(np.mean(residual**2)), 10 * scale)
+    assert expected > 20 * scale  # a window from missing data (zeros) would be 10x
+    assert page.evaluate("window.viewer.state.residualWindow") == pytest.approx(
+        expected, rel=0.02
+    )
+    page.fill("#rw", "25")
+    page.dispatch_event("#rw", "change")
+    assert page.evaluate("window.viewer.state.residualWindow") == 25
+    assert page.locator("#colorbar .cb-max").text_content() == "+25.0 HU"
 
     page.locator(".pane[data-pane=original] canvas").hover()
     assert "HU" in page.locator(".pane[data-pane=original] .readout").inner_text()

@@ -9,7 +9,8 @@ const modality = root.dataset.modality;
 const unit = modality === "CT" ? " HU" : "";
 const PRESETS = { soft: [400, 40], lung: [1500, -600], bone: [1800, 400], brain: [80, 40] };
 const MODES = ["side", "swipe", "flicker", "overlay"];
-const SLAB_BYTES = 4 * 1024 * 1024;
+// Volumes arrive in slabs of about this many bytes (a test may set smaller ones).
+const SLAB_BYTES = window.VIEWER_SLAB_BYTES || 4 * 1024 * 1024;
 const REFORMAT_MIN_SLICES = 8;
 
 const state = {
@@ -433,6 +434,17 @@ function setWindow(ww, wc) {
   scheduleRender();
 }
 
+// The residual is shown from -rw (black) to +rw (white); the reviewer can change rw.
+function setResidualWindow(rw) {
+  if (!(rw > 0)) return;
+  state.residualWindow = rw;
+  $("colorbar").querySelector(".cb-max").textContent = `+${fmt(rw)}${unit}`;
+  $("colorbar").querySelector(".cb-min").textContent = `−${fmt(rw)}${unit}`;
+  $("rw").value = Number(rw.toPrecision(3));
+  buildLuts();
+  scheduleRender();
+}
+
 function autoWindow() {
   if (!sliceReady()) return;
   const o = extract(vol.orig);
@@ -611,6 +623,7 @@ function bindControls() {
   $("opacity").addEventListener("input", (e) => { state.opacity = Number(e.target.value); scheduleRender(); });
   $("ww").addEventListener("change", (e) => setWindow(Number(e.target.value), state.wc));
   $("wc").addEventListener("change", (e) => setWindow(state.ww, Number(e.target.value)));
+  $("rw").addEventListener("change", (e) => setResidualWindow(Number(e.target.value)));
   $("help-button").addEventListener("click", () => $("help").showModal());
   let flickerTimer = null;
   $("auto-flicker").addEventListener("change", (e) => {
@@ -784,7 +797,9 @@ async function loadVolumes(job) {
       for (let z = z0; z < z1; z++) vol.loaded[z] += 1;
       done += 1;
       $("load-label").textContent = done < total ? `loading ${Math.round((done / total) * 100)}%` : "";
-      if (!lutsBuilt && vol.orig.data && vol.res.data && vol.den.data) {
+      // Windows are measured on the shown slice, so only once all three of its slabs
+      // are here (a slow residual slab would otherwise give a window of ~0).
+      if (!lutsBuilt && vol.loaded[state.index.axial] >= sources.length) {
         lutsBuilt = true;
         initialWindows();
       }
@@ -803,9 +818,7 @@ function initialWindows() {
   const r = extract(vol.res, "axial", state.index.axial);
   let sq = 0;
   for (let i = 0; i < r.length; i++) { const v = vol.res.scale * r[i]; sq += v * v; }
-  state.residualWindow = Math.max(3 * Math.sqrt(sq / Math.max(r.length, 1)), vol.res.scale * 10, 1e-3);
-  $("colorbar").querySelector(".cb-max").textContent = `+${fmt(state.residualWindow)}${unit}`;
-  $("colorbar").querySelector(".cb-min").textContent = `−${fmt(state.residualWindow)}${unit}`;
+  setResidualWindow(Math.max(3 * Math.sqrt(sq / Math.max(r.length, 1)), vol.res.scale * 10, 1e-3));
   if (modality === "CT") applyPreset("soft");
   else applyPreset("auto");
 }
