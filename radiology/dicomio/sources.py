@@ -206,7 +206,8 @@ def iter_members(
         return
     if stat.S_ISDIR(info.st_mode):
         yield from _iter_folder(root, shown, limits)
-    else:
+    elif not is_os_metadata(display_name or root.name):
+        # A folder picked in the browser arrives file by file, .DS_Store included.
         yield from _iter_file(root, shown, info, limits)
 
 
@@ -256,14 +257,36 @@ def _read_file(path: Path, shown: str, limits: Limits) -> bytes:
     return buf.getvalue()
 
 
+# What operating systems add to folders and archives; never scans, so skipped silently.
+_METADATA_DIRS = frozenset({"__MACOSX", ".Spotlight-V100", ".Trashes", ".fseventsd"})
+_METADATA_FILES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+
+
+def is_os_metadata(relative: str) -> bool:
+    """Whether a path inside an upload is the OS's own bookkeeping (or AppleDouble)."""
+    parts = [part for part in relative.replace("\\", "/").split("/") if part]
+    if not parts:
+        return False
+    name = parts[-1]
+    return (
+        any(part in _METADATA_DIRS for part in parts[:-1])
+        or name in _METADATA_FILES
+        or name.startswith("._")
+    )
+
+
 def _iter_folder(root: Path, shown: str, limits: Limits) -> Iterator[Member]:
     count = 0
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         # os.walk lists symlinked folders but never enters them; report them.
         linked = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
-        dirnames[:] = sorted(d for d in dirnames if d not in linked)
+        dirnames[:] = sorted(
+            d for d in dirnames if d not in linked and d not in _METADATA_DIRS
+        )
         rel_dir = os.path.relpath(dirpath, root)
         for filename in sorted([*filenames, *linked]):
+            if is_os_metadata(filename):
+                continue
             count += 1
             if count > limits.max_entries:
                 yield Member(
@@ -376,6 +399,9 @@ def _iter_zip(path: Path, shown: str, limits: Limits) -> Iterator[Member]:
                     return
                 budget = _ArchiveBudget(limits)
                 for info in infos:
+                    # Folders are implied by their files; OS bookkeeping is no scan.
+                    if info.filename.endswith("/") or is_os_metadata(info.filename):
+                        continue
                     yield _zip_member(zf, info, shown, budget)
     except _ArchiveCapTripped as exc:
         yield Member(shown, error=f"{exc}; the rest of the archive was not read")
@@ -396,8 +422,6 @@ def _zip_member(
     name = sanitise_name(f"{shown}/{info.filename}", limits.max_name_chars)
     if not info.filename:
         return Member(name, error="entry with an empty name")
-    if info.filename.endswith("/"):
-        return Member(name, error="directory entry")
     if info.create_system == 3 and (info.external_attr >> 16) & _S_IFMT == _S_IFLNK:
         return Member(name, error="symbolic link entry is not followed")
     if info.flag_bits & 0x1:

@@ -106,7 +106,9 @@ def test_zip_slip_names_stay_display_names(tmp_path: Path) -> None:
     assert not (tmp_path / "etc").exists()
 
 
-def test_symlink_and_directory_entries_carry_errors(tmp_path: Path) -> None:
+def test_symlink_entries_carry_errors_and_directory_entries_are_skipped(
+    tmp_path: Path,
+) -> None:
     archive = tmp_path / "scan.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         link = zipfile.ZipInfo("link.dcm")
@@ -117,9 +119,36 @@ def test_symlink_and_directory_entries_carry_errors(tmp_path: Path) -> None:
         zf.writestr("ok.dcm", CT_SMALL)
     assert _members(archive) == [
         ("scan.zip/link.dcm", "symbolic link entry is not followed"),
-        ("scan.zip/folder", "directory entry"),
         ("scan.zip/ok.dcm", None),
     ]
+
+
+def test_os_metadata_in_zips_and_folders_is_skipped_silently(tmp_path: Path) -> None:
+    junk = {
+        "__MACOSX/scan/._IM1": b"\x00\x05\x16\x07",
+        "scan/._IM1": b"\x00\x05\x16\x07",
+        "scan/.DS_Store": b"Bud1",
+        "Thumbs.db": b"x",
+    }
+    archive = _zip(tmp_path / "mac.zip", {**junk, "scan/IM1": CT_SMALL})
+    assert _members(archive) == [("mac.zip/scan/IM1", None)]
+    folder = tmp_path / "folder"
+    for name, data in {**junk, "scan/IM1": CT_SMALL}.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    assert _members(folder) == [("folder/scan/IM1", None)]
+
+
+def test_a_file_merely_named_like_metadata_elsewhere_is_read(tmp_path: Path) -> None:
+    archive = _zip(tmp_path / "scan.zip", {"MACOSX/IM1": CT_SMALL, "a._b": b"x"})
+    assert [name for name, _ in _members(archive)] == [
+        "scan.zip/MACOSX/IM1",
+        "scan.zip/a._b",
+    ]
+    single = tmp_path / "upload.bin"
+    single.write_bytes(b"Bud1")
+    assert list(iter_members(single, display_name="scan/.DS_Store")) == []
+    assert len(list(iter_members(single, display_name="scan/IM1"))) == 1
 
 
 def test_encrypted_entries_carry_errors(tmp_path: Path) -> None:
@@ -145,9 +174,10 @@ def test_nested_archives_are_not_opened(tmp_path: Path) -> None:
 
 
 def test_member_with_error_refuses_read(tmp_path: Path) -> None:
-    archive = _zip(tmp_path / "o.zip", {"d/": b""})
+    inner = _zip(tmp_path / "i.zip", {"IM1": CT_SMALL}).read_bytes()
+    archive = _zip(tmp_path / "o.zip", {"inner.zip": inner})
     (member,) = iter_members(archive)
-    with pytest.raises(DicomRejected, match="o.zip/d: directory entry"):
+    with pytest.raises(DicomRejected, match="o.zip/inner.zip: nested zip archive"):
         member.read()
 
 
