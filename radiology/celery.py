@@ -14,8 +14,13 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(["radiology"])
 
 
-def worker_argv(name: str, *extra: str) -> list[str]:
-    """The command line of one local worker on both queues, one job at a time
+#: Queues of the denoising workers; site fine-tunes (hours) run on "training".
+DENOISE_QUEUES = "gpu,default"
+TRAINING_QUEUE = "training"
+
+
+def worker_argv(name: str, *extra: str, queues: str = DENOISE_QUEUES) -> list[str]:
+    """The command line of one local worker on ``queues``, one job at a time
     (``make run``, the integration tests and the load benchmark start it)."""
     return [
         sys.executable,
@@ -25,7 +30,7 @@ def worker_argv(name: str, *extra: str) -> list[str]:
         "radiology",
         "worker",
         "-Q",
-        "gpu,default",
+        queues,
         "--concurrency",
         "1",
         "-n",

@@ -242,14 +242,19 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
-CELERY_TASK_ROUTES = {"radiology.tasks.run_denoise_job": {"queue": "gpu"}}
+CELERY_TASK_ROUTES = {
+    "radiology.tasks.run_denoise_job": {"queue": "gpu"},
+    "radiology.tasks.run_model_finetune": {"queue": "training"},
+}
 CELERY_TASK_ANNOTATIONS = {
     "radiology.tasks.run_denoise_job": {
         "soft_time_limit": DENOISE_SOFT_TIME_LIMIT_S,
         "time_limit": DENOISE_HARD_TIME_LIMIT_S,
     },
     # Up to 240 training minutes plus data preparation, export and the decision;
-    # on the default queue, so denoise jobs on "gpu" never wait behind it.
+    # on its own queue ("training", its own worker), so denoise jobs never wait
+    # behind it. Acknowledged on receipt, so Redis' visibility timeout never
+    # redelivers it.
     "radiology.tasks.run_model_finetune": {
         "soft_time_limit": 5 * 3600,
         "time_limit": 5 * 3600 + 300,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +26,38 @@ logger = logging.getLogger(__name__)
 DEFAULT_MINUTES = 10.0
 
 
+class FinetuneBusy(JobRequestError):
+    """Another fine-tune holds the lock."""
+
+
 def _lock_path() -> Path:
-    return Path(settings.VAR_DIR) / "finetune.lock"
+    # Beside the stored scans: shared by the web and every worker host (README).
+    return Path(settings.MEDIA_ROOT) / "finetune.lock"
+
+
+@contextlib.contextmanager
+def _finetune_lock(*, probe: bool = False) -> Iterator[None]:
+    """Hold the one fine-tune lock (an OS lock: a killed worker releases it).
+
+    ``probe`` only checks that it is free. Raises :class:`FinetuneBusy` when held.
+    """
+    path = _lock_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FinetuneBusy(
+                "finetune: a fine-tune is running; ask again when its result is in "
+                "the audit log (model.finetuned)"
+            ) from None
+        if not probe:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def model_finetune_request(
@@ -57,20 +90,18 @@ def model_finetune_request(
                 f"finetune: series {item.pk} has {item.shape[0]} slices; at least 8 "
                 "are needed to hold some out for the decision"
             )
-    if _lock_path().exists():
-        raise JobRequestError(
-            "finetune: a fine-tune is running; ask again when its result is in the "
-            "audit log (model.finetuned)"
-        )
+    with _finetune_lock(probe=True):
+        pass
     from ..tasks import run_model_finetune
 
     ids = sorted({s.pk for s in series})
+    parent = resolve_model(None, modality="CT")
     with transaction.atomic():
         audit_record(
             action=AuditEvent.Action.MODEL_FINETUNE,
             actor=requested_by,
             target_type="model",
-            target_id="default",
+            target_id=f"{parent.name}:{parent.version}",
             extra_data={
                 "series": ids,
                 "studies": sorted({s.study_id for s in series}),
@@ -92,15 +123,9 @@ def model_finetune_run(
         The decision of :func:`training.finetune.decide`.
     """
     requester = get_user_model().objects.filter(pk=requested_by_id).first()
-    lock = _lock_path()
-    lock.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        raise JobRequestError("finetune: another fine-tune is running") from None
-    os.close(fd)
-    try:
-        return _finetune(series_ids, requester, minutes)
+        with _finetune_lock():
+            return _finetune(series_ids, requester, minutes)
     except Exception as exc:
         with transaction.atomic():
             audit_record(
@@ -114,8 +139,6 @@ def model_finetune_run(
                 },
             )
         raise
-    finally:
-        lock.unlink(missing_ok=True)
 
 
 def _finetune(series_ids: list[int], requester: Any, minutes: float) -> dict[str, Any]:
@@ -126,6 +149,12 @@ def _finetune(series_ids: list[int], requester: Any, minutes: float) -> dict[str
     from training.trainer import train
 
     series = list(Series.objects.filter(pk__in=series_ids).order_by("pk"))
+    missing = sorted(set(series_ids) - {s.pk for s in series})
+    if missing:
+        raise JobRequestError(
+            f"finetune: series {', '.join(map(str, missing))} no longer stored; "
+            "nothing was trained"
+        )
     volumes = [
         SiteVolume(media_path(s.volume_file), float(s.spacing_mm[1]), f"series {s.pk}")
         for s in series
@@ -153,7 +182,9 @@ def _finetune(series_ids: list[int], requester: Any, minutes: float) -> dict[str
         meta["name"], meta["version"], models_root=root, device="cpu"
     )
     decision = decide(parent, candidate, volumes)
-    if decision["promote"]:
+    pinned = settings.DENOISE_DEFAULT_MODEL
+    promoted = bool(decision["promote"]) and not pinned
+    if promoted:
         inference.write_default(root, meta["name"], meta["version"])
     with transaction.atomic():
         audit_record(
@@ -166,7 +197,10 @@ def _finetune(series_ids: list[int], requester: Any, minutes: float) -> dict[str
                 "parent": parent.ref,
                 "weights_sha256": meta["weights_sha256"],
                 "bundle": str(path),
-                "default": bool(decision["promote"]),
+                "default": promoted,
+                # DENOISE_DEFAULT_MODEL overrides models/DEFAULT: a promotion
+                # there would not take effect, so none is written.
+                "default_pinned_by_env": pinned or None,
                 "decision": describe(decision),
                 "summary": decision.get("summary"),
             },

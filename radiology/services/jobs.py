@@ -76,7 +76,9 @@ def resolve_model(
     (``DENOISE_DEFAULT_MODEL``, else ``models/DEFAULT``), or, for a ``modality``
     the default is not for, the registered model of that modality (highest
     version; the default itself when there is none, for the modality gate of
-    :func:`denoise_job_request` to refuse or allow). No version: the highest."""
+    :func:`denoise_job_request` to refuse or allow). A name without a version: the
+    default's version when the default is that model (a fine-tuned candidate that
+    was not promoted runs only when asked for by version), else the highest."""
     models = inference.list_models(settings.MODELS_ROOT)
     name, _, version = (spec or settings.DENOISE_DEFAULT_MODEL).partition(":")
     if name:
@@ -95,6 +97,8 @@ def resolve_model(
             ] or candidates
     if version:
         candidates = [m for m in candidates if m.version == version]
+    elif name:
+        candidates = [m for m in candidates if m.default] or candidates
     if not candidates:
         known = ", ".join(sorted({f"{m.name}:{m.version}" for m in models})) or "none"
         raise JobRequestError(f"denoise: no model {spec!r}; registered: {known}")

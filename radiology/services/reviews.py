@@ -78,6 +78,8 @@ def review_submit(
                 "strength": strength,
                 "model": f"{job.model_name}:{job.model_version}",
                 "weights_sha256": job.weights_sha256,
+                # What the reviewer saw and, for an Accept, commented on.
+                "concerns": concerns,
             },
         )
     return review

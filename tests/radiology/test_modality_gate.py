@@ -189,6 +189,81 @@ def test_a_fine_tune_request_is_audited_and_queued(
     alice.is_staff = True
     model_finetune_request(series=[series], requested_by=alice, minutes=5)
     event = AuditEvent.objects.get(action="model.finetune")
+    assert event.target_id == "tiny:1.0.0"  # the parent it will fine-tune
     assert event.extra_data["series"] == [series.pk]
     assert event.extra_data["volume_sha256"] == {str(series.pk): series.volume_sha256}
     assert sent == [([series.pk], alice.pk, 5)]
+
+
+def test_a_name_without_version_runs_the_default_not_a_newer_candidate(
+    settings, tmp_path
+):
+    """A fine-tuned version that was not promoted runs only when asked for by
+    version; the name alone means the version models/DEFAULT names."""
+    from radiology.services.jobs import resolve_model
+
+    root = install_tiny_models(settings, tmp_path / "models", ("1.0.0", "1.1.0"))
+    inference.write_default(root, "tiny", "1.0.0")
+    assert resolve_model("tiny").version == "1.0.0"
+    assert resolve_model(None).version == "1.0.0"
+    assert resolve_model("tiny:1.1.0").version == "1.1.0"
+    inference.write_default(root, "tiny", "1.1.0")
+    assert resolve_model("tiny").version == "1.1.0"
+
+
+def test_an_accept_records_the_concerns_it_overrode(alice, tmp_path, models_root):
+    job = _finished_job(alice, tmp_path)
+    job.metrics = {**job.metrics, "flagged_slices": [0, 2]}
+    job.warnings = []
+    job.save(update_fields=["metrics", "warnings"])
+    review_submit(job=job, reviewer=alice, verdict="accept", comment="edges fine")
+    event = AuditEvent.objects.filter(action=AuditEvent.Action.REVIEW).get()
+    assert event.extra_data["concerns"] == [
+        "2 slice(s) flagged for structure in the residual"
+    ]
+
+
+def test_one_fine_tune_at_a_time_and_a_killed_one_frees_the_lock(
+    alice, settings, tmp_path, models_root
+):
+    import subprocess
+    import sys
+
+    from radiology.services import finetune
+
+    settings.MEDIA_ROOT = tmp_path / "media"
+    volume = phantom_volume((10, 48, 48), seed=9)
+    write_series(tmp_path / "long", volume, spacing_mm=(2, 1, 1))
+    series = upload_ingest(sources=[(tmp_path / "long", "long")], owner=alice).series[0]
+    alice.is_staff = True
+    lock = finetune._lock_path()
+    # Another worker process holds the lock, then is killed without cleaning up.
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_CREAT | "
+            "os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); "
+            "time.sleep(60)",
+            str(lock),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(JobRequestError, match="a fine-tune is running"):
+            finetune.model_finetune_request(series=[series], requested_by=alice)
+        with pytest.raises(JobRequestError, match="a fine-tune is running"):
+            finetune.model_finetune_run(
+                series_ids=[series.pk], requested_by_id=alice.pk, minutes=1
+            )
+        # The refused run is audited as an outcome, not lost.
+        failed = AuditEvent.objects.get(action="model.finetuned")
+        assert "a fine-tune is running" in failed.extra_data["error"]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert lock.exists()  # left behind by the killed process, yet free
+    with finetune._finetune_lock(probe=True):
+        pass

@@ -55,7 +55,7 @@ def _without(*names):
 
 
 def test_local_env_written_by_make_run_lets_printed_commands_run(tmp_path):
-    """`make run` writes var/local.env; `manage.py ...` run by hand then needs no prefix."""
+    """`make run` writes var/local.env; `manage.py` run by hand then needs no prefix."""
     env = {**_without("DEBUG", "SECRET_KEY"), "VAR_DIR": str(tmp_path)}
     refused = _manage("check", env=env)
     assert refused.returncode != 0
@@ -98,6 +98,15 @@ def test_bad_boolean_is_a_clear_error(tmp_path):
     assert "DEBUG must be a boolean" in result.stderr
 
 
+def test_fine_tunes_never_queue_in_front_of_denoise_jobs(settings):
+    from radiology.celery import DENOISE_QUEUES, TRAINING_QUEUE
+
+    routes = settings.CELERY_TASK_ROUTES
+    assert routes["radiology.tasks.run_model_finetune"]["queue"] == TRAINING_QUEUE
+    assert TRAINING_QUEUE not in DENOISE_QUEUES.split(",")
+    assert routes["radiology.tasks.run_denoise_job"]["queue"] in DENOISE_QUEUES
+
+
 def test_visibility_timeout_exceeds_hard_time_limit(settings):
     from radiology.checks import check_time_limits
 
@@ -130,7 +139,13 @@ def test_docker_compose_runs_web_gpu_worker_redis_postgres():
     assert "-Q gpu" in worker["command"]
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
-    for name in ("web", "worker"):
+    # Fine-tunes have their own worker, and every service sees the same models.
+    assert "-Q training" in services["trainer"]["command"]
+    for name in ("web", "worker", "trainer"):
+        assert "models:/app/models" in services[name]["volumes"], name
+    assert "models" in compose["volumes"]
+    assert compose["x-app-env"]["MODELS_ROOT"] == "/app/models"
+    for name in ("web", "worker", "trainer"):
         env = services[name]["environment"]
         assert env["DATABASE_URL"].startswith("postgres://")
         assert env["CELERY_BROKER_URL"].startswith("redis://redis:6379")

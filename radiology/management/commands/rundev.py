@@ -1,4 +1,4 @@
-"""``manage.py rundev``: the web server and one local Celery worker, run together."""
+"""``manage.py rundev``: the web server and the local Celery workers, run together."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from radiology.celery import worker_argv
+from radiology.celery import TRAINING_QUEUE, worker_argv
 
 
 def _raise_interrupt(signum, frame):
@@ -19,7 +19,8 @@ def _raise_interrupt(signum, frame):
 
 class Command(BaseCommand):
     help = (
-        "Start the development web server and one Celery worker (with the reconciler)."
+        "Start the development web server, one denoising Celery worker (with the "
+        "reconciler) and one for site fine-tunes."
     )
 
     def add_arguments(self, parser):
@@ -43,9 +44,15 @@ class Command(BaseCommand):
             ),
             start_new_session=True,
         )
+        # Fine-tunes take minutes to hours: their own worker, so denoising never
+        # waits behind one.
+        trainer = subprocess.Popen(
+            worker_argv("training", "--loglevel", "INFO", queues=TRAINING_QUEUE),
+            start_new_session=True,
+        )
         self.stdout.write(
-            f"worker pid {worker.pid}; web on http://{options['addr']}/ "
-            "(Ctrl-C stops both)"
+            f"worker pids {worker.pid} (denoise), {trainer.pid} (fine-tune); web on "
+            f"http://{options['addr']}/ (Ctrl-C stops all)"
         )
         try:
             subprocess.call(
@@ -60,8 +67,16 @@ class Command(BaseCommand):
         except KeyboardInterrupt:
             pass
         finally:
-            try:
-                os.killpg(worker.pid, signal.SIGTERM)
-                worker.wait(timeout=20)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(worker.pid, signal.SIGKILL)
+            for process in (worker, trainer):
+                try:
+                    os.killpg(process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    continue
+            for process in (worker, trainer):
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    try:
+                        os.killpg(process.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
