@@ -165,12 +165,16 @@ def real_ct_section(
     }
 
 
-def _simulate(job: tuple[np.ndarray, float, float, int, int]) -> np.ndarray:
+def _simulate(
+    job: tuple[np.ndarray, float, float, int, tuple[int, ...]],
+) -> np.ndarray:
     from training.noise import CTNoiseModel
 
     image, pixel_mm, dose, count, seed = job
+    # One independent stream per (dose, present/absent, batch): never shared.
+    rng = np.random.default_rng(np.random.SeedSequence(seed))
     noise = CTNoiseModel(i0=LCD_I0).realisations(
-        image, dose, count, pixel_mm=pixel_mm, rng=np.random.default_rng(seed)
+        image, dose, count, pixel_mm=pixel_mm, rng=rng
     )
     return (image[None] + noise).astype(np.float32)
 
@@ -194,9 +198,7 @@ def lcd_section(
         for s, image in enumerate((phantom.present, phantom.absent)):
             for part in range(0, realisations, 25):
                 count = min(25, realisations - part)
-                jobs.append(
-                    (image, phantom.pixel_mm, dose, count, 1000 * d + 100 * s + part)
-                )
+                jobs.append((image, phantom.pixel_mm, dose, count, (d, s, part)))
     with ProcessPoolExecutor(max_workers=workers) as pool:
         stacks = list(pool.map(_simulate, jobs))
     rows = []

@@ -120,7 +120,7 @@ def estimate_noise_sd(
             f"{stack.shape}"
         )
     depth, height, width = stack.shape
-    if height < BLOCK or width < BLOCK:
+    if depth == 0 or height < BLOCK or width < BLOCK:
         return np.full(depth, np.nan)
     result = np.zeros(depth)
     sd, low, high = block_statistics(stack)

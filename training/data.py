@@ -284,14 +284,27 @@ def series_slices(
     if not found:
         raise DataError(f"dicom series: {root}: no readable {modality} slices")
     found.sort()
-    start, stop = (int(v) for v in held_out) if held_out else (0, 0)
     keep = []
     for index, (_, file) in enumerate(found):
-        inside = start <= index < stop
-        margin = start - 2 <= index < stop + 2
-        if (split == "held_out" and inside) or (split == "train" and not margin):
+        if _in_split(index, held_out, split):
             keep.extend(read_dicom_slices(file, modality))
     return keep
+
+
+#: Slices either side of a held-out range that neither split uses (no training
+#: slice is the held-out one's neighbour).
+HELD_OUT_MARGIN = 2
+
+
+def _in_split(index: int, held_out: Sequence[int] | None, split: str) -> bool:
+    """Whether slice ``index`` belongs to ``split`` ("train" or "held_out"); with no
+    ``held_out`` range every slice is a training slice."""
+    if not held_out:
+        return split == "train"
+    start, stop = (int(v) for v in held_out)
+    if split == "held_out":
+        return start <= index < stop
+    return not start - HELD_OUT_MARGIN <= index < stop + HELD_OUT_MARGIN
 
 
 def series_neighbours(
@@ -306,11 +319,10 @@ def series_neighbours(
     from training.neighbours import agreement_mask, neighbour_noise_sd
 
     every = series_slices(path, modality, held_out=None)
-    start, stop = (int(v) for v in held_out) if held_out else (0, 0)
     volume = np.stack([s.image for s in every])
     items = []
     for i in range(1, len(every) - 1):
-        if any(start - 2 <= j < stop + 2 for j in (i - 1, i, i + 1)):
+        if not all(_in_split(j, held_out, "train") for j in (i - 1, i, i + 1)):
             continue
         noise = neighbour_noise_sd(volume, i)
         if not np.isfinite(noise):
@@ -354,12 +366,9 @@ def volume_slices(
         raise DataError(f"volume: {path}: {exc}") from None
     if volume.ndim != 3:
         raise DataError(f"volume: {path}: expected (z, y, x), got shape {volume.shape}")
-    start, stop = (int(v) for v in held_out) if held_out else (0, 0)
     keep = []
     for index in range(volume.shape[0]):
-        inside = start <= index < stop
-        margin = start - 2 <= index < stop + 2
-        if (split == "held_out" and inside) or (split == "train" and not margin):
+        if _in_split(index, held_out, split):
             image = np.maximum(np.asarray(volume[index], np.float32), -1024.0)
             keep.append(
                 Slice(image, float(pixel_mm), f"volume:{path.name}#{index}", True)

@@ -250,7 +250,8 @@ def decide(
         }
     summary = {
         role: {
-            key: float(np.mean([s[key] for s in rows]))
+            # None (nothing measured on a volume) counts as NaN: verdict refuses.
+            key: float(np.mean([np.nan if s[key] is None else s[key] for s in rows]))
             for key in ("structure", "noise_removed", "residual_to_noise")
         }
         for role, rows in scores.items()
@@ -259,12 +260,26 @@ def decide(
     return {"promote": promote, "reasons": reasons, "summary": summary, **scores}
 
 
+def _finite(value: Any) -> bool:
+    return value is not None and bool(np.isfinite(float(value)))
+
+
 def verdict(
     parent: Mapping[str, float], candidate: Mapping[str, float]
 ) -> tuple[bool, list[str]]:
     """Whether a candidate may replace its parent as the default, from their mean
     neighbour-slice measures (``structure``, ``noise_removed``,
     ``residual_to_noise``), and why (module docstring)."""
+    measures = ("structure", "noise_removed", "residual_to_noise")
+    unmeasured = [
+        f"{who} {name}"
+        for who, values in (("parent", parent), ("candidate", candidate))
+        for name in measures
+        if not _finite(values.get(name))
+    ]
+    if unmeasured:
+        # A comparison with NaN is False: it would let the candidate through.
+        return False, ["not measured on the held-out slices: " + ", ".join(unmeasured)]
     reasons = []
     if candidate["noise_removed"] < parent["noise_removed"]:
         reasons.append(

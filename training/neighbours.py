@@ -172,7 +172,10 @@ def neighbour_test(
         if len(vs) < 8:
             continue
         var_s, var_d = vs.var(axis=1), vd.var(axis=1)
-        keep = var_s <= 3 * np.median(var_s)
+        # Blocks without noise (padding, constant fill) say nothing about it.
+        keep = (var_s > 0) & (var_s <= 3 * np.median(var_s))
+        if keep.sum() < 8:
+            continue
         sigma2 = var_s[keep] / 1.5
         removed.append(float(np.median((var_s[keep] - var_d[keep]) / sigma2)))
         noise_sd.append(float(np.sqrt(np.median(sigma2))))

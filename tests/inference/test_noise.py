@@ -140,3 +140,9 @@ def test_a_slice_too_small_to_measure_comes_out_unchanged() -> None:
     tiny = np.random.default_rng(0).normal(40, 10, (12, 12)).astype(np.float32)
     (out,) = denoise_images(network, [tiny], spec)
     np.testing.assert_allclose(out, tiny, atol=1e-4)  # the normalisation round trip
+
+
+def test_an_empty_stack_has_no_estimates() -> None:
+    from inference.noise import estimate_noise_sd
+
+    assert estimate_noise_sd(np.zeros((0, 64, 64), np.float32)).shape == (0,)

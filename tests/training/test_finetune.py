@@ -125,6 +125,10 @@ PARENT = {"structure": 0.03, "noise_removed": 0.55, "residual_to_noise": 0.9}
         ({"noise_removed": 0.70, "structure": 0.06}, False, "more structure"),
         ({"noise_removed": 0.70, "structure": 0.04}, True, "at least as good"),
         ({"noise_removed": 0.70, "residual_to_noise": 2.4}, False, "x the noise"),
+        # Unmeasured is never good enough (a NaN comparison is always False).
+        ({"noise_removed": float("nan")}, False, "candidate noise_removed"),
+        ({"structure": float("nan")}, False, "candidate structure"),
+        ({"residual_to_noise": None}, False, "candidate residual_to_noise"),
     ],
 )
 def test_verdict_promotes_only_a_candidate_better_on_every_measure(

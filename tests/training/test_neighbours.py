@@ -70,3 +70,35 @@ def test_agreement_mask_keeps_flat_blocks_where_only_noise_differs(series) -> No
     changed = noisy[3].copy()
     changed[60:100, 60:100] += 80.0
     assert not agreement_mask(changed, reference)[64:96, 64:96].any()
+
+
+def test_held_out_slices_and_their_margin_never_reach_training(tmp_path) -> None:
+    """Slice indices are the series' own: nothing is dropped without a held-out
+    range, and with one no training item uses a held-out slice, a slice of its
+    margin, or a neighbour from either."""
+    from radiology.dicomio.synthetic import write_series
+    from training.data import series_neighbours, series_slices, volume_slices
+
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:160, :160]
+    body = np.where(np.hypot(yy - 80, xx - 80) < 70, 40.0, -1000.0)
+    # Each slice says its own index in its mean, so kept slices can be named.
+    volume = np.stack([body + k for k in range(14)])
+    volume = (volume + rng.normal(0, 3, volume.shape)).astype(np.float32)
+    write_series(tmp_path / "s", volume, spacing_mm=(1, 0.7, 0.7))
+    np.save(tmp_path / "v.npy", volume)
+
+    def indices(slices):
+        return [round(float(np.median(s.image[body > 0])) - 40) for s in slices]
+
+    everything = list(range(14))
+    assert indices(series_slices(tmp_path / "s", "CT", held_out=None)) == everything
+    assert indices(volume_slices(tmp_path / "v.npy", 0.7)) == everything
+    train = [0, 1, 2, 10, 11, 12, 13]  # held out 5..7, margin 3..4 and 8..9
+    held = [5, 6, 7]
+    assert indices(series_slices(tmp_path / "s", "CT", held_out=(5, 8))) == train
+    assert indices(volume_slices(tmp_path / "v.npy", 0.7, held_out=(5, 8))) == train
+    got = volume_slices(tmp_path / "v.npy", 0.7, held_out=(5, 8), split="held_out")
+    assert indices(got) == held
+    items = series_neighbours(tmp_path / "s", "CT", held_out=(5, 8))
+    assert indices(items) == [1, 11, 12]  # both neighbours are training slices too
