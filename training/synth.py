@@ -62,6 +62,13 @@ NOISE_DEFAULTS: dict[str, Any] = {
     "estimate_jitter": 0.15,  # SD of the log-ratio of the SD told to the true one
     "estimate_bias_hu": 1.5,  # told SD has up to this much texture added in quadrature
     "neighbour_fraction": 0.0,  # crops from series_neighbours items, when any
+    # Real slices recorrupted (Pang et al., "Recorrupted-to-Recorrupted", CVPR
+    # 2021): input y + a z, target y - z / a, z noise with the slice's own measured
+    # NPS and SD, so input and target noise are independent and the target is an
+    # unbiased view of the anatomy: the model learns to remove real scanner noise,
+    # which a real slice that is its own target can never teach.
+    "recorrupted_fraction": 0.0,  # of real crops (no neighbour target)
+    "recorrupted_alpha": [0.3, 1.0],  # log-uniform range of a
 }
 #: Dose of the precomputed projection-domain noise (its SD is rescaled anyway).
 _BANK_DOSE = 0.25
@@ -139,6 +146,8 @@ class _Item:
     sd_added: float
     projection: bool
     profile: int
+    #: Recorrupted real crop: the target is the slice minus the added noise / a^2.
+    alpha: float = 0.0
 
 
 class SynthPool:
@@ -215,8 +224,23 @@ class SynthPool:
             )
             for _ in range(_PARAMETRIC_PROFILES)
         ]
+        # Each real slice's own NPS, for recorrupted crops (rows after the others).
+        own_rows: list[np.ndarray] = []
+        self.own_profile: list[int | None] = [None] * len(slices)
+        if float(self.noise["recorrupted_fraction"]) > 0:
+            first = self.measured + _PARAMETRIC_PROFILES
+            for i, item in enumerate(slices):
+                if item.noise_sd > 0 and item.target is None:
+                    row = measure_nps(item.image)
+                    if row is not None:
+                        self.own_profile[i] = first + len(own_rows)
+                        own_rows.append(row)
         table = np.concatenate(
-            [np.asarray(profiles).reshape(-1, NPS_BINS), np.stack(parametric)]
+            [
+                np.asarray(profiles).reshape(-1, NPS_BINS),
+                np.stack(parametric),
+                np.asarray(own_rows).reshape(-1, NPS_BINS),
+            ]
         )
         self.profiles = torch.as_tensor(table, dtype=torch.float32, device=device)
         self.regions: list[np.ndarray | None] = []
@@ -253,6 +277,9 @@ class SynthPool:
                     source[item.y : item.y + patch, item.x : item.x + patch], item
                 )
         noise = self._noise(items, patch, generator)
+        for b, item in enumerate(items):
+            if item.alpha > 0:
+                clean[b] = clean[b] - noise[b] / (item.alpha * item.alpha)
         own = torch.tensor(
             [self.slices[i.index].noise_sd for i in items], device=self.device
         )
@@ -328,6 +355,17 @@ class SynthPool:
             profile = int(rng.integers(self.measured))
         else:
             profile = self.measured + int(rng.integers(_PARAMETRIC_PROFILES))
+        projection = bool(rng.random() < float(self.noise["projection_fraction"]))
+        alpha = 0.0
+        own_profile = self.own_profile[index]
+        if (
+            not neighbours
+            and own_profile is not None
+            and rng.random() < float(self.noise["recorrupted_fraction"])
+        ):
+            a_low, a_high = (float(v) for v in self.noise["recorrupted_alpha"])
+            alpha = float(math.exp(rng.uniform(math.log(a_low), math.log(a_high))))
+            sd, profile, projection = alpha * own, own_profile, False
         return _Item(
             index,
             y,
@@ -335,8 +373,9 @@ class SynthPool:
             int(rng.integers(4)),
             bool(rng.integers(2)),
             sd,
-            bool(rng.random() < float(self.noise["projection_fraction"])),
+            projection,
             profile,
+            alpha,
         )
 
     def _corner(

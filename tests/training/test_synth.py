@@ -215,3 +215,43 @@ def test_neighbour_items_are_cropped_where_their_target_is_trusted() -> None:
         torch.testing.assert_close(
             difference, torch.ones_like(difference), atol=1e-3, rtol=0
         )
+
+
+def _flat_real_pool(noise: dict) -> SynthPool:
+    own = np.random.default_rng(7).normal(0, 3.0, (160, 160)).astype(np.float32)
+    body = Slice(40.0 + own, 0.7, "dicom:flat", True, None, [], 3.0)
+    network = build_network(NETWORK)
+    spec = default_input_spec(
+        "CT", network, 4, {"kind": "linear", "offset": 0.0, "scale": 200.0}
+    )
+    return SynthPool(
+        [body],
+        projection_noise([body], seeds=[0]),
+        np.zeros((0, 33)),
+        spec,
+        {"clean_fraction": 0.0, "sd_hu": [0.5, 8.0], **noise},
+        torch.device("cpu"),
+    )
+
+
+def _input_target_noise_correlation(pool: SynthPool) -> tuple[float, float]:
+    batch = pool.batch(
+        np.random.default_rng(3), torch.Generator().manual_seed(3), 16, 64
+    )
+    noisy = batch.noisy[:, 0] * 200.0 - 40.0  # the input's noise, HU
+    target = batch.clean[:, 0] * 200.0 - 40.0  # the target's noise, HU
+    a, b = noisy.flatten(), target.flatten()
+    return float(torch.corrcoef(torch.stack([a, b]))[0, 1]), float(b.std())
+
+
+def test_recorrupted_real_crops_have_independent_input_and_target_noise() -> None:
+    """A real slice as its own target shares its noise with the input (the model
+    learns to keep it); recorrupted, the two noises are uncorrelated and the
+    target still centres on the anatomy."""
+    plain, _ = _input_target_noise_correlation(_flat_real_pool({}))
+    assert plain > 0.2
+    r2r, target_sd = _input_target_noise_correlation(
+        _flat_real_pool({"recorrupted_fraction": 1.0, "recorrupted_alpha": [0.5, 1.0]})
+    )
+    assert abs(r2r) < 0.05
+    assert 3.0 * np.sqrt(2.0) * 0.8 < target_sd < 3.0 * np.sqrt(5.0) * 1.2
