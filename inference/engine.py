@@ -8,7 +8,7 @@ import math
 import mmap
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +24,7 @@ from inference.ood import check_ood, ood_statistics
 from inference.provenance import build_provenance, utc_now
 from inference.registry import LoadedModel
 from inference.runner import (
+    REDUCED_PRECISION_MIN_NOISE,
     WINDOW_OVERLAP,
     body_threshold,
     faster_cpu_precision,
@@ -256,6 +257,13 @@ def denoise_volume(
         "noise_conditioned": input_channels(model.network) == 2,
         "residual_limit": spec.get("residual_limit"),
         "noise_sd_estimate": _noise_summary(per_slice["noise_sd_before"]),
+        # Slices too quiet for a reduced precision ran in fp32 (runner).
+        "fp32_below_noise": _fp32_below_noise(
+            resolved_precision, spec, model.network, norm
+        ),
+        "fp32_slices": _quiet_slices(
+            resolved_precision, spec, model.network, norm, per_slice["noise_sd_before"]
+        ),
     }
     provenance = build_provenance(
         model,
@@ -353,6 +361,37 @@ def _resolve_precision(
         return resolved, None
     batch = _check_batch_size(None, model, (512, 512))
     return faster_cpu_precision(model.network, batch_size=batch)
+
+
+def _fp32_below_noise(
+    precision: str, spec: Mapping[str, Any], network: Any, norm: Any
+) -> float | None:
+    """Noise SD (input units) below which slices ran in fp32 instead of
+    ``precision``; None when every slice ran in ``precision``."""
+    if precision == "fp32" or not _knows_noise(spec, network):
+        return None
+    return round(REDUCED_PRECISION_MIN_NOISE * float(norm.scale), 6)
+
+
+def _quiet_slices(
+    precision: str,
+    spec: Mapping[str, Any],
+    network: Any,
+    norm: Any,
+    noise_sd: Sequence[float],
+) -> int:
+    """How many slices were quiet enough to run in fp32 (their batches did)."""
+    threshold = _fp32_below_noise(precision, spec, network, norm)
+    if threshold is None:
+        return 0
+    values = np.nan_to_num(np.asarray(noise_sd, dtype=np.float64), nan=0.0)
+    return int((values < threshold).sum())
+
+
+def _knows_noise(spec: Mapping[str, Any], network: Any) -> bool:
+    return int(spec["spatial_dims"]) == 2 and (
+        input_channels(network) == 2 or bool(spec.get("residual_limit"))
+    )
 
 
 def _noise_summary(per_slice: np.ndarray) -> dict[str, Any]:

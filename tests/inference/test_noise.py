@@ -182,3 +182,54 @@ def test_limit_residual_holds_every_window_on_random_residuals(
     kept = residual[measurable] / before[measurable]
     assert bool((kept <= exact[measurable] + 1e-4).all())
     assert float(kept.mean()) >= 0.8 * float(exact[measurable].mean())
+
+
+def test_quiet_slices_run_in_fp32_whatever_precision_was_asked() -> None:
+    """bf16 keeps 8 bits of a feature that carries the image's intensity: a slice
+    with a few HU of noise runs in fp32 (same output as asked for fp32), a noisy one
+    in the precision asked (a different rounding)."""
+    from inference.networks import build_network
+    from inference.runner import Normalisation, predict_slices, reduced_precision_ok
+
+    network = build_network(
+        {
+            "kind": "fast_unet_noise",
+            "args": {
+                "stem_channels": 4,
+                "channels": [4, 8],
+                "encoder_blocks": [1, 1],
+                "decoder_blocks": [1],
+                "noise_conditioned": True,
+            },
+        }
+    ).eval()
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.normal_(0.0, 0.3)
+    spec = {
+        "modality": "CT",
+        "spatial_dims": 2,
+        "normalisation": {"kind": "linear", "offset": 0.0, "scale": 200.0},
+        "batch_size": 2,
+        "noise_unit": 0.005,
+    }
+    rng = np.random.default_rng(1)
+    image = torch.from_numpy(rng.normal(600, 2, (2, 64, 64)).astype(np.float32))
+
+    def run(noise_hu: float, precision: str) -> torch.Tensor:
+        return predict_slices(
+            image,
+            network,
+            spec=spec,
+            norm=Normalisation("linear", 0.0, 200.0),
+            device=torch.device("cpu"),
+            precision=precision,
+            batch_size=2,
+            noise_sd=np.full(2, noise_hu),
+        )
+
+    assert not reduced_precision_ok(torch.tensor([2.0 / 200]))
+    assert reduced_precision_ok(torch.tensor([20.0 / 200, 16.0 / 200]))
+    assert not reduced_precision_ok(torch.tensor([20.0 / 200, float("nan")]))
+    torch.testing.assert_close(run(2.0, "bf16"), run(2.0, "fp32"))
+    assert not torch.equal(run(20.0, "bf16"), run(20.0, "fp32"))
