@@ -70,9 +70,11 @@ def bundle_metadata(
             "sd_hu (or none for clean_fraction of crops); projection-domain CT noise "
             "(projection_fraction) or stationary noise with a noise power spectrum "
             "measured on the real training scans or of the FBP family, amplitude "
-            "modulated; real scans get at least real_ratio times their own noise; "
-            "the network sees the noise SD as a second channel and the loss is in "
-            "units of it (training/synth.py)",
+            "modulated; real scans get at least real_ratio times their own noise, "
+            "or (recorrupted_fraction of them) noise a z with their own NPS and SD "
+            "and the target y - z / a (Recorrupted-to-Recorrupted); the network sees "
+            "the noise SD as a second channel and the loss is in units of it "
+            "(training/synth.py)",
             **dict(synth),
         }
     elif modality == "CT":

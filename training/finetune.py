@@ -157,17 +157,11 @@ def site_config(
         )
     training = copy.deepcopy(meta.get("training", {}))
     noise = dict(training.get("noise_model", {}))
-    noise_keys = (
-        "sd_hu",
-        "clean_fraction",
-        "projection_fraction",
-        "measured_fraction",
-        "modulation",
-        "real_ratio",
-        "loss_floor_hu",
-        "estimate_jitter",
-        "estimate_bias_hu",
-    )
+    # The parent's noise recipe, recorrupted real crops included: those are what
+    # teaches a model the site's own scanner noise.
+    from training.synth import NOISE_DEFAULTS
+
+    noise_keys = tuple(NOISE_DEFAULTS)
     return {
         "name": meta["name"],
         "version": version,
