@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -611,22 +611,43 @@ class PairPool:
     def _corner(
         self, rng: np.random.Generator, i: int, clean: np.ndarray, patch: int
     ) -> tuple[int, int]:
-        ny, nx = clean.shape
-        centres = self.lesion_centres[i]
-        if self.lesion_crops and len(centres) and rng.random() < self.lesion_crops:
-            cy, cx = centres[int(rng.integers(len(centres)))]
-            # Anywhere in the patch, not always the middle: the network must not
-            # learn that lesions sit at the centre.
-            y = cy - int(rng.integers(patch // 8, patch - patch // 8))
-            x = cx - int(rng.integers(patch // 8, patch - patch // 8))
-            return min(max(y, 0), ny - patch), min(max(x, 0), nx - patch)
-        # Crops favour the body: retry a few times when the patch is mostly air.
-        for _ in range(4):
-            y = int(rng.integers(ny - patch + 1))
-            x = int(rng.integers(nx - patch + 1))
-            if np.ptp(clean[y : y + patch, x : x + patch]) > 0.005:
-                break
-        return y, x
+        return crop_corner(
+            rng,
+            clean.shape,
+            patch,
+            self.lesion_centres[i],
+            self.lesion_crops,
+            lambda y, x: np.ptp(clean[y : y + patch, x : x + patch]) > 0.005,
+        )
+
+
+def crop_corner(
+    rng: np.random.Generator,
+    shape: tuple[int, ...],
+    patch: int,
+    centres: np.ndarray,
+    lesion_crops: float,
+    in_body: Callable[[int, int], bool],
+) -> tuple[int, int]:
+    """Top-left corner of a ``patch``-pixel training crop of a (y, x) image.
+
+    A share ``lesion_crops`` of crops holds a lesion of ``centres`` anywhere in the
+    patch (not always the middle: the network must not learn that lesions sit at
+    the centre); the others are placed at random, retried a few times while
+    ``in_body(y, x)`` says the patch is mostly air.
+    """
+    ny, nx = shape
+    if lesion_crops and len(centres) and rng.random() < lesion_crops:
+        cy, cx = centres[int(rng.integers(len(centres)))]
+        y = cy - int(rng.integers(patch // 8, patch - patch // 8))
+        x = cx - int(rng.integers(patch // 8, patch - patch // 8))
+        return min(max(y, 0), ny - patch), min(max(x, 0), nx - patch)
+    for _ in range(4):
+        y = int(rng.integers(ny - patch + 1))
+        x = int(rng.integers(nx - patch + 1))
+        if in_body(y, x):
+            break
+    return y, x
 
 
 def _region_map(

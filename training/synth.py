@@ -36,7 +36,7 @@ import torch
 from torch.nn import functional as F
 
 from inference.noise import noise_level_map
-from training.data import Pair, Slice, _region_map, _square
+from training.data import Pair, Slice, _region_map, _square, crop_corner
 from training.errors import DataError
 from training.noise import CTNoiseModel
 from training.nps import NPS_BINS, measure_nps, parametric_nps, synthesise_noise
@@ -395,18 +395,14 @@ class SynthPool:
                 f"training data: {self.slices[index].source} is {ny}x{nx}, smaller "
                 f"than the {patch}-pixel patch"
             )
-        centres = self.centres[index]
-        if self.lesion_crops and len(centres) and rng.random() < self.lesion_crops:
-            cy, cx = centres[int(rng.integers(len(centres)))]
-            y = cy - int(rng.integers(patch // 8, patch - patch // 8))
-            x = cx - int(rng.integers(patch // 8, patch - patch // 8))
-            return min(max(y, 0), ny - patch), min(max(x, 0), nx - patch)
-        for _ in range(4):
-            y = int(rng.integers(ny - patch + 1))
-            x = int(rng.integers(nx - patch + 1))
-            if (image[y : y + patch, x : x + patch] > -500).mean() > 0.3:
-                break
-        return y, x
+        return crop_corner(
+            rng,
+            image.shape,
+            patch,
+            self.centres[index],
+            self.lesion_crops,
+            lambda y, x: (image[y : y + patch, x : x + patch] > -500).mean() > 0.3,
+        )
 
     def _crop(self, source: torch.Tensor, item: _Item, patch: int) -> torch.Tensor:
         return _turn(source[item.y : item.y + patch, item.x : item.x + patch], item)

@@ -31,6 +31,11 @@ FAST_UNET: dict[str, Any] = {
         "decoder_blocks": [1],
     },
 }
+#: The same, noise-conditioned (the slice's noise SD as a second input channel).
+FAST_UNET_NOISE: dict[str, Any] = {
+    **FAST_UNET,
+    "args": {**FAST_UNET["args"], "noise_conditioned": True},
+}
 REDCNN: dict[str, Any] = {
     "kind": "redcnn",
     "args": {"spatial_dims": 2, "features": 4, "depth": 2, "kernel_size": 3},

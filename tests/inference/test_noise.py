@@ -14,7 +14,7 @@ from inference.noise import (
     noise_level_map,
 )
 
-from .inference_fixtures import phantom
+from .inference_fixtures import FAST_UNET_NOISE, phantom
 
 
 def _correlated(shape: tuple[int, ...], sd: float, seed: int) -> np.ndarray:
@@ -114,18 +114,7 @@ def test_a_slice_too_small_to_measure_comes_out_unchanged() -> None:
     from inference.networks import build_network
     from inference.runner import denoise_images
 
-    network = build_network(
-        {
-            "kind": "fast_unet_noise",
-            "args": {
-                "stem_channels": 4,
-                "channels": [4, 8],
-                "encoder_blocks": [1, 1],
-                "decoder_blocks": [1],
-                "noise_conditioned": True,
-            },
-        }
-    )
+    network = build_network(FAST_UNET_NOISE)
     with torch.no_grad():
         for parameter in network.parameters():
             parameter.normal_(0.0, 0.3)
@@ -191,18 +180,7 @@ def test_quiet_slices_run_in_fp32_whatever_precision_was_asked() -> None:
     from inference.networks import build_network
     from inference.runner import Normalisation, predict_slices, reduced_precision_ok
 
-    network = build_network(
-        {
-            "kind": "fast_unet_noise",
-            "args": {
-                "stem_channels": 4,
-                "channels": [4, 8],
-                "encoder_blocks": [1, 1],
-                "decoder_blocks": [1],
-                "noise_conditioned": True,
-            },
-        }
-    ).eval()
+    network = build_network(FAST_UNET_NOISE).eval()
     with torch.no_grad():
         for parameter in network.parameters():
             parameter.normal_(0.0, 0.3)

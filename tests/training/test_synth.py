@@ -8,6 +8,7 @@ import torch
 
 from inference.networks import build_network
 from inference.noise import noise_level_map
+from tests.inference.inference_fixtures import FAST_UNET_NOISE
 from training.config import complete_config, default_input_spec
 from training.content import textured_slice
 from training.data import Slice
@@ -15,16 +16,7 @@ from training.errors import ConfigError
 from training.nps import measure_nps, parametric_nps, synthesise_noise
 from training.synth import NOISE_DEFAULTS, SynthPool, projection_noise, validation_pairs
 
-NETWORK = {
-    "kind": "fast_unet_noise",
-    "args": {
-        "stem_channels": 4,
-        "channels": [4, 8],
-        "encoder_blocks": [1, 1],
-        "decoder_blocks": [1],
-        "noise_conditioned": True,
-    },
-}
+NETWORK = FAST_UNET_NOISE
 
 
 def _slices() -> list[Slice]:
