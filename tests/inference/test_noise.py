@@ -110,22 +110,31 @@ def test_noise_level_map_separates_quiet_from_noisy() -> None:
     assert float(levels[-1]) < 1.0
 
 
-def test_a_slice_too_small_to_measure_comes_out_unchanged() -> None:
-    from inference.networks import build_network
-    from inference.runner import denoise_images
+_SPEC = {
+    "modality": "CT",
+    "spatial_dims": 2,
+    "normalisation": {"kind": "linear", "offset": 0.0, "scale": 200.0},
+    "batch_size": 2,
+    "noise_unit": 0.005,
+}
 
-    network = build_network(FAST_UNET_NOISE)
+
+def _random_conditioned_network() -> torch.nn.Module:
+    """A tiny noise-conditioned network whose output differs from its input."""
+    from inference.networks import build_network
+
+    network = build_network(FAST_UNET_NOISE).eval()
     with torch.no_grad():
         for parameter in network.parameters():
             parameter.normal_(0.0, 0.3)
-    spec = {
-        "modality": "CT",
-        "spatial_dims": 2,
-        "normalisation": {"kind": "linear", "offset": 0.0, "scale": 200.0},
-        "batch_size": 2,
-        "residual_limit": {"sd_multiple": 1.5, "window": 9},
-        "noise_unit": 0.005,
-    }
+    return network
+
+
+def test_a_slice_too_small_to_measure_comes_out_unchanged() -> None:
+    from inference.runner import denoise_images
+
+    network = _random_conditioned_network()
+    spec = {**_SPEC, "residual_limit": {"sd_multiple": 1.5, "window": 9}}
     tiny = np.random.default_rng(0).normal(40, 10, (12, 12)).astype(np.float32)
     (out,) = denoise_images(network, [tiny], spec)
     np.testing.assert_allclose(out, tiny, atol=1e-4)  # the normalisation round trip
@@ -177,20 +186,10 @@ def test_quiet_slices_run_in_fp32_whatever_precision_was_asked() -> None:
     """bf16 keeps 8 bits of a feature that carries the image's intensity: a slice
     with a few HU of noise runs in fp32 (same output as asked for fp32), a noisy one
     in the precision asked (a different rounding)."""
-    from inference.networks import build_network
     from inference.runner import Normalisation, predict_slices, reduced_precision_ok
 
-    network = build_network(FAST_UNET_NOISE).eval()
-    with torch.no_grad():
-        for parameter in network.parameters():
-            parameter.normal_(0.0, 0.3)
-    spec = {
-        "modality": "CT",
-        "spatial_dims": 2,
-        "normalisation": {"kind": "linear", "offset": 0.0, "scale": 200.0},
-        "batch_size": 2,
-        "noise_unit": 0.005,
-    }
+    network = _random_conditioned_network()
+    spec = _SPEC
     rng = np.random.default_rng(1)
     image = torch.from_numpy(rng.normal(600, 2, (2, 64, 64)).astype(np.float32))
 
