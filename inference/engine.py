@@ -378,7 +378,7 @@ def _quiet_slices(
     spec: Mapping[str, Any],
     network: Any,
     norm: Any,
-    noise_sd: Sequence[float],
+    noise_sd: Sequence[float] | np.ndarray,
 ) -> int:
     """How many slices were quiet enough to run in fp32 (their batches did)."""
     threshold = _fp32_below_noise(precision, spec, network, norm)

@@ -267,3 +267,32 @@ def test_one_fine_tune_at_a_time_and_a_killed_one_frees_the_lock(
     assert lock.exists()  # left behind by the killed process, yet free
     with finetune._finetune_lock(probe=True):
         pass
+
+
+def test_staff_cannot_fine_tune_on_series_they_may_not_see(
+    client, alice, bob, tmp_path, models_root
+):
+    """Staff rights do not widen access: another group's series is not found, the
+    denial is audited, and nothing is queued."""
+    from django.test import Client
+
+    volume = phantom_volume((10, 48, 48), seed=9)
+    write_series(tmp_path / "long", volume, spacing_mm=(2, 1, 1))
+    series = upload_ingest(sources=[(tmp_path / "long", "long")], owner=alice).series[0]
+    bob.is_staff = True
+    bob.save()
+    client.force_login(bob)
+    response = client.post(
+        "/api/models/finetune", {"series": [series.pk]}, content_type="application/json"
+    )
+    assert response.status_code == 404
+    assert not AuditEvent.objects.filter(action="model.finetune").exists()
+    assert AuditEvent.objects.filter(actor=bob, action="access.denied").exists()
+    # A session without the CSRF token is refused before anything else.
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(bob)
+    response = strict.post(
+        "/api/models/finetune", {"series": [series.pk]}, content_type="application/json"
+    )
+    assert response.status_code == 403
+    assert "CSRF" in response.content.decode()
