@@ -115,6 +115,27 @@ def test_reviewer_uploads_compares_measures_and_records_a_verdict(
     assert page.evaluate("window.viewer.state.residualWindow") == 25
     assert page.locator("#colorbar .cb-max").text_content() == "+25.0 HU"
 
+    # A trackpad's small wheel deltas add up (50 px a slice); a notch is one slice.
+    page.locator(".pane[data-pane=original] canvas").hover()
+    for _ in range(10):
+        page.mouse.wheel(0, 4)
+    page.wait_for_timeout(200)
+    assert page.evaluate("window.viewer.state.index.axial") == z
+    for _ in range(3):
+        page.mouse.wheel(0, 4)
+    page.wait_for_function(f"window.viewer.state.index.axial === {z + 1}")
+    page.mouse.wheel(0, 100)
+    page.wait_for_function(f"window.viewer.state.index.axial === {z + 2}")
+    # Arrow keys mean the same on the focused slice slider (up: previous slice).
+    page.focus("#slice")
+    page.keyboard.press("ArrowUp")
+    page.wait_for_function(f"window.viewer.state.index.axial === {z + 1}")
+    page.keyboard.press("ArrowDown")
+    page.wait_for_function(f"window.viewer.state.index.axial === {z + 2}")
+    page.keyboard.press("ArrowUp")
+    page.keyboard.press("ArrowUp")
+    page.wait_for_function(f"window.viewer.state.index.axial === {z}")
+
     page.locator(".pane[data-pane=original] canvas").hover()
     assert "HU" in page.locator(".pane[data-pane=original] .readout").inner_text()
     assert "HU" in page.locator(".pane[data-pane=residual] .readout").inner_text()

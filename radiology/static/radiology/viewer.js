@@ -522,6 +522,23 @@ function resizeCanvases() {
   scheduleRender();
 }
 
+// A mouse wheel notch (50 px or more, 100 in Chrome) moves one slice; the small
+// deltas of a trackpad add up, one slice per 50 px, and a change of direction
+// starts the count again.
+const WHEEL_SLICE_PX = 50;
+let wheelRest = 0;
+
+function wheelSlices(event, pageHeight) {
+  const px = event.deltaY * (event.deltaMode === 1 ? 16 : event.deltaMode === 2 ? pageHeight : 1);
+  if (!px) return 0;
+  if (Math.abs(px) >= WHEEL_SLICE_PX) { wheelRest = 0; return Math.sign(px); }
+  if (Math.sign(px) !== Math.sign(wheelRest)) wheelRest = 0;
+  wheelRest += px;
+  const steps = Math.trunc(wheelRest / WHEEL_SLICE_PX);
+  wheelRest -= steps * WHEEL_SLICE_PX;
+  return steps;
+}
+
 function bindPane(pane) {
   const canvas = pane.canvas;
   let drag = null;
@@ -532,7 +549,8 @@ function bindPane(pane) {
       state.zoom = Math.max(0.25, Math.min(16, state.zoom * factor));
       scheduleRender();
     } else {
-      setSlice(state.index[state.plane] + (event.deltaY > 0 ? 1 : -1));
+      const steps = wheelSlices(event, canvas.clientHeight);
+      if (steps) setSlice(state.index[state.plane] + steps);
     }
   }, { passive: false });
   canvas.addEventListener("pointerdown", (event) => {
@@ -585,7 +603,9 @@ function onKey(event) {
   if ($("help").open && event.key !== "?" ) return;
   const step = { ArrowUp: -1, ArrowDown: 1, PageUp: -10, PageDown: 10 }[event.key];
   if (step !== undefined) {
-    if (target.type === "range") return;
+    // The slice slider keeps the viewer's meaning of the keys (up: previous slice);
+    // the other sliders move as sliders do.
+    if (target.type === "range" && target.id !== "slice") return;
     event.preventDefault();
     setSlice(state.index[state.plane] + step);
     return;
