@@ -166,10 +166,14 @@ def test_reviewer_uploads_compares_measures_and_records_a_verdict(
     shot("viewer-overlay")
 
     page.click("[data-mode=side]")
+    page.keyboard.press("+")
     page.keyboard.press("c")
     page.wait_for_function("window.viewer.state.plane === 'coronal'")
+    assert page.evaluate("window.viewer.state.zoom") == pytest.approx(1.25)
     shot("viewer-coronal")
     page.keyboard.press("z")
+    page.keyboard.press("x")
+    assert page.evaluate("window.viewer.state.zoom") == 1
 
     page.keyboard.press("r")
     box = page.locator(".pane[data-pane=original] canvas").bounding_box()

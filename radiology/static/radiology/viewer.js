@@ -482,7 +482,9 @@ function setPlane(plane) {
   if (plane !== "axial" && !reformatsAvailable()) return;
   state.plane = plane;
   state.roi = null;
-  state.zoom = 1; state.panX = 0; state.panY = 0;
+  // The zoom is relative to the fitted view, so it carries over; a pan is in the
+  // old plane's coordinates, so it does not.
+  state.panX = 0; state.panY = 0;
   for (const b of document.querySelectorAll("[data-plane]")) b.classList.toggle("active", b.dataset.plane === plane);
   $("slice-marks").hidden = plane !== "axial";
   updateRoiStats();
