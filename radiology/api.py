@@ -97,6 +97,7 @@ def series_json(series) -> dict:
                 "study_instance_uid": series.study.study_instance_uid,
                 "description": series.study.description,
                 "patient_id": series.study.patient_id,
+                "patient_name": series.study.patient_name,
                 "study_date": series.study.study_date,
             },
             "created_at": series.created_at,

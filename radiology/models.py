@@ -31,6 +31,8 @@ class Study(models.Model):
         Group, null=True, blank=True, on_delete=models.SET_NULL, related_name="studies"
     )
     patient_id = models.CharField(max_length=64, blank=True)
+    # DICOM Patient's Name as written (parts separated by "^").
+    patient_name = models.CharField(max_length=324, blank=True)
     description = models.CharField(max_length=256, blank=True)
     study_date = models.CharField(max_length=8, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -48,6 +50,20 @@ class Study(models.Model):
 
     def __str__(self) -> str:
         return self.description or self.study_instance_uid
+
+    @property
+    def study_date_iso(self) -> str:
+        """The DICOM date ``YYYYMMDD`` as ``YYYY-MM-DD`` (other text as it is)."""
+        d = self.study_date
+        return f"{d[:4]}-{d[4:6]}-{d[6:]}" if len(d) == 8 and d.isdigit() else d
+
+    @property
+    def patient_display(self) -> str:
+        """Patient's Name as people write it ("DOE, JANE"), else the Patient ID."""
+        parts = [part.strip() for part in self.patient_name.split("=")[0].split("^")]
+        family, rest = parts[0], " ".join(p for p in parts[1:] if p)
+        name = f"{family}, {rest}" if family and rest else family or rest
+        return name or self.patient_id
 
 
 class SeriesQuerySet(models.QuerySet):

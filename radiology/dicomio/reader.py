@@ -72,6 +72,8 @@ class Instance:
         int16_exact: every pixel is a whole number within int16 (CT in HU, most
             MR), so the pixels are kept (and stored) as int16 without loss: half
             the memory of float32 and no conversion on the way to storage.
+        patient_name: Patient's Name as written, ``^`` between its parts (``""``
+            when absent).
     """
 
     name: str
@@ -97,6 +99,7 @@ class Instance:
     pixel_spacings_mm: tuple[tuple[float, float] | None, ...]
     slice_thickness_mm: float | None
     int16_exact: bool = False
+    patient_name: str = ""
 
     @property
     def n_frames(self) -> int:
@@ -330,6 +333,7 @@ def _identity(ds: Dataset, name: str) -> dict[str, Any]:
         "sop_class_uid": str(sop_class or ""),
         "modality": _text(ds, "Modality").upper(),
         "patient_id": _text(ds, "PatientID"),
+        "patient_name": _text(ds, "PatientName"),
         "study_description": _text(ds, "StudyDescription"),
         "series_description": _text(ds, "SeriesDescription"),
         "study_date": _text(ds, "StudyDate"),

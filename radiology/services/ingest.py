@@ -314,6 +314,7 @@ def _store_series(
         defaults={
             "group": group,
             "patient_id": volume.patient_id,
+            "patient_name": first.patient_name[:324],
             "description": first.study_description[:256],
             "study_date": volume.study_date,
         },

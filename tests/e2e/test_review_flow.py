@@ -77,6 +77,15 @@ def test_reviewer_uploads_compares_measures_and_records_a_verdict(
     page.goto(f"{base}/")
     row = page.locator("#studies tr[data-series-id]").first
     row.wait_for()
+    # The patient's name (ID below it) and ISO dates, never raw UIDs or locale dates.
+    assert row.locator("td.patient").inner_text().split("\n") == [
+        "Synthetic, Phantom",
+        "E2E-1",
+    ]
+    assert "2000-01-01" in row.locator("td.study").inner_text()
+    assert re.fullmatch(
+        r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}", row.locator("td").nth(5).inner_text()
+    )
     shot("studies-progress")
     compare = page.locator("#studies tr[data-status=succeeded] a:has-text('Compare')")
     for _ in range(120):

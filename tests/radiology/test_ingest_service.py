@@ -219,3 +219,21 @@ def test_every_pydicom_test_file_uploads_without_a_server_error(client, alice):
     assert all(r["reason"] for r in body["rejected"])
     assert len(body["series"]) >= 1
     assert len(names) + sum(s["instances"] for s in body["series"]) <= len(paths)
+
+
+def test_the_study_keeps_the_patients_name_and_shows_iso_dates(
+    client, alice, ct_folder, tmp_path
+):
+    (series,) = upload_ingest(sources=[(ct_folder, "ct")], owner=alice).series
+    study = series.study
+    assert study.patient_name == "Synthetic^Phantom" and study.patient_id == "P1"
+    assert study.patient_display == "Synthetic, Phantom"
+    assert study.study_date_iso == "2000-01-01"
+    client.force_login(alice)
+    (row,) = client.get("/api/series").json()
+    assert row["study"]["patient_name"] == "Synthetic^Phantom"
+    page = client.get(f"/series/{series.pk}/").content.decode()
+    assert "Synthetic, Phantom" in page and "(P1)" in page and "2000-01-01" in page
+    # Without a name the ID stands in; odd dates are shown as written.
+    study.patient_name, study.study_date = "", "2000"
+    assert study.patient_display == "P1" and study.study_date_iso == "2000"

@@ -39,12 +39,28 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+// ISO 8601 in the browser's time zone ("2026-12-01 14:05"), whatever its locale.
 export function formatTime(iso) {
   if (!iso) return "—";
   const date = new Date(iso);
-  return date.toLocaleString(undefined, {
-    year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit",
-  });
+  if (Number.isNaN(date.getTime())) return "—";
+  const two = (n) => String(n).padStart(2, "0");
+  return `${date.getFullYear()}-${two(date.getMonth() + 1)}-${two(date.getDate())} `
+    + `${two(date.getHours())}:${two(date.getMinutes())}`;
+}
+
+// A DICOM DA value ("20261201") as an ISO date; anything else as it is.
+export function formatDicomDate(value) {
+  const match = /^(\d{4})(\d{2})(\d{2})$/.exec(value || "");
+  return match ? `${match[1]}-${match[2]}-${match[3]}` : value || "";
+}
+
+// A DICOM PN value ("DOE^JANE^^DR") as people write it ("DOE, JANE DR").
+export function formatPersonName(value) {
+  const [family = "", given = "", middle = "", prefix = "", suffix = ""] =
+    (value || "").split("=")[0].split("^").map((part) => part.trim());
+  const rest = [prefix, given, middle, suffix].filter(Boolean).join(" ");
+  return family && rest ? `${family}, ${rest}` : family || rest;
 }
 
 export function statusBadge(job) {
