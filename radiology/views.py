@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import json
 import logging
+from typing import Any
 
 from django.conf import settings
 from django.db import connection
@@ -58,14 +60,49 @@ def model_registry(request: HttpRequest) -> HttpResponse:
         logger.exception("model registry unreadable")
         infos, error = [], f"{type(exc).__name__}: {exc}"
     for info in infos:
+        metadata = _read_json(info.path / "configs" / "metadata.json")
         cards.append(
             {
                 "info": info,
-                "metadata": _read_json(info.path / "configs" / "metadata.json"),
-                "readme": _read_text(info.path / "docs" / "README.md"),
+                "metadata": metadata,
+                "metrics": _metrics_table(metadata.get("metrics")),
+                "readme_html": render_markdown(
+                    _read_text(info.path / "docs" / "README.md")
+                ),
             }
         )
     return render(request, "radiology/models.html", {"cards": cards, "error": error})
+
+
+def render_markdown(text: str) -> str:
+    """A model card as HTML: Markdown with tables, its own text escaped first, so a
+    bundle's README can format but never inject markup or scripts."""
+    import markdown
+
+    if not text:
+        return ""
+    return markdown.markdown(html.escape(text, quote=False), extensions=["tables"])
+
+
+def _metrics_table(metrics: Any) -> dict[str, Any] | None:
+    """``{level: {name: value}}`` as a header and rows, the levels down the side."""
+    if not isinstance(metrics, dict) or not metrics:
+        return None
+    levels = [k for k, v in metrics.items() if isinstance(v, dict)]
+    names = sorted({name for level in levels for name in metrics[level]})
+    rows = [
+        (level, [_short(metrics[level].get(name)) for name in names])
+        for level in levels
+    ]
+    return {"names": [name.replace("_", " ") for name in names], "rows": rows}
+
+
+def _short(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
 
 
 def _read_json(path) -> dict:

@@ -242,10 +242,14 @@ def test_reviewer_uploads_compares_measures_and_records_a_verdict(
 
     page.click("#audit-link")
     page.wait_for_selector("#audit tr[data-action=review]")
-    assert (
-        "noise halved, edges kept"
-        in page.locator("#audit tr[data-action=review]").inner_text()
-    )
+    review_row = page.locator("#audit tr[data-action=review]")
+    assert "noise halved, edges kept" in review_row.inner_text()
+    # Details read as name/value lines, not JSON.
+    details = review_row.locator("dl.kv")
+    names = details.locator("dt").all_inner_texts()
+    assert {"verdict", "comment", "model", "concerns"} <= set(names)
+    assert details.locator("dd").nth(names.index("verdict")).inner_text() == "accept"
+    assert "{" not in details.inner_text()
     shot("audit")
 
     page.goto(f"{base}/")

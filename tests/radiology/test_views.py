@@ -74,6 +74,29 @@ def test_model_registry_page_shows_the_model_card(client, alice, models_root):
     assert b"tiny" in page.content and b"Identity test bundle." in page.content
 
 
+def test_model_cards_are_rendered_and_cannot_inject_markup(settings, tmp_path):
+    from radiology.views import _metrics_table, render_markdown
+
+    card = (
+        "# tiny 1.0.0\n\nIntended use: **research**.\n\n- one\n- two\n\n"
+        "| level | PSNR |\n|---|---|\n| dose_0.25 | 43.3 |\n\n"
+        "<script>alert(1)</script> <img src=x onerror=alert(2)>\n"
+    )
+    out = render_markdown(card)
+    assert "<h1>tiny 1.0.0</h1>" in out and "<strong>research</strong>" in out
+    assert "<li>one</li>" in out and "<td>dose_0.25</td>" in out
+    assert "<script" not in out and "<img" not in out
+    assert "&lt;script&gt;" in out
+    table = _metrics_table(
+        {"dose_0.25": {"psnr_window": 43.2961, "rmse": 5.4}, "dose_0.1": {"rmse": 8.5}}
+    )
+    assert table == {
+        "names": ["psnr window", "rmse"],
+        "rows": [("dose_0.25", ["43.3", "5.4"]), ("dose_0.1", ["–", "8.5"])],
+    }
+    assert _metrics_table(None) is None and _metrics_table("x") is None
+
+
 def test_series_volume_round_trips_through_int16(client, alice, alice_series):
     response = as_user(client, alice).get(f"/api/series/{alice_series.pk}/volume")
     assert response.status_code == 200

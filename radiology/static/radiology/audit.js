@@ -24,9 +24,25 @@ function params() {
   return out;
 }
 
+// An event's details as "name: value" lines (nested keys joined with dots, lists
+// with commas, long values cut); the whole JSON stays in the tooltip and the CSV.
+function flatten(value, prefix, out) {
+  if (value && typeof value === "object" && !Array.isArray(value)) {
+    for (const [key, inner] of Object.entries(value)) flatten(inner, prefix ? `${prefix}.${key}` : key, out);
+  } else {
+    const text = Array.isArray(value)
+      ? value.length === 0 ? "none" : value.map((v) => (v && typeof v === "object" ? JSON.stringify(v) : String(v))).join(", ")
+      : value === null || value === undefined ? "—" : String(value);
+    out.push([prefix, text]);
+  }
+  return out;
+}
+
 function details(extra) {
-  const text = JSON.stringify(extra);
-  return text === "{}" ? "" : text;
+  const pairs = flatten(extra || {}, "", []);
+  if (!pairs.length) return "";
+  return el("dl", { class: "kv", title: JSON.stringify(extra, null, 1) },
+    pairs.flatMap(([key, text]) => [el("dt", {}, key), el("dd", {}, text.length > 160 ? `${text.slice(0, 157)}…` : text)]));
 }
 
 async function load() {
