@@ -145,6 +145,31 @@ def test_reviewer_uploads_compares_measures_and_records_a_verdict(
     page.keyboard.press("ArrowUp")
     page.wait_for_function(f"window.viewer.state.index.axial === {z}")
 
+    # Invert flips the greyscale of the image panes; cine plays and stops.
+    centre = (
+        "(() => { const c = document.querySelector('.pane[data-pane=original] canvas');"
+        " return c.getContext('2d').getImageData(c.width >> 1, c.height >> 1, 1, 1)"
+        ".data[0]; })()"
+    )
+    before = page.evaluate(centre)
+    page.keyboard.press("i")
+    page.wait_for_timeout(150)
+    assert page.evaluate("window.viewer.state.invert") is True
+    assert abs(page.evaluate(centre) - (255 - before)) <= 1
+    page.keyboard.press("i")
+    page.fill("#fps", "20")
+    page.click("#cine")
+    page.wait_for_function(f"window.viewer.state.index.axial !== {z}")
+    page.wait_for_timeout(300)
+    page.click("#cine")
+    stopped = page.evaluate("window.viewer.state.index.axial")
+    page.wait_for_timeout(300)
+    assert page.evaluate("window.viewer.state.index.axial") == stopped
+    page.keyboard.press("Home")
+    for _ in range(z):
+        page.keyboard.press("ArrowDown")
+    page.wait_for_function(f"window.viewer.state.index.axial === {z}")
+
     page.locator(".pane[data-pane=original] canvas").hover()
     assert "HU" in page.locator(".pane[data-pane=original] .readout").inner_text()
     assert "HU" in page.locator(".pane[data-pane=residual] .readout").inner_text()

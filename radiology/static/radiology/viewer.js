@@ -17,6 +17,7 @@ const state = {
   plane: "axial", index: { axial: 0, coronal: 0, sagittal: 0 },
   zoom: 1, panX: 0, panY: 0, ww: 400, wc: 40, alpha: 1, mode: "side", tool: "wl",
   opacity: 0.6, swipe: 0.5, flickerDenoised: false, roi: null, residualWindow: 50,
+  invert: false, cine: false,
 };
 const stats = { frames: 0, lastFrameMs: 0, firstImageMs: null };
 const vol = { shape: null, spacing: null, orig: null, den: null, res: null, loaded: null, complete: false };
@@ -109,6 +110,7 @@ function buildLuts() {
   for (let i = 0; i < 65536; i++) {
     let g = (offset + scale * (i - 32768) - low) * k;
     g = g < 0 ? 0 : g > 255 ? 255 : g | 0;
+    if (state.invert) g = 255 - g;
     grayLevel[i] = g;
     grayLut[i] = 0xff000000 | (g << 16) | (g << 8) | g;
   }
@@ -506,6 +508,30 @@ function setAlpha(alpha) {
   scheduleRender();
 }
 
+// Invert the greyscale of the original and denoised panes (the residual keeps its map).
+function toggleInvert() {
+  state.invert = !state.invert;
+  $("invert").classList.toggle("active", state.invert);
+  buildLuts();
+  scheduleRender();
+}
+
+// Cine: step through the slices of the current plane at the chosen frame rate,
+// round and round, until stopped.
+let cineTimer = null;
+function toggleCine() {
+  clearInterval(cineTimer);
+  state.cine = !state.cine;
+  $("cine").classList.toggle("active", state.cine);
+  $("cine").textContent = state.cine ? "❚❚ Cine" : "▶ Cine";
+  if (!state.cine) return;
+  const fps = Math.max(1, Math.min(30, Number($("fps").value) || 8));
+  cineTimer = setInterval(() => {
+    const { depth } = planeDims();
+    setSlice((state.index[state.plane] + 1) % depth);
+  }, 1000 / fps);
+}
+
 function toggleFlicker() {
   if (state.mode !== "flicker") setMode("flicker");
   state.flickerDenoised = !state.flickerDenoised;
@@ -619,7 +645,7 @@ function onKey(event) {
     "4": () => applyPreset("brain"), "0": () => applyPreset("auto"),
     w: () => setTool("wl"), p: () => setTool("pan"), r: () => setTool("rect"), e: () => setTool("ellipse"),
     m: () => setMode(MODES[(MODES.indexOf(state.mode) + 1) % MODES.length]),
-    f: toggleFlicker, z: () => setPlane("axial"), c: () => setPlane("coronal"), s: () => setPlane("sagittal"),
+    f: toggleFlicker, i: toggleInvert, " ": toggleCine, z: () => setPlane("axial"), c: () => setPlane("coronal"), s: () => setPlane("sagittal"),
     "[": () => setAlpha(state.alpha - 0.05), "]": () => setAlpha(state.alpha + 0.05),
     "+": () => { state.zoom = Math.min(16, state.zoom * 1.25); scheduleRender(); },
     "=": () => { state.zoom = Math.min(16, state.zoom * 1.25); scheduleRender(); },
@@ -647,6 +673,9 @@ function bindControls() {
   $("wc").addEventListener("change", (e) => setWindow(state.ww, Number(e.target.value)));
   $("rw").addEventListener("change", (e) => setResidualWindow(Number(e.target.value)));
   $("help-button").addEventListener("click", () => $("help").showModal());
+  $("invert").addEventListener("click", toggleInvert);
+  $("cine").addEventListener("click", toggleCine);
+  $("fps").addEventListener("change", () => { if (state.cine) { toggleCine(); toggleCine(); } });
   let flickerTimer = null;
   $("auto-flicker").addEventListener("change", (e) => {
     clearInterval(flickerTimer);
