@@ -60,6 +60,11 @@ def review_submit(
             + "; ".join(concerns)
         )
     with transaction.atomic():
+        # A second verdict by the same reviewer changes theirs: both stay, and the
+        # audit says which one this replaces.
+        previous = (
+            Review.objects.filter(job=job, reviewer=reviewer).order_by("-pk").first()
+        )
         review = Review.objects.create(
             job=job,
             reviewer=reviewer,
@@ -80,6 +85,11 @@ def review_submit(
                 "weights_sha256": job.weights_sha256,
                 # What the reviewer saw and, for an Accept, commented on.
                 "concerns": concerns,
+                "replaces": (
+                    {"review": previous.pk, "verdict": previous.verdict}
+                    if previous is not None
+                    else None
+                ),
             },
         )
     return review

@@ -146,14 +146,16 @@ def test_reviewer_uploads_compares_measures_and_records_a_verdict(
     page.wait_for_function(f"window.viewer.state.index.axial === {z}")
 
     # Invert flips the greyscale of the image panes; cine plays and stops.
+    # The centre pixel after the next two frames (renders are scheduled per frame).
     centre = (
-        "(() => { const c = document.querySelector('.pane[data-pane=original] canvas');"
+        "async () => { await new Promise((r) => requestAnimationFrame(() =>"
+        " requestAnimationFrame(r)));"
+        " const c = document.querySelector('.pane[data-pane=original] canvas');"
         " return c.getContext('2d').getImageData(c.width >> 1, c.height >> 1, 1, 1)"
-        ".data[0]; })()"
+        ".data[0]; }"
     )
     before = page.evaluate(centre)
     page.keyboard.press("i")
-    page.wait_for_timeout(150)
     assert page.evaluate("window.viewer.state.invert") is True
     assert abs(page.evaluate(centre) - (255 - before)) <= 1
     page.keyboard.press("i")
@@ -264,10 +266,23 @@ def test_reviewer_uploads_compares_measures_and_records_a_verdict(
     shot("viewer-verdict")
     review = Review.objects.get(job=job)
     assert (review.verdict, review.strength, review.reviewer) == ("accept", 0.7, alice)
+    # The form resets; a second verdict is an explicit change, and both are kept.
+    assert page.locator("input[name=verdict]:checked").count() == 0
+    assert page.input_value("textarea[name=comment]") == ""
+    assert page.inner_text("#verdict-submit") == "Change verdict"
+    page.check("input[name=verdict][value=needs_review]")
+    page.fill("textarea[name=comment]", "second look at slice 4")
+    page.click("#verdict-submit")
+    page.wait_for_selector("#verdict-message.ok:has-text('changed')")
+    first, second = Review.objects.filter(job=job).order_by("pk")
+    assert (first.verdict, second.verdict) == ("accept", "needs_review")
+    page.wait_for_function("document.querySelectorAll('#reviews li').length === 2")
 
     page.click("#audit-link")
     page.wait_for_selector("#audit tr[data-action=review]")
-    review_row = page.locator("#audit tr[data-action=review]")
+    change_row, review_row = page.locator("#audit tr[data-action=review]").all()
+    assert "replaces.verdict" in change_row.inner_text()
+    assert "accept" in change_row.inner_text()
     assert "noise halved, edges kept" in review_row.inner_text()
     # Details read as name/value lines, not JSON.
     details = review_row.locator("dl.kv")
@@ -278,5 +293,5 @@ def test_reviewer_uploads_compares_measures_and_records_a_verdict(
     shot("audit")
 
     page.goto(f"{base}/")
-    page.wait_for_selector("#studies .badge.verdict-accept")
+    page.wait_for_selector("#studies .badge.verdict-needs_review")  # the latest verdict
     shot("studies-verdict")

@@ -221,6 +221,12 @@ def test_an_accept_records_the_concerns_it_overrode(alice, tmp_path, models_root
     assert event.extra_data["concerns"] == [
         "2 slice(s) flagged for structure in the residual"
     ]
+    assert event.extra_data["replaces"] is None
+    first = job.reviews.get()
+    review_submit(job=job, reviewer=alice, verdict="reject", comment="on reflection")
+    change = AuditEvent.objects.filter(action=AuditEvent.Action.REVIEW).latest("pk")
+    assert change.extra_data["replaces"] == {"review": first.pk, "verdict": "accept"}
+    assert job.reviews.count() == 2  # both verdicts kept
 
 
 def test_one_fine_tune_at_a_time_and_a_killed_one_frees_the_lock(

@@ -1,6 +1,6 @@
 // Compare viewer: original | denoised | residual, rendered on canvas from int16 volumes
 // fetched once; scrolling, window/level, blending and ROI statistics never call the server.
-import { api, el } from "./common.js";
+import { api, el, formatTime } from "./common.js";
 
 const root = document.getElementById("viewer");
 const jobId = root.dataset.jobId;
@@ -764,8 +764,11 @@ function renderConcerns(job) {
 function renderReviews(job) {
   $("reviews").replaceChildren(...job.reviews.map((r) => el("li", {},
     el("span", { class: `badge verdict-${r.verdict}` }, r.verdict.replace("_", " ")),
-    ` ${r.reviewer} · α ${r.strength.toFixed(2)} · ${new Date(r.created_at).toLocaleString()}`,
+    ` ${r.reviewer} · α ${r.strength.toFixed(2)} · ${formatTime(r.created_at)}`,
     r.comment ? el("div", { class: "small" }, r.comment) : null)));
+  // A reviewer who has given a verdict changes it explicitly; every verdict stays.
+  const mine = job.reviews.some((r) => r.reviewer === root.dataset.user);
+  $("verdict-submit").textContent = mine ? "Change verdict" : "Record verdict";
 }
 
 async function submitVerdict(event) {
@@ -785,9 +788,10 @@ async function submitVerdict(event) {
     const review = await api(`/jobs/${jobId}/review`, {
       method: "POST", body: { verdict, comment: form.elements.comment.value, strength: state.alpha },
     });
-    message.textContent = `Recorded: ${review.verdict.replace("_", " ")} by ${review.reviewer} at α ${review.strength.toFixed(2)}.`;
+    const changed = $("verdict-submit").textContent === "Change verdict" ? " (changed; the earlier verdict stays in the log)" : "";
+    message.textContent = `Recorded: ${review.verdict.replace("_", " ")} by ${review.reviewer} at α ${review.strength.toFixed(2)}${changed}.`;
     message.className = "small ok";
-    form.elements.comment.value = "";
+    form.reset();
     const job = await api(`/jobs/${jobId}`);
     renderReviews(job);
   } catch (error) {
