@@ -87,6 +87,8 @@ class Series(models.Model):
     derived = models.BooleanField(
         default=False, help_text="ImageType DERIVED: never queued for denoising"
     )
+    # The scan's own display windows: [{"center", "width", "explanation"}] (HU on CT).
+    windows = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.multival import MultiValue
 from pydicom.pixels.processing import apply_modality_lut
 from pydicom.pixels.utils import _get_jpg_parameters, get_expected_length
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
@@ -74,6 +75,9 @@ class Instance:
             the memory of float32 and no conversion on the way to storage.
         patient_name: Patient's Name as written, ``^`` between its parts (``""``
             when absent).
+        windows: the scan's own display windows, ``(center, width, explanation)``
+            for each Window Center/Width pair (multi-valued allowed), in output
+            units (HU for CT); empty when absent or malformed.
     """
 
     name: str
@@ -100,6 +104,7 @@ class Instance:
     slice_thickness_mm: float | None
     int16_exact: bool = False
     patient_name: str = ""
+    windows: tuple[tuple[float, float, str], ...] = ()
 
     @property
     def n_frames(self) -> int:
@@ -299,6 +304,28 @@ def _check_deflate_bound(data: bytes, name: str, limits: Limits) -> None:
         raise DicomRejected(name, f"corrupt deflated dataset ({exc})") from exc
 
 
+def _windows(ds: Dataset) -> tuple[tuple[float, float, str], ...]:
+    """Window Center/Width pairs with their explanations; () when absent or bad."""
+
+    def values(keyword: str) -> list[Any]:
+        value = ds.get(keyword)
+        if value is None:
+            return []
+        return list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
+
+    try:
+        centers = [float(v) for v in values("WindowCenter")]
+        widths = [float(v) for v in values("WindowWidth")]
+    except (TypeError, ValueError):
+        return ()
+    explanations = [str(v).strip() for v in values("WindowCenterWidthExplanation")]
+    return tuple(
+        (c, w, explanations[i] if i < len(explanations) else "")
+        for i, (c, w) in enumerate(zip(centers, widths, strict=False))
+        if math.isfinite(c) and math.isfinite(w) and w > 0
+    )
+
+
 def _text(ds: Dataset, keyword: str) -> str:
     value = ds.get(keyword)
     return "" if value is None else str(value).strip()
@@ -334,6 +361,7 @@ def _identity(ds: Dataset, name: str) -> dict[str, Any]:
         "modality": _text(ds, "Modality").upper(),
         "patient_id": _text(ds, "PatientID"),
         "patient_name": _text(ds, "PatientName"),
+        "windows": _windows(ds),
         "study_description": _text(ds, "StudyDescription"),
         "series_description": _text(ds, "SeriesDescription"),
         "study_date": _text(ds, "StudyDate"),

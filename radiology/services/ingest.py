@@ -62,6 +62,7 @@ def series_summary(series: Series) -> dict:
         "description": series.description,
         "derived": series.derived,
         "warnings": series.warnings,
+        "windows": series.windows,
     }
 
 
@@ -363,6 +364,10 @@ def _store_series(
         "volume_sha256": volume_sha256,
         "warnings": list(volume.warnings),
         "derived": volume.derived,
+        "windows": [
+            {"center": c, "width": w, "explanation": text[:64]}
+            for c, w, text in first.windows
+        ],
     }
     if existing is None:
         series = Series.objects.create(

@@ -6,6 +6,7 @@ import re
 import time
 
 import numpy as np
+import pydicom
 import pytest
 import torch
 
@@ -45,7 +46,7 @@ def models_root(settings, tmp_path):
 
 @pytest.fixture
 def dicom_files(tmp_path):
-    return write_series(
+    files = write_series(
         tmp_path / "dicom",
         phantom_volume(SHAPE, seed=11),
         spacing_mm=(2.5, 0.8, 0.8),
@@ -53,6 +54,13 @@ def dicom_files(tmp_path):
         patient_id="E2E-1",
         description="E2E chest",
     )
+    for path in files:  # the scanner's own windows, two of them
+        ds = pydicom.dcmread(path)
+        ds.WindowCenter = [50, 300]
+        ds.WindowWidth = [350, 1500]
+        ds.WindowCenterWidthExplanation = ["ABDOMEN", "WIDE"]
+        ds.save_as(path)
+    return files
 
 
 def test_reviewer_uploads_compares_measures_and_records_a_verdict(
@@ -176,6 +184,13 @@ def test_reviewer_uploads_compares_measures_and_records_a_verdict(
     assert "HU" in page.locator(".pane[data-pane=original] .readout").inner_text()
     assert "HU" in page.locator(".pane[data-pane=residual] .readout").inner_text()
 
+    # The scan's own window comes first and is the one shown at first.
+    presets = page.locator("#presets button:visible").all_inner_texts()
+    assert presets[:2] == ["ABDOMEN", "WIDE"] and "Lung" in presets
+    assert page.evaluate("[window.viewer.state.ww, window.viewer.state.wc]") == [
+        350,
+        50,
+    ]
     page.click("[data-preset=lung]")
     assert page.evaluate("[window.viewer.state.ww, window.viewer.state.wc]") == [
         1500,

@@ -398,3 +398,32 @@ def test_unused_high_bits_are_shifted_out_as_pydicom_does() -> None:
         expected = ds.pixel_array
         got = _native_pixels(ds, "PixelData", ds.file_meta.TransferSyntaxUID, 4)
         np.testing.assert_array_equal(got.reshape(2, 2), expected)
+
+
+@pytest.mark.parametrize(
+    ("center", "width", "explanation", "expected"),
+    [
+        ("40", "400", None, ((40.0, 400.0, ""),)),
+        (
+            ["40", "-600"],
+            ["400", "1500"],
+            ["SOFT", "LUNG"],
+            ((40.0, 400.0, "SOFT"), (-600.0, 1500.0, "LUNG")),
+        ),
+        (["40", "300"], ["400"], None, ((40.0, 400.0, ""),)),  # unpaired dropped
+        ("40", "0", None, ()),  # a zero width is no window
+        (None, None, None, ()),
+    ],
+)
+def test_the_scans_own_windows_are_read(center, width, explanation, expected):
+    from pydicom.dataset import Dataset
+
+    from radiology.dicomio.reader import _windows
+
+    ds = Dataset()
+    if center is not None:
+        ds.WindowCenter = center
+        ds.WindowWidth = width
+    if explanation is not None:
+        ds.WindowCenterWidthExplanation = explanation
+    assert _windows(ds) == expected

@@ -234,6 +234,7 @@ def test_the_study_keeps_the_patients_name_and_shows_iso_dates(
     assert row["study"]["patient_name"] == "Synthetic^Phantom"
     page = client.get(f"/series/{series.pk}/").content.decode()
     assert "Synthetic, Phantom" in page and "(P1)" in page and "2000-01-01" in page
+    assert row["windows"] == []  # the synthetic series carries none
     # Without a name the ID stands in; odd dates are shown as written.
     study.patient_name, study.study_date = "", "2000"
     assert study.patient_display == "P1" and study.study_date_iso == "2000"

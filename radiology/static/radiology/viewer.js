@@ -447,13 +447,24 @@ function setResidualWindow(rw) {
   scheduleRender();
 }
 
+// Percentiles 1-99 of the body: air outside it (below -500 HU on CT, below a
+// twentieth of the brightest on other modalities) would widen the window.
 function autoWindow() {
   if (!sliceReady()) return;
   const o = extract(vol.orig);
   const hist = new Uint32Array(65536);
   for (let i = 0; i < o.length; i++) hist[o[i] + 32768] += 1;
-  const lowCount = o.length * 0.01;
-  const highCount = o.length * 0.99;
+  let top = 65535;
+  while (top > 0 && !hist[top]) top--;
+  const air = modality === "CT" ? -500 : 0.05 * value(vol.orig, top - 32768);
+  let first = 0;
+  while (first < 65535 && value(vol.orig, first - 32768) < air) first++;
+  let body = 0;
+  for (let i = first; i < 65536; i++) body += hist[i];
+  if (body < o.length * 0.05) { first = 0; body = o.length; }  // hardly any body
+  for (let i = 0; i < first; i++) hist[i] = 0;
+  const lowCount = body * 0.01;
+  const highCount = body * 0.99;
   let acc = 0; let lo = 0; let hi = 65535;
   for (let i = 0; i < 65536; i++) { acc += hist[i]; if (acc >= lowCount) { lo = i; break; } }
   acc = 0;
@@ -463,7 +474,33 @@ function autoWindow() {
   setWindow(Math.max(vhi - vlo, 1), (vhi + vlo) / 2);
 }
 
+const HU_PRESETS = ["soft", "lung", "bone", "brain"];
+
+// The scan's own windows (Window Center/Width, with their explanations) come first;
+// HU presets are offered on CT only.
+function addScanPresets(windows) {
+  const group = $("presets");
+  const buttons = (windows || []).map((w, i) => {
+    const name = `scan${i}`;
+    PRESETS[name] = [w.width, w.center];
+    const button = el("button", {
+      type: "button", "data-preset": name, class: "scan-window",
+      title: `The scan's own window: W${fmt(w.width, 0)} L${fmt(w.center, 0)}`,
+    }, w.explanation || `W${fmt(w.width, 0)} L${fmt(w.center, 0)}`);
+    button.addEventListener("click", () => applyPreset(name));
+    return button;
+  });
+  group.prepend(...buttons);
+  if (modality !== "CT") {
+    for (const b of group.querySelectorAll("[data-preset]")) {
+      if (HU_PRESETS.includes(b.dataset.preset)) b.hidden = true;
+    }
+  }
+}
+
 function applyPreset(name) {
+  if (!(name in PRESETS) && name !== "auto") return;
+  if (modality !== "CT" && HU_PRESETS.includes(name)) return;
   if (name === "auto") autoWindow();
   else setWindow(...PRESETS[name]);
   for (const b of document.querySelectorAll("[data-preset]")) b.classList.toggle("active", b.dataset.preset === name);
@@ -874,7 +911,8 @@ function initialWindows() {
   let sq = 0;
   for (let i = 0; i < r.length; i++) { const v = vol.res.scale * r[i]; sq += v * v; }
   setResidualWindow(Math.max(3 * Math.sqrt(sq / Math.max(r.length, 1)), vol.res.scale * 10, 1e-3));
-  if (modality === "CT") applyPreset("soft");
+  if ("scan0" in PRESETS) applyPreset("scan0");
+  else if (modality === "CT") applyPreset("soft");
   else applyPreset("auto");
 }
 
@@ -900,6 +938,7 @@ async function start() {
   const series = await api(`/series/${seriesId}`);
   vol.shape = series.shape;
   vol.spacing = series.spacing;
+  addScanPresets(series.windows);
   state.index.axial = Math.floor(vol.shape[0] / 2);
   state.index.coronal = Math.floor(vol.shape[1] / 2);
   state.index.sagittal = Math.floor(vol.shape[2] / 2);
