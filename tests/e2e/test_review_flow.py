@@ -255,6 +255,16 @@ def test_reviewer_uploads_compares_measures_and_records_a_verdict(
     assert roi["denMean"] == pytest.approx(denoised.mean(), abs=0.05)
     assert roi["denSd"] == pytest.approx(denoised.std(), abs=0.05)
     assert roi["sdRatio"] == pytest.approx(denoised.std() / original.std(), abs=1e-3)
+    # In mm and HU: the area from the pixel spacing (0.8 mm), extremes, the residual.
+    assert roi["areaMm2"] == pytest.approx(original.size * 0.8 * 0.8, rel=1e-6)
+    assert roi["widthMm"] == pytest.approx((roi["c1"] - roi["c0"]) * 0.8, rel=1e-6)
+    assert roi["origMin"] == pytest.approx(original.min(), abs=0.05)
+    assert roi["origMax"] == pytest.approx(original.max(), abs=0.05)
+    assert roi["denMax"] == pytest.approx(denoised.max(), abs=0.05)
+    residual = original - denoised
+    assert roi["resMean"] == pytest.approx(residual.mean(), abs=0.05)
+    assert roi["resSd"] == pytest.approx(residual.std(), abs=0.05)
+    assert "mm²" in page.locator("[data-k=roi-desc]").inner_text()
     assert (
         page.locator("[data-k=orig-mean]")
         .inner_text()

@@ -398,21 +398,35 @@ function updateRoiStats() {
   const d = extract(vol.den);
   const ov = mask.map((i) => value(vol.orig, o[i]));
   const dv = mask.map((i) => { const x = value(vol.orig, o[i]); return x + state.alpha * (value(vol.den, d[i]) - x); });
+  const rv = ov.map((x, i) => x - dv[i]);
   const [om, os] = meanSd(ov);
   const [dm, ds] = meanSd(dv);
+  const [rm, rs] = meanSd(rv);
+  // Pixel size of this plane in mm (spacing is z, y, x).
+  const [sz, sy, sx] = vol.spacing;
+  const [pw, ph] = roi.plane === "axial" ? [sx, sy] : roi.plane === "coronal" ? [sx, sz] : [sy, sz];
+  const range = (values) => values.reduce(([lo, hi], v) => [Math.min(lo, v), Math.max(hi, v)], [Infinity, -Infinity]);
+  const [omin, omax] = range(ov);
+  const [dmin, dmax] = range(dv);
+  const [rmin, rmax] = range(rv);
   const result = {
     kind: roi.kind, plane: roi.plane, index: state.index[roi.plane],
     c0: roi.c0, c1: roi.c1, r0: roi.r0, r1: roi.r1, n: mask.length, alpha: state.alpha,
     origMean: om, origSd: os, denMean: dm, denSd: ds, sdRatio: os > 0 ? ds / os : NaN,
+    origMin: omin, origMax: omax, denMin: dmin, denMax: dmax,
+    resMean: rm, resSd: rs, resMin: rmin, resMax: rmax,
+    areaMm2: mask.length * pw * ph, widthMm: (roi.c1 - roi.c0) * pw, heightMm: (roi.r1 - roi.r0) * ph,
   };
   viewerApi.roiStats = result;
   const cell = (k) => table.querySelector(`[data-k="${k}"]`);
-  cell("orig-mean").textContent = `${fmt(om)}${unit}`;
-  cell("orig-sd").textContent = fmt(os);
-  cell("den-mean").textContent = `${fmt(dm)}${unit}`;
-  cell("den-sd").textContent = fmt(ds);
+  for (const [key, mean, sd, lo, hi] of [["orig", om, os, omin, omax], ["den", dm, ds, dmin, dmax], ["res", rm, rs, rmin, rmax]]) {
+    cell(`${key}-mean`).textContent = `${fmt(mean)}${unit}`;
+    cell(`${key}-sd`).textContent = fmt(sd);
+    cell(`${key}-min`).textContent = fmt(lo);
+    cell(`${key}-max`).textContent = fmt(hi);
+  }
   cell("sd-ratio").textContent = fmt(result.sdRatio, 3);
-  cell("roi-desc").textContent = `${roi.kind} on ${roi.plane} ${result.index + 1}: cols ${roi.c0}–${roi.c1 - 1}, rows ${roi.r0}–${roi.r1 - 1}, ${mask.length} px${state.alpha < 1 ? `, denoised at α ${state.alpha.toFixed(2)}` : ""}`;
+  cell("roi-desc").textContent = `${roi.kind} on ${roi.plane} ${result.index + 1}: ${fmt(result.areaMm2)} mm² (${fmt(result.widthMm)} × ${fmt(result.heightMm)} mm), ${mask.length} px${state.alpha < 1 ? `, denoised at α ${state.alpha.toFixed(2)}` : ""}`;
   table.dataset.stats = JSON.stringify(result);
   table.hidden = false;
   $("roi-hint").hidden = true;
