@@ -29,9 +29,11 @@ from inference.runner import (
     body_threshold,
     faster_cpu_precision,
     input_channels,
+    needs_noise_estimate,
     normalisation_for,
     predict,
     predict_slices,
+    reduced_precision_ok,
 )
 
 __all__ = ["DenoiseResult", "denoise_volume", "warm_up"]
@@ -381,17 +383,14 @@ def _quiet_slices(
     noise_sd: Sequence[float] | np.ndarray,
 ) -> int:
     """How many slices were quiet enough to run in fp32 (their batches did)."""
-    threshold = _fp32_below_noise(precision, spec, network, norm)
-    if threshold is None:
+    if _fp32_below_noise(precision, spec, network, norm) is None:
         return 0
-    values = np.nan_to_num(np.asarray(noise_sd, dtype=np.float64), nan=0.0)
-    return int((values < threshold).sum())
+    normalised = np.asarray(noise_sd, dtype=np.float64) / float(norm.scale)
+    return sum(not reduced_precision_ok(value) for value in normalised)
 
 
 def _knows_noise(spec: Mapping[str, Any], network: Any) -> bool:
-    return int(spec["spatial_dims"]) == 2 and (
-        input_channels(network) == 2 or bool(spec.get("residual_limit"))
-    )
+    return int(spec["spatial_dims"]) == 2 and needs_noise_estimate(spec, network)
 
 
 def _noise_summary(per_slice: np.ndarray) -> dict[str, Any]:

@@ -26,6 +26,7 @@ __all__ = [
     "denoise_images",
     "faster_cpu_precision",
     "input_channels",
+    "needs_noise_estimate",
     "normalisation_for",
     "padding_for",
     "predict",
@@ -209,7 +210,6 @@ def predict_slices(
     multiple = _size_multiple(spec, network)
     roi = _roi(spec, network)
     forward = _forward_fn(network, device, precision)
-    exact = _forward_fn(network, device, "fp32") if precision != "fp32" else forward
     depth = images.shape[0]
     pads = padding_for(images.shape[1:], multiple, roi)
     inferer = _inferer(roi, batch_size, device, stitch_on=device) if roi else None
@@ -217,10 +217,13 @@ def predict_slices(
     offset, scale = float(norm.offset), float(norm.scale)
     conditioned = input_channels(network) == 2
     limit = spec.get("residual_limit")
+    exact = forward
     with torch.inference_mode():
         images = images.to(device)
         sigma = None
-        if conditioned or limit:
+        if needs_noise_estimate(spec, network):
+            if precision != "fp32":  # for the quiet slices
+                exact = _forward_fn(network, device, "fp32")
             if noise_sd is None:
                 noise_sd = estimate_noise_sd(
                     images, body_threshold=body_threshold(spec)
@@ -260,6 +263,12 @@ def predict_slices(
             if progress is not None:
                 progress(step, total)
     return out
+
+
+def needs_noise_estimate(spec: Mapping[str, Any], network: nn.Module) -> bool:
+    """Whether slices' noise SDs feed this bundle: a noise-conditioned network
+    (second input channel) or a ``residual_limit``."""
+    return input_channels(network) == 2 or bool(spec.get("residual_limit"))
 
 
 def reduced_precision_ok(noise_sd: torch.Tensor | np.ndarray) -> bool:
