@@ -45,36 +45,28 @@ def default_series() -> Path:
 
 
 def read_series(path: Path) -> tuple[np.ndarray, list[float]]:
-    """A DICOM series folder as a (z, y, x) HU volume in position order and its
-    spacing (z from positions, then the pixel spacing)."""
+    """A CT series folder as a (z, y, x) HU volume in position order (the order
+    the training's held-out range counts in: :func:`training.data.series_files`)
+    and its spacing (z from positions, then the pixel spacing)."""
     import pydicom
 
-    found = []
-    for file in sorted(p for p in Path(path).iterdir() if p.is_file()):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(file)
-        except Exception:  # not DICOM (README, licence)
-            continue
-        if "ImagePositionPatient" not in ds or "PixelData" not in ds:
-            continue
-        normal = np.cross(
-            np.asarray(ds.ImageOrientationPatient[:3], float),
-            np.asarray(ds.ImageOrientationPatient[3:], float),
-        )
-        position = float(np.dot(normal, np.asarray(ds.ImagePositionPatient, float)))
-        pixels = ds.pixel_array.astype(np.float32) * float(
-            ds.get("RescaleSlope", 1)
-        ) + float(ds.get("RescaleIntercept", 0))
-        found.append((position, pixels, float(ds.PixelSpacing[0])))
+    from training.data import series_files
+
+    found = series_files(path, "CT")
     if len(found) < 3:
         raise ValueError(f"bench: {path}: fewer than 3 slices of one series")
-    found.sort(key=lambda item: item[0])
-    positions = [f[0] for f in found]
-    step = float(np.median(np.diff(positions)))
-    volume = np.stack([f[1] for f in found])
-    return volume, [step, found[0][2], found[0][2]]
+    slices = []
+    for _, file in found:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(file)
+        slices.append(
+            ds.pixel_array.astype(np.float32) * float(ds.get("RescaleSlope", 1))
+            + float(ds.get("RescaleIntercept", 0))
+        )
+    step = float(np.median(np.diff([position for position, _ in found])))
+    pixel = float(ds.PixelSpacing[0])
+    return np.stack(slices), [step, pixel, pixel]
 
 
 def bm3d_denoise(image: np.ndarray, sd: float) -> np.ndarray:

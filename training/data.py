@@ -231,32 +231,17 @@ def folder_slices(path: Path | str, modality: str) -> list[Slice]:
     return slices
 
 
-def series_slices(
-    path: Path | str,
-    modality: str,
-    *,
-    held_out: Sequence[int] | None = None,
-    split: str = "train",
-) -> list[Slice]:
-    """The slices of one DICOM series in a folder, in order of position, split.
-
-    Args:
-        path: a folder holding one series (files of other series are skipped).
-        modality: keep only this modality.
-        held_out: ``[start, stop)`` slice indices (in position order) kept out of
-            training; the two slices either side are dropped from the training
-            split too, so no training slice neighbours a held-out one.
-        split: ``"train"`` (everything but the held-out range and its margin) or
-            ``"held_out"`` (the range only).
+def series_files(path: Path | str, modality: str) -> list[tuple[float, Path]]:
+    """The files of one DICOM series in a folder as ``(position, file)`` in position
+    order (along the slice normal): the order every held-out slice range counts in.
 
     Raises:
-        DataError: when the folder has no readable slices of ``modality``.
+        DataError: when the folder is missing or has no readable slices of
+            ``modality``.
     """
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"dicom series: {root}: not a directory")
-    if split not in ("train", "held_out"):
-        raise DataError(f"dicom series: split must be train or held_out, got {split!r}")
     found = []
     for file in sorted(p for p in root.iterdir() if p.is_file()):
         try:
@@ -284,6 +269,33 @@ def series_slices(
     if not found:
         raise DataError(f"dicom series: {root}: no readable {modality} slices")
     found.sort()
+    return found
+
+
+def series_slices(
+    path: Path | str,
+    modality: str,
+    *,
+    held_out: Sequence[int] | None = None,
+    split: str = "train",
+) -> list[Slice]:
+    """The slices of one DICOM series in a folder, in order of position, split.
+
+    Args:
+        path: a folder holding one series (files of other series are skipped).
+        modality: keep only this modality.
+        held_out: ``[start, stop)`` slice indices (in position order) kept out of
+            training; the two slices either side are dropped from the training
+            split too, so no training slice neighbours a held-out one.
+        split: ``"train"`` (everything but the held-out range and its margin) or
+            ``"held_out"`` (the range only).
+
+    Raises:
+        DataError: when the folder has no readable slices of ``modality``.
+    """
+    if split not in ("train", "held_out"):
+        raise DataError(f"dicom series: split must be train or held_out, got {split!r}")
+    found = series_files(path, modality)
     keep = []
     for index, (_, file) in enumerate(found):
         if _in_split(index, held_out, split):
