@@ -98,7 +98,11 @@ def series_json(series) -> dict:
                 "description": series.study.description,
                 "patient_id": series.study.patient_id,
                 "patient_name": series.study.patient_name,
+                # As people write it ("FAMILY, GIVEN"), else the ID: one rule for
+                # every page (Study.patient_display).
+                "patient_display": series.study.patient_display,
                 "study_date": series.study.study_date,
+                "study_date_iso": series.study.study_date_iso,
             },
             "created_at": series.created_at,
             "latest_job": job_json(latest) if latest else None,

@@ -232,6 +232,8 @@ def test_the_study_keeps_the_patients_name_and_shows_iso_dates(
     client.force_login(alice)
     (row,) = client.get("/api/series").json()
     assert row["study"]["patient_name"] == "Synthetic^Phantom"
+    assert row["study"]["patient_display"] == "Synthetic, Phantom"
+    assert row["study"]["study_date_iso"] == "2000-01-01"
     page = client.get(f"/series/{series.pk}/").content.decode()
     assert "Synthetic, Phantom" in page and "(P1)" in page and "2000-01-01" in page
     assert row["windows"] == []  # the synthetic series carries none

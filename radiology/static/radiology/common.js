@@ -49,20 +49,6 @@ export function formatTime(iso) {
     + `${two(date.getHours())}:${two(date.getMinutes())}`;
 }
 
-// A DICOM DA value ("20261201") as an ISO date; anything else as it is.
-export function formatDicomDate(value) {
-  const match = /^(\d{4})(\d{2})(\d{2})$/.exec(value || "");
-  return match ? `${match[1]}-${match[2]}-${match[3]}` : value || "";
-}
-
-// A DICOM PN value ("DOE^JANE^^DR") as people write it ("DOE, JANE DR").
-export function formatPersonName(value) {
-  const [family = "", given = "", middle = "", prefix = "", suffix = ""] =
-    (value || "").split("=")[0].split("^").map((part) => part.trim());
-  const rest = [prefix, given, middle, suffix].filter(Boolean).join(" ");
-  return family && rest ? `${family}, ${rest}` : family || rest;
-}
-
 export function statusBadge(job) {
   if (!job) return el("span", { class: "badge none" }, "not denoised");
   const badge = el("span", { class: `badge ${job.status}`, dataset: { status: job.status } }, job.status);

@@ -1,7 +1,5 @@
 // Studies list: filters, status badges, and live job progress by polling the API.
-import {
-  api, channel, el, formatDicomDate, formatPersonName, formatTime, statusBadge, verdictBadge,
-} from "./common.js";
+import { api, channel, el, formatTime, statusBadge, verdictBadge } from "./common.js";
 
 const form = document.getElementById("filters");
 const body = document.getElementById("studies");
@@ -30,12 +28,12 @@ function row(series) {
   const job = series.latest_job;
   const study = series.study || {};
   return el("tr", { dataset: { seriesId: series.id, status: job ? job.status : "none" } },
-    el("td", { class: "patient" }, formatPersonName(study.patient_name) || study.patient_id || "—",
+    el("td", { class: "patient" }, study.patient_display || "—",
       study.patient_name && study.patient_id
         ? el("div", { class: "small muted" }, study.patient_id) : null),
     el("td", { class: "study" }, study.description || study.study_instance_uid || "—",
       study.study_date
-        ? el("div", { class: "small muted" }, formatDicomDate(study.study_date)) : null),
+        ? el("div", { class: "small muted" }, study.study_date_iso) : null),
     el("td", {}, el("a", { href: `/series/${series.id}/` }, series.description || series.series_instance_uid)),
     el("td", {}, series.modality),
     el("td", { class: "small" }, (series.shape || []).join("×")),
