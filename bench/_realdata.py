@@ -201,10 +201,20 @@ def lcd_section(
         absent = np.concatenate(group[per_dose // 2 :])
         denoised = {
             "present": np.stack(
-                denoise_images(model.network, list(present), model.input_spec)
+                denoise_images(
+                    model.network,
+                    list(present),
+                    model.input_spec,
+                    pixel_mm=phantom.pixel_mm,
+                )
             ),
             "absent": np.stack(
-                denoise_images(model.network, list(absent), model.input_spec)
+                denoise_images(
+                    model.network,
+                    list(absent),
+                    model.input_spec,
+                    pixel_mm=phantom.pixel_mm,
+                )
             ),
         }
         for mask, diameter, contrast, insert_mm in zip(

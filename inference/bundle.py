@@ -153,6 +153,17 @@ def validate_input_spec(spec: Any) -> dict[str, Any]:
             raise fail(f"residual_limit.window must be odd and >= 3, got {window!r}")
         if dims != 2:
             raise fail("residual_limit needs spatial_dims 2")
+    keep = spec.get("keep_low_frequencies")
+    if keep is not None:
+        if not isinstance(keep, Mapping):
+            raise fail(f"keep_low_frequencies must be null or an object, got {keep!r}")
+        sigma = keep.get("sigma_mm")
+        if not _is_number(sigma) or not math.isfinite(sigma) or sigma <= 0:
+            raise fail(
+                f"keep_low_frequencies.sigma_mm must be a number > 0, got {sigma!r}"
+            )
+        if dims != 2:
+            raise fail("keep_low_frequencies needs spatial_dims 2")
     return spec
 
 

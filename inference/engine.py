@@ -181,6 +181,7 @@ def denoise_volume(
         "device": device,
         "precision": resolved_precision,
         "batch_size": batch,
+        "pixel_mm": spacing_mm[-2:],
     }
     if int(spec["spatial_dims"]) == 2:
         pass_ = _run_slices(
@@ -258,6 +259,8 @@ def denoise_volume(
         "padding": "reflect",
         "noise_conditioned": input_channels(model.network) == 2,
         "residual_limit": spec.get("residual_limit"),
+        # The input's content coarser than sigma_mm is kept (inference.noise).
+        "keep_low_frequencies": spec.get("keep_low_frequencies"),
         "noise_sd_estimate": _noise_summary(per_slice["noise_sd_before"]),
         # Slices too quiet for a reduced precision ran in fp32 (runner).
         "fp32_below_noise": _fp32_below_noise(

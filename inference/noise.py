@@ -20,9 +20,19 @@ counts as noise: a noiseless phantom with a 4 HU organ texture reads 1.8 HU.
 :func:`limit_residual` scales a denoiser's residual (input - output) down wherever
 its local RMS exceeds ``sd_multiple`` times the slice's estimated noise: the model
 may remove noise, never more than the noise that is there.
+
+:func:`keep_low_frequencies` gives the output the input's own content at scales
+coarser than about a millimetre: ``denoised + G * (input - denoised)`` with ``G`` a
+Gaussian of ``sigma_mm``. Only detail finer than that is the network's, so the mean
+HU of anything a reader can measure with an ROI, and the contrast of low-contrast
+lesions a few millimetres across, stay the scan's own. On the CCT189-like LCD
+phantom (bench/results/quality.md) it took ct-denoise 2.2.0's AUC for the 3 mm
+insert at 25 % dose from 0.602 to 0.687 (FBP 0.699), at 0.9 mm.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -35,6 +45,8 @@ __all__ = [
     "block_statistics",
     "estimate_noise_sd",
     "flat_blocks",
+    "gaussian_blur_2d",
+    "keep_low_frequencies",
     "limit_residual",
     "noise_level_map",
 ]
@@ -247,3 +259,64 @@ def _window_min(values: torch.Tensor, window: int) -> torch.Tensor:
     if block > 1:
         minima = F.interpolate(minima, scale_factor=block, mode="nearest")
     return minima[..., :height, :width]
+
+
+def gaussian_blur_2d(
+    images: torch.Tensor, sigma_px: tuple[float, float]
+) -> torch.Tensor:
+    """(n, c, y, x) ``images`` blurred by a separable Gaussian of ``sigma_px``
+    (y, x) pixels, truncated at 4 SD, edges reflected (replicated where the slice
+    is too small to reflect)."""
+    out = images
+    for axis, sigma in ((2, float(sigma_px[0])), (3, float(sigma_px[1]))):
+        if not sigma > 0:
+            continue
+        radius = max(1, math.ceil(4 * sigma))
+        taps = torch.arange(
+            -radius, radius + 1, device=images.device, dtype=torch.float32
+        )
+        kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+        kernel = (kernel / kernel.sum()).to(images.dtype)
+        size = out.shape[axis]
+        mode = "reflect" if radius < size else "replicate"
+        if axis == 2:
+            padded = F.pad(out, (0, 0, radius, radius), mode=mode)
+            weight = kernel.reshape(1, 1, -1, 1).expand(out.shape[1], 1, -1, 1)
+        else:
+            padded = F.pad(out, (radius, radius, 0, 0), mode=mode)
+            weight = kernel.reshape(1, 1, 1, -1).expand(out.shape[1], 1, 1, -1)
+        out = F.conv2d(padded, weight, groups=out.shape[1])
+    return out
+
+
+def keep_low_frequencies(
+    images: torch.Tensor,
+    denoised: torch.Tensor,
+    *,
+    sigma_mm: float,
+    pixel_mm: tuple[float, float],
+) -> torch.Tensor:
+    """``denoised`` with the input's content coarser than ``sigma_mm`` put back:
+    ``denoised + G * (images - denoised)``, ``G`` a Gaussian of ``sigma_mm``.
+
+    The residual (input - output) becomes ``(1 - G) * (images - denoised)``: it
+    holds detail finer than about ``sigma_mm`` only, and its local mean over
+    anything a few ``sigma_mm`` across is zero.
+
+    Args:
+        images: (n, 1, y, x) network input.
+        denoised: the network's (limited) output, same shape and units.
+        sigma_mm: the Gaussian's SD in mm (> 0).
+        pixel_mm: (row, column) pixel spacing in mm (> 0).
+
+    Returns:
+        The output, same shape, dtype and device as ``denoised``.
+    """
+    if not sigma_mm > 0:
+        raise ValueError(f"keep_low_frequencies: sigma_mm must be > 0, got {sigma_mm}")
+    if len(pixel_mm) != 2 or not all(float(v) > 0 for v in pixel_mm):
+        raise ValueError(
+            f"keep_low_frequencies: pixel_mm must be two spacings > 0, got {pixel_mm!r}"
+        )
+    sigma_px = (sigma_mm / float(pixel_mm[0]), sigma_mm / float(pixel_mm[1]))
+    return denoised + gaussian_blur_2d(images - denoised, sigma_px)

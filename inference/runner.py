@@ -18,7 +18,12 @@ from torch import nn
 
 from inference.devices import autocast
 from inference.fused import cpu_network
-from inference.noise import estimate_noise_sd, limit_residual, noise_level_map
+from inference.noise import (
+    estimate_noise_sd,
+    keep_low_frequencies,
+    limit_residual,
+    noise_level_map,
+)
 
 __all__ = [
     "Normalisation",
@@ -119,6 +124,7 @@ def predict(
     out: np.ndarray,
     progress: Callable[[int, int], None] | None = None,
     noise_sd: np.ndarray | None = None,
+    pixel_mm: Sequence[float] | None = None,
 ) -> None:
     """Denoise ``volume`` into ``out`` (same shape, float32, original units).
 
@@ -140,7 +146,7 @@ def predict(
         batch_size: slices (2D) or windows per forward pass.
         out: preallocated (z, y, x) float32 array that receives the result.
         progress: called with (steps done, total steps) after each forward pass.
-        noise_sd: 2D: as for :func:`predict_slices`.
+        noise_sd, pixel_mm: 2D: as for :func:`predict_slices`.
     """
     if int(spec["spatial_dims"]) == 2:
         images = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
@@ -154,6 +160,7 @@ def predict(
             batch_size=batch_size,
             progress=progress,
             noise_sd=noise_sd,
+            pixel_mm=pixel_mm,
         )
         out[...] = result.cpu().numpy()
         return
@@ -183,6 +190,7 @@ def predict_slices(
     batch_size: int,
     progress: Callable[[int, int], None] | None = None,
     noise_sd: np.ndarray | torch.Tensor | None = None,
+    pixel_mm: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Denoise a stack of 2D slices where the network is, without leaving it.
 
@@ -193,7 +201,10 @@ def predict_slices(
     A noise-conditioned network (``network.noise_conditioned``) gets each slice's
     noise SD as a second input channel, and a bundle with a ``residual_limit``
     has its residual held to that many noise SDs (:func:`inference.noise.
-    limit_residual`); both use ``noise_sd``, estimated here when not given.
+    limit_residual`); both use ``noise_sd``, estimated here when not given. A
+    bundle with ``keep_low_frequencies`` then gets the input's content coarser than
+    its ``sigma_mm`` back (:func:`inference.noise.keep_low_frequencies`), at the
+    slices' ``pixel_mm``.
 
     Args:
         images: (z, y, x) float32 tensor in original units, on any device.
@@ -203,6 +214,8 @@ def predict_slices(
         noise_sd: (z,) noise SD of each slice in original units
             (:func:`inference.noise.estimate_noise_sd`), default estimated here
             when the network or the bundle needs it.
+        pixel_mm: (row, column) pixel spacing in mm; unknown (``None``), the
+            ``keep_low_frequencies`` Gaussian is one pixel wide.
 
     Returns:
         (z, y, x) float32 tensor on ``device``, original units.
@@ -217,6 +230,8 @@ def predict_slices(
     offset, scale = float(norm.offset), float(norm.scale)
     conditioned = input_channels(network) == 2
     limit = spec.get("residual_limit")
+    keep = spec.get("keep_low_frequencies")
+    keep_pixel_mm = _keep_pixel_mm(keep, pixel_mm)
     exact = forward
     with torch.inference_mode():
         images = images.to(device)
@@ -259,10 +274,35 @@ def predict_slices(
                     sd_multiple=float(limit["sd_multiple"]),
                     window=int(limit["window"]),
                 )
+            if keep:
+                result = keep_low_frequencies(
+                    batch[:, :1],
+                    result,
+                    sigma_mm=float(keep["sigma_mm"]),
+                    pixel_mm=keep_pixel_mm,
+                )
             out[start:stop] = result[:, 0] * scale + offset
             if progress is not None:
                 progress(step, total)
     return out
+
+
+def _keep_pixel_mm(
+    keep: Mapping[str, Any] | None, pixel_mm: Sequence[float] | None
+) -> tuple[float, float]:
+    """The pixel spacing :func:`keep_low_frequencies` works at: the slices' own,
+    or (unknown) the Gaussian's width, so it is one pixel wide."""
+    if not keep:
+        return (1.0, 1.0)
+    if pixel_mm is None:
+        width = float(keep["sigma_mm"])
+        return (width, width)
+    values = [float(v) for v in pixel_mm]
+    if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(
+            f"predict_slices: pixel_mm must be two spacings > 0 in mm, got {pixel_mm!r}"
+        )
+    return (values[0], values[1])
 
 
 def needs_noise_estimate(spec: Mapping[str, Any], network: nn.Module) -> bool:
@@ -287,6 +327,7 @@ def denoise_images(
     *,
     batch_size: int | None = None,
     precision: str = "fp32",
+    pixel_mm: Sequence[float | Sequence[float] | None] | float | None = None,
 ) -> list[np.ndarray]:
     """Denoise separate 2D images exactly as the worker denoises a series.
 
@@ -303,6 +344,8 @@ def denoise_images(
         spec: the bundle's ``input_spec``.
         batch_size: slices per forward pass, default ``spec["batch_size"]``.
         precision: a resolved precision, default "fp32".
+        pixel_mm: pixel spacing in mm, one for all images or one per image (a
+            number for square pixels, or (row, column)); ``None`` where unknown.
 
     Returns:
         float32 arrays, same shapes as ``images``.
@@ -312,8 +355,17 @@ def denoise_images(
     outputs: list[np.ndarray] = [np.empty(0, np.float32)] * len(images)
     groups: dict[Any, list[int]] = {}
     linear = spec["normalisation"]["kind"] == "linear"
+    if pixel_mm is None or isinstance(pixel_mm, int | float):
+        spacings = [_pair(pixel_mm)] * len(images)
+    else:
+        spacings = [_pair(v) for v in pixel_mm]
+        if len(spacings) != len(images):
+            raise ValueError(
+                f"denoise_images: {len(spacings)} pixel spacings for "
+                f"{len(images)} images"
+            )
     for index, image in enumerate(images):
-        key = image.shape if linear else index
+        key = (image.shape, spacings[index]) if linear else index
         groups.setdefault(key, []).append(index)
     was_training = network.training
     network.eval()
@@ -328,12 +380,22 @@ def denoise_images(
                 device=device,
                 precision=precision,
                 batch_size=batch,
+                pixel_mm=spacings[indices[0]],
             )
             for k, i in enumerate(indices):
                 outputs[i] = result[k].cpu().numpy()
     finally:
         network.train(was_training)
     return outputs
+
+
+def _pair(value: float | Sequence[float] | None) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return (float(value), float(value))
+    row, column = (float(v) for v in value)
+    return (row, column)
 
 
 def input_channels(network: nn.Module) -> int:

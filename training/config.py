@@ -27,6 +27,10 @@ DEFAULTS: dict[str, Any] = {
     # input_spec residual_limit, e.g. {"sd_multiple": 1.5, "window": 9}: the
     # residual's local RMS is held to that many noise SDs (inference.noise)
     "residual_limit": None,
+    # input_spec keep_low_frequencies, e.g. {"sigma_mm": 0.9}: the output keeps the
+    # input's content coarser than that Gaussian (inference.noise); a fine-tune
+    # keeps its parent's unless set here
+    "keep_low_frequencies": None,
     "data": {
         # Each source: {"kind": "phantom", "count", "seed", "size"},
         # {"kind": "bundled"} (pydicom + pydicom-data training split) or
@@ -263,6 +267,7 @@ def default_input_spec(
     batch_size: int,
     normalisation: Mapping[str, Any] | None = None,
     residual_limit: Mapping[str, Any] | None = None,
+    keep_low_frequencies: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``input_spec`` of ``models/README.md`` for a built network."""
     norm: dict[str, Any]
@@ -286,6 +291,10 @@ def default_input_spec(
     }
     if residual_limit is not None:
         spec["residual_limit"] = dict(residual_limit)
+    if keep_low_frequencies is not None:
+        spec["keep_low_frequencies"] = {
+            "sigma_mm": float(keep_low_frequencies["sigma_mm"])
+        }
     if getattr(network, "noise_conditioned", False):
         # The noise level map is log2(1 + SD / noise_unit) / 8, SD in normalised
         # units (inference.noise): 0.005 is 1 HU at CT's usual 200 HU scale.

@@ -70,7 +70,11 @@ def _score(
     modality = input_spec["modality"]
     started = time.perf_counter()
     outputs = denoise_images(
-        network, [p.noisy for p in pairs], input_spec, batch_size=batch_size
+        network,
+        [p.noisy for p in pairs],
+        input_spec,
+        batch_size=batch_size,
+        pixel_mm=[p.clean.pixel_mm for p in pairs],
     )
     elapsed = time.perf_counter() - started
     rows, noisy_rows = [], []

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from inference.bundle import validate_input_spec
 from inference.devices import device_name, select_device
 from inference.networks import DenoisingNetwork, build_network
 from inference.noise import estimate_noise_sd
@@ -439,7 +440,12 @@ def _validate(
     input_spec: Mapping[str, Any],
     noise_floor: float | None = None,
 ) -> dict[str, float]:
-    outputs = denoise_images(network, [p.noisy for p in pairs], input_spec)
+    outputs = denoise_images(
+        network,
+        [p.noisy for p in pairs],
+        input_spec,
+        pixel_mm=[p.clean.pixel_mm for p in pairs],
+    )
     losses, psnrs = [], []
     for pair, out in zip(pairs, outputs, strict=True):
         clean = pair.clean.image
@@ -539,6 +545,10 @@ def train(
     network.to(device)
     if parent is not None:
         input_spec = dict(parent_meta["input_spec"])
+        if config["keep_low_frequencies"] is not None:
+            input_spec["keep_low_frequencies"] = {
+                "sigma_mm": float(config["keep_low_frequencies"]["sigma_mm"])
+            }
     else:
         input_spec = default_input_spec(
             config["modality"],
@@ -546,7 +556,9 @@ def train(
             int(config["export"]["batch_size"]),
             config["normalisation"],
             config["residual_limit"],
+            config["keep_low_frequencies"],
         )
+    validate_input_spec(input_spec)
     noise = config["data"]["noise"]
     pool: PairPool | SynthPool
     if noise is not None:

@@ -93,6 +93,26 @@ def test_bad_input_spec_names_the_field(models_root: Path) -> None:
         write_bundle(models_root / "x", metadata=meta, state_dict=build_network(REDCNN))
 
 
+@pytest.mark.parametrize(
+    ("keep", "message"),
+    [
+        ({"sigma_mm": 0}, "keep_low_frequencies.sigma_mm must be a number > 0"),
+        ({"sigma_mm": "wide"}, "keep_low_frequencies.sigma_mm must be a number > 0"),
+        ([0.9], "keep_low_frequencies must be null or an object"),
+    ],
+)
+def test_a_bad_keep_low_frequencies_is_refused(keep, message: str) -> None:
+    from inference.bundle import validate_input_spec
+
+    spec = {**metadata()["input_spec"], "keep_low_frequencies": keep}
+    with pytest.raises(BundleError, match=message):
+        validate_input_spec(spec)
+    good = validate_input_spec({**spec, "keep_low_frequencies": {"sigma_mm": 0.9}})
+    assert good["keep_low_frequencies"] == {"sigma_mm": 0.9}
+    with pytest.raises(BundleError, match="needs spatial_dims 2"):
+        validate_input_spec({**good, "spatial_dims": 3, "roi_size": None})
+
+
 def test_caller_metadata_is_not_modified(models_root: Path) -> None:
     meta = metadata()
     meta["training"].pop("parent")

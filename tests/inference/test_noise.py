@@ -210,3 +210,88 @@ def test_quiet_slices_run_in_fp32_whatever_precision_was_asked() -> None:
     assert not reduced_precision_ok(torch.tensor([20.0 / 200, float("nan")]))
     torch.testing.assert_close(run(2.0, "bf16"), run(2.0, "fp32"))
     assert not torch.equal(run(20.0, "bf16"), run(20.0, "fp32"))
+
+
+def _disc(size: int, radius_px: float, contrast: float) -> np.ndarray:
+    y, x = np.mgrid[:size, :size] - (size - 1) / 2
+    return np.where(x * x + y * y <= radius_px * radius_px, contrast, 0.0)
+
+
+def test_keep_low_frequencies_gives_back_a_lesion_the_network_smoothed_away() -> None:
+    from inference.noise import keep_low_frequencies
+
+    # A 10 mm, 5 HU disc in 0.5 mm pixels that a "network" flattened entirely.
+    lesion = torch.from_numpy(_disc(96, 10.0, 5.0)).float()[None, None]
+    flat = torch.zeros_like(lesion)
+    out = keep_low_frequencies(lesion, flat, sigma_mm=0.9, pixel_mm=(0.5, 0.5))
+    inside = torch.from_numpy(_disc(96, 6.0, 1.0) > 0)
+    assert float(out[0, 0][inside].mean()) == pytest.approx(5.0, abs=0.1)
+    # The mean over the whole slice (a large ROI) is the input's exactly.
+    assert float(out.mean()) == pytest.approx(float(lesion.mean()), rel=1e-4)
+
+
+def test_keep_low_frequencies_leaves_fine_noise_removed() -> None:
+    from inference.noise import keep_low_frequencies
+
+    noise = torch.from_numpy(np.random.default_rng(0).normal(0, 10, (1, 1, 128, 128)))
+    clean = torch.zeros_like(noise)
+    out = keep_low_frequencies(noise, clean, sigma_mm=0.9, pixel_mm=(0.45, 0.45))
+    # White noise through a 2-pixel Gaussian keeps 1 / (4 pi 2^2) of its variance.
+    kept = float(out.var()) / float(noise.var())
+    assert kept == pytest.approx(1 / (4 * np.pi * 4), rel=0.15)
+    # Coarser pixels: the same 0.9 mm is fewer pixels, so more of the noise returns.
+    coarse = keep_low_frequencies(noise, clean, sigma_mm=0.9, pixel_mm=(0.9, 0.9))
+    assert float(coarse.var()) > 3 * float(out.var())
+
+
+def test_keep_low_frequencies_handles_slices_smaller_than_its_kernel() -> None:
+    from inference.noise import keep_low_frequencies
+
+    image = torch.arange(15.0).reshape(1, 1, 3, 5)
+    out = keep_low_frequencies(
+        image, torch.zeros_like(image), sigma_mm=2.0, pixel_mm=(1, 1)
+    )
+    assert out.shape == image.shape and bool(torch.isfinite(out).all())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"sigma_mm": 0.0, "pixel_mm": (1.0, 1.0)}, "sigma_mm must be > 0"),
+        ({"sigma_mm": 0.9, "pixel_mm": (0.0, 1.0)}, "pixel_mm must be two"),
+        ({"sigma_mm": 0.9, "pixel_mm": (1.0,)}, "pixel_mm must be two"),
+    ],
+)
+def test_keep_low_frequencies_refuses_bad_arguments(kwargs: dict, message: str) -> None:
+    from inference.noise import keep_low_frequencies
+
+    images = torch.zeros(1, 1, 8, 8)
+    with pytest.raises(ValueError, match=message):
+        keep_low_frequencies(images, images, **kwargs)
+
+
+def test_the_runner_keeps_low_frequencies_at_each_images_own_spacing() -> None:
+    from inference.runner import denoise_images
+
+    network = _random_conditioned_network()
+    spec = {**_SPEC, "keep_low_frequencies": {"sigma_mm": 0.9}}
+    rng = np.random.default_rng(1)
+    image = (rng.normal(0, 20, (64, 64)) + 40).astype(np.float32)
+    plain, fine, coarse = (
+        denoise_images(network, [image], _SPEC)[0],
+        *denoise_images(network, [image, image], spec, pixel_mm=[0.3, (1.8, 1.8)]),
+    )
+    # 0.9 mm is 3 px at 0.3 mm and half a pixel at 1.8 mm: there nearly all of
+    # the input comes back.
+    residual = {
+        name: image - out
+        for name, out in (("plain", plain), ("fine", fine), ("coarse", coarse))
+    }
+    assert not np.allclose(fine, coarse)
+    assert np.abs(residual["coarse"]).mean() < np.abs(residual["fine"]).mean()
+    # The residual's low frequencies are gone: its blurred version is near zero.
+    blurred = ndimage.gaussian_filter(residual["fine"], 6)[8:-8, 8:-8]
+    plain_blurred = ndimage.gaussian_filter(residual["plain"], 6)[8:-8, 8:-8]
+    assert np.abs(blurred).mean() < 0.2 * np.abs(plain_blurred).mean()
+    with pytest.raises(ValueError, match="2 pixel spacings for 1 images"):
+        denoise_images(network, [image], spec, pixel_mm=[0.5, 0.5])
