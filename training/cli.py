@@ -111,6 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
             "--checkpoint",
             help="checkpoint file, default runs/<name>/checkpoint_best.pt",
         )
+    p_export.add_argument(
+        "--from-bundle",
+        type=Path,
+        metavar="FOLDER",
+        help="export a bundle's weights (SHA-256 checked) as a new version instead "
+        "of a checkpoint: same network, the config's inference settings "
+        "(keep_low_frequencies) over the bundle's input_spec, re-evaluated, the "
+        "bundle recorded as its parent",
+    )
     p_eval.add_argument("--json", action="store_true", help="print metrics as JSON")
     p_export.add_argument("--models-root", help="default: export.models_root")
     p_export.add_argument("--folder", help="bundle folder name, default <name>")
@@ -134,6 +143,48 @@ def _load_checkpoint(
     network.load_state_dict(checkpoint["state_dict"])
     network.eval()
     return network, checkpoint
+
+
+def _from_bundle(
+    config: Mapping[str, Any], folder: Path
+) -> tuple[DenoisingNetwork, dict[str, Any], dict[str, Any]]:
+    """A bundle's network, its checkpoint-like record (``network_def``,
+    ``input_spec`` with the config's inference settings) and a training summary
+    naming it as the parent (no epochs: the weights are the parent's)."""
+    from inference.bundle import validate_input_spec
+    from training.trainer import parent_of
+
+    network, meta = parent_of(folder)
+    if meta["input_spec"]["modality"] != config["modality"]:
+        raise TrainingError(
+            f"export: {folder} is a {meta['input_spec']['modality']} bundle, the "
+            f"config is {config['modality']}"
+        )
+    input_spec = dict(meta["input_spec"])
+    if config["keep_low_frequencies"] is not None:
+        input_spec["keep_low_frequencies"] = {
+            "sigma_mm": float(config["keep_low_frequencies"]["sigma_mm"])
+        }
+    validate_input_spec(input_spec)
+    network.eval()
+    data = meta.get("training", {}).get("data", {})
+    summary = {
+        "parent": {
+            "name": meta["name"],
+            "version": meta["version"],
+            "weights_sha256": meta["weights_sha256"],
+            "training_data": data,
+        },
+        "sources": list(data.get("slices_seen", [])),
+        "pairs": data.get("pairs"),
+        "history": [],
+        "elapsed_s": 0.0,
+    }
+    return (
+        network,
+        {"network_def": meta["network_def"], "input_spec": input_spec},
+        summary,
+    )
 
 
 def _evaluate(
@@ -191,9 +242,12 @@ def _central(image: np.ndarray, share: float) -> np.ndarray:
 
 
 def _cmd_export(args: argparse.Namespace, config: dict[str, Any]) -> int:
+    if args.from_bundle is not None and args.checkpoint is not None:
+        raise TrainingError("export: give --checkpoint or --from-bundle, not both")
     path, meta = export_run(
         config,
         checkpoint=args.checkpoint,
+        from_bundle=args.from_bundle,
         models_root=args.models_root,
         folder=args.folder,
         set_default=args.set_default,
@@ -210,6 +264,7 @@ def export_run(
     config: dict[str, Any],
     *,
     checkpoint: str | None = None,
+    from_bundle: Path | None = None,
     models_root: str | None = None,
     folder: str | None = None,
     set_default: bool = False,
@@ -219,6 +274,9 @@ def export_run(
     Args:
         config: the run's completed config.
         checkpoint: default ``runs/<name>/checkpoint_best.pt``.
+        from_bundle: instead of a checkpoint, a bundle folder whose weights become
+            this version with the config's ``keep_low_frequencies`` (when set) over
+            its ``input_spec``; the bundle is recorded as the parent.
         models_root: default ``export.models_root``.
         folder: bundle folder name, default ``<name>`` (``<name>-<version>`` when
             taken).
@@ -230,10 +288,13 @@ def export_run(
     from training.export import bundle_folder, export_bundle
 
     torch.set_num_threads(int(config["train"]["threads"]))
-    network, checkpoint_data = _load_checkpoint(config, checkpoint)
+    if from_bundle is not None:
+        network, checkpoint_data, summary = _from_bundle(config, from_bundle)
+    else:
+        network, checkpoint_data = _load_checkpoint(config, checkpoint)
+        summary_path = run_dir(config) / "train_summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     input_spec = checkpoint_data["input_spec"]
-    summary_path = run_dir(config) / "train_summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     metrics = _evaluate(config, network, input_spec)
     ev = config["evaluate"]
     held_out = describe_held_out(

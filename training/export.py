@@ -100,9 +100,8 @@ def bundle_metadata(
     changelog = {config["version"]: config["changelog"]}
     parent = summary.get("parent")
     if parent:
-        changelog[config["version"]] += (
-            f" (fine-tuned from {parent['name']} {parent['version']})"
-        )
+        how = "fine-tuned from" if history else "the unchanged weights of"
+        changelog[config["version"]] += f" ({how} {parent['name']} {parent['version']})"
     return {
         "name": config["name"],
         "version": config["version"],
@@ -166,6 +165,19 @@ def model_card(metadata: Mapping[str, Any]) -> str:
     train = metadata["training"]
     spec = metadata["input_spec"]
     metrics = {k: v for k, v in metadata["metrics"].items() if isinstance(v, Mapping)}
+    parent = train.get("parent")
+    if parent and not train["epochs"]:
+        regime = (
+            f"- Not trained: the weights of {parent['name']} {parent['version']} "
+            f"unchanged (`{parent['weights_sha256'][:12]}…`), exported with other "
+            "inference settings (below). Its training:"
+        )
+    else:
+        regime = (
+            f"- Mode: {train['mode']}; loss {train['loss']}; {train['epochs']} epochs "
+            f"of {train['steps_per_epoch']} steps, batch {train['batch_size']}, "
+            f"patches {train['patch_size']} px; seed {train['seed']}."
+        )
     lines = [
         f"# {metadata['name']} {metadata['version']}",
         "",
@@ -178,9 +190,7 @@ def model_card(metadata: Mapping[str, Any]) -> str:
         "",
         "## Training",
         "",
-        f"- Mode: {train['mode']}; loss {train['loss']}; {train['epochs']} epochs of "
-        f"{train['steps_per_epoch']} steps, batch {train['batch_size']}, patches "
-        f"{train['patch_size']} px; seed {train['seed']}.",
+        regime,
         f"- Noise model: {train['noise_model']['kind']} — "
         f"{train['noise_model']['description']}.",
         f"- Data: {len(train['data']['slices_seen'])} clean or full-dose slices "
@@ -196,12 +206,12 @@ def model_card(metadata: Mapping[str, Any]) -> str:
         f"- Held out (never trained on): {train['data']['held_out']['phantoms']}; "
         f"real: {', '.join(train['data']['held_out']['real']) or 'none'}.",
     ]
-    if train.get("parent"):
-        p = train["parent"]
+    if parent and train["epochs"]:
         lines.append(
-            f"- Fine-tuned from {p['name']} {p['version']} (weights "
-            f"`{p['weights_sha256'][:12]}…`)."
+            f"- Fine-tuned from {parent['name']} {parent['version']} (weights "
+            f"`{parent['weights_sha256'][:12]}…`)."
         )
+    lines += ["", "## Inference", "", *_inference_lines(spec)]
     lines += ["", "## Held-out metrics", ""]
     if metrics:
         header = "| level | " + " | ".join(label for _, label in _METRIC_COLUMNS) + " |"
@@ -239,6 +249,40 @@ def model_card(metadata: Mapping[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _inference_lines(spec: Mapping[str, Any]) -> list[str]:
+    """What the runner does around the network, from the ``input_spec``."""
+    norm = spec["normalisation"]
+    if norm["kind"] == "linear":
+        scaled = f"(x - {norm['offset']:g}) / {norm['scale']:g}"
+    else:
+        scaled = f"divided by the series' {norm['upper']:g}th percentile"
+    lines = [
+        f"- Input {scaled}, padded by reflection to a multiple of "
+        f"{spec['size_multiple']}, {spec['batch_size']} slices per pass.",
+    ]
+    if "noise_unit" in spec:
+        lines.append(
+            "- Each slice's noise SD is estimated (flat 16x16 blocks of the body) and "
+            "given to the network as a second channel."
+        )
+    limit = spec.get("residual_limit")
+    if limit:
+        lines.append(
+            f"- Residual limit: the residual's RMS over {limit['window']}x"
+            f"{limit['window']} windows is held to {limit['sd_multiple']:g}x the "
+            "slice's noise SD."
+        )
+    keep = spec.get("keep_low_frequencies")
+    if keep:
+        lines.append(
+            f"- Low frequencies kept: the output gets the input's content coarser "
+            f"than a {keep['sigma_mm']:g} mm Gaussian back (output = denoised + "
+            "G * (input - denoised)), so the residual holds detail finer than that "
+            "only and ROI means stay the scan's own."
+        )
+    return lines
 
 
 def _short_sources(sources: Sequence[Mapping[str, Any]]) -> list[str]:

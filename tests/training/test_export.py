@@ -106,6 +106,45 @@ def test_exporting_the_same_version_twice_fails_and_keeps_the_first(exported):
     assert (models / "tiny-ct" / "models" / "model.pt").read_bytes() == before
 
 
+def test_a_bundle_exported_again_with_keep_low_frequencies_records_its_parent(
+    exported, tmp_path
+):
+    config, _, models = exported
+    again = {**config, "version": "0.0.2", "keep_low_frequencies": {"sigma_mm": 0.9}}
+    path = tmp_path / "again.yaml"
+    path.write_text(yaml.safe_dump(again))
+    argv = ["export", "--config", str(path), "--models-root", str(models)]
+    assert cli_main([*argv, "--from-bundle", str(models / "tiny-ct")]) == 0
+    parent, child = (
+        read_metadata(models / "tiny-ct"),
+        read_metadata(models / "tiny-ct-0.0.2"),
+    )
+    # Same weights, the new inference setting, the parent named, no epochs.
+    assert child["weights_sha256"] == parent["weights_sha256"]
+    assert child["input_spec"]["keep_low_frequencies"] == {"sigma_mm": 0.9}
+    assert "keep_low_frequencies" not in parent["input_spec"]
+    assert child["training"]["parent"]["version"] == "0.0.1"
+    assert child["training"]["epochs"] == 0
+    assert "the unchanged weights of tiny-ct 0.0.1" in child["changelog"]["0.0.2"]
+    card = (models / "tiny-ct-0.0.2" / "docs" / "README.md").read_text()
+    assert "Not trained: the weights of tiny-ct 0.0.1 unchanged" in card
+    assert "coarser than a 0.9 mm Gaussian" in card
+    # Its outputs differ from the parent's by the input's low frequencies only.
+    image = np.random.default_rng(0).normal(40, 20, (64, 64)).astype(np.float32)
+    a = load_model("tiny-ct:0.0.1", models_root=models, device="cpu")
+    b = load_model("tiny-ct:0.0.2", models_root=models, device="cpu")
+    out_a = denoise_images(a.network, [image], a.input_spec, pixel_mm=0.5)[0]
+    out_b = denoise_images(b.network, [image], b.input_spec, pixel_mm=0.5)[0]
+    assert not np.allclose(out_a, out_b)
+    from scipy.ndimage import gaussian_filter
+
+    np.testing.assert_allclose(
+        out_b - out_a, gaussian_filter(image - out_a, 1.8, mode="mirror"), atol=0.05
+    )
+    both = [*argv, "--from-bundle", str(models / "tiny-ct"), "--checkpoint", "x.pt"]
+    assert cli_main(both) == 1
+
+
 def test_held_out_real_slices_are_never_training_slices():
     train_sources = {s.source for s in real_slices("CT", "train")}
     held_out = {s.source for s in real_slices("CT", "held_out")}
