@@ -17,6 +17,7 @@ urlpatterns = [
     path("", views.studies, name="studies"),
     path("upload/", views.upload, name="upload"),
     path("series/<int:pk>/", views.series_detail, name="series-detail"),
+    path("series/<int:pk>/view/", views.series_view, name="series-view"),
     path("jobs/<int:pk>/compare/", views.compare, name="compare"),
     path("audit/", views.audit_log, name="audit"),
     path("models/", views.model_registry, name="models"),

@@ -43,6 +43,19 @@ def compare(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "radiology/compare.html", {"job": job, "series": job.series})
 
 
+def series_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """The viewer on the original alone, for any series (denoised or not), with
+    the reason when it cannot be denoised."""
+    from .services.jobs import not_denoised_reason
+
+    series = selectors.series_for(request.user, pk)
+    return render(
+        request,
+        "radiology/compare.html",
+        {"job": None, "series": series, "not_denoised": not_denoised_reason(series)},
+    )
+
+
 def audit_log(request: HttpRequest) -> HttpResponse:
     return render(
         request, "radiology/audit.html", {"actions": AuditEvent.Action.values}

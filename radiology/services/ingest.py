@@ -23,6 +23,7 @@ from ..dicomio import (
     read_instance,
 )
 from ..dicomio import Instance as DecodedInstance
+from ..dicomio.orientation import display_geometry
 from ..models import AuditEvent, Instance, Series, Study, Upload
 from ..storage import BatchWriter, generated_name, media_path, npy_chunks
 
@@ -63,6 +64,15 @@ def series_summary(series: Series) -> dict:
         "derived": series.derived,
         "warnings": series.warnings,
         "windows": series.windows,
+        # How the viewer shows it: planes in the radiological convention, their
+        # labels and edge letters, whether reformats hold (dicomio/orientation.py).
+        "display": display_geometry(
+            series.orientation,
+            series.shape,
+            series.warnings,
+            series.origin_mm,
+            series.spacing_mm,
+        ),
     }
 
 

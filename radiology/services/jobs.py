@@ -105,6 +105,27 @@ def resolve_model(
     return max(candidates, key=lambda m: parse_version(m.version))
 
 
+def not_denoised_reason(series: Series) -> str | None:
+    """Why the default request would not denoise ``series``, in words for the
+    viewer: a derived series, or no registered model of its modality; ``None``
+    when it can be denoised."""
+    if series.derived:
+        return (
+            "derived images (ImageType DERIVED) are never denoised: denoising a "
+            "processed image would alter it twice"
+        )
+    try:
+        info = resolve_model(None, modality=series.modality)
+    except JobRequestError as exc:
+        return str(exc)
+    if (series.modality or "").upper() != info.modality.upper():
+        return (
+            f"no {series.modality or 'matching'} model is registered (the default, "
+            f"{info.name}:{info.version}, is for {info.modality})"
+        )
+    return None
+
+
 def worker_model(name: str | None = None, version: str | None = None):
     """The model as this worker runs it: ``DENOISE_DEVICE``, hash checked."""
     return inference.load_model(

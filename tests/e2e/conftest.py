@@ -6,8 +6,12 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 
+import inference
+from inference.networks import build_network
 from tests.conftest import require
+from tests.inference.inference_fixtures import REDCNN, metadata
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -129,3 +133,25 @@ def in_process_worker(live_server):
         thread.join(timeout=30)
         shared.dec_thread_sharing()
         app.conf.broker_url = previous_broker
+
+
+@pytest.fixture
+def models_root(settings, tmp_path):
+    """A tiny real bundle whose output differs a little from its input."""
+    network = build_network(REDCNN)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in network.decoder[-1].parameters():
+            parameter.mul_(0.02)
+    root = tmp_path / "models"
+    inference.write_bundle(
+        root / "tiny",
+        metadata=metadata("tiny", "1.0.0"),
+        state_dict=network,
+        model_card="# tiny\n\nUntrained test bundle.\n",
+    )
+    (root / "DEFAULT").write_text("tiny\n")
+    settings.MODELS_ROOT = root
+    settings.DENOISE_DEFAULT_MODEL = ""
+    inference.clear_cache()
+    return root

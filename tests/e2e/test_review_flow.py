@@ -8,40 +8,14 @@ import time
 import numpy as np
 import pydicom
 import pytest
-import torch
 
-import inference
-from inference.networks import build_network
 from radiology.dicomio.synthetic import phantom_volume, write_series
 from radiology.models import DenoiseJob, Review, Series
 from radiology.storage import load_array
-from tests.inference.inference_fixtures import REDCNN, metadata
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 SHAPE = (12, 96, 96)
-
-
-@pytest.fixture
-def models_root(settings, tmp_path):
-    """A tiny real bundle whose output differs a little from its input."""
-    network = build_network(REDCNN)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for parameter in network.decoder[-1].parameters():
-            parameter.mul_(0.02)
-    root = tmp_path / "models"
-    inference.write_bundle(
-        root / "tiny",
-        metadata=metadata("tiny", "1.0.0"),
-        state_dict=network,
-        model_card="# tiny\n\nUntrained test bundle.\n",
-    )
-    (root / "DEFAULT").write_text("tiny\n")
-    settings.MODELS_ROOT = root
-    settings.DENOISE_DEFAULT_MODEL = ""
-    inference.clear_cache()
-    return root
 
 
 @pytest.fixture

@@ -42,7 +42,7 @@ function row(series) {
     el("td", {}, verdictBadge(job)),
     el("td", {}, job && job.status === "succeeded"
       ? el("a", { class: "button small", href: `/jobs/${job.id}/compare/` }, "Compare")
-      : null),
+      : el("a", { class: "button small", href: `/series/${series.id}/view/`, title: "The original alone" }, "View")),
   );
 }
 

@@ -4,6 +4,8 @@ import { api, el, formatTime } from "./common.js";
 
 const root = document.getElementById("viewer");
 const jobId = root.dataset.jobId;
+// Without a job (series/<id>/view/) the viewer shows the original alone.
+const originalOnly = !jobId;
 const seriesId = root.dataset.seriesId;
 const modality = root.dataset.modality;
 const unit = modality === "CT" ? " HU" : "";
@@ -11,13 +13,12 @@ const PRESETS = { soft: [400, 40], lung: [1500, -600], bone: [1800, 400], brain:
 const MODES = ["side", "swipe", "flicker", "overlay"];
 // Volumes arrive in slabs of about this many bytes (a test may set smaller ones).
 const SLAB_BYTES = window.VIEWER_SLAB_BYTES || 4 * 1024 * 1024;
-const REFORMAT_MIN_SLICES = 8;
 
 const state = {
   plane: "axial", index: { axial: 0, coronal: 0, sagittal: 0 },
   zoom: 1, panX: 0, panY: 0, ww: 400, wc: 40, alpha: 1, mode: "side", tool: "wl",
   opacity: 0.6, swipe: 0.5, flickerDenoised: false, roi: null, residualWindow: 50,
-  invert: false, cine: false,
+  invert: false, cine: false, overlay: true,
 };
 const stats = { frames: 0, lastFrameMs: 0, firstImageMs: null };
 const vol = { shape: null, spacing: null, orig: null, den: null, res: null, loaded: null, complete: false };
@@ -34,44 +35,62 @@ const $ = (id) => document.getElementById(id);
 
 // ---------------------------------------------------------------- geometry
 
+// The server's display geometry (radiology/dicomio/orientation.py): for each plane the
+// viewer cuts ("axial" = one stored z slice, "coronal" = one y row, "sagittal" = one x
+// column), the stored axes along its columns and rows, their flips into the
+// radiological convention, its label from the geometry and its edge letters.
+function geometry(plane = state.plane) { return vol.display.planes[plane]; }
+
 function planeDims(plane = state.plane) {
-  const [nz, ny, nx] = vol.shape;
-  const [sz, sy, sx] = vol.spacing;
-  if (plane === "axial") return { w: nx, h: ny, depth: nz, aspect: sy / sx };
-  if (plane === "coronal") return { w: nx, h: nz, depth: ny, aspect: sz / sx };
-  return { w: ny, h: nz, depth: nx, aspect: sz / sy };
+  const g = geometry(plane);
+  return {
+    w: vol.shape[g.col_axis], h: vol.shape[g.row_axis], depth: vol.shape[g.through_axis],
+    aspect: vol.spacing[g.row_axis] / vol.spacing[g.col_axis],
+  };
 }
 
 function voxelOf(col, row, plane = state.plane, index = state.index[plane]) {
-  const nz = vol.shape[0];
-  if (plane === "axial") return [index, row, col];
-  if (plane === "coronal") return [nz - 1 - row, index, col];
-  return [nz - 1 - row, col, index];
+  const g = geometry(plane);
+  const v = [0, 0, 0];
+  v[g.through_axis] = index;
+  v[g.col_axis] = g.col_flip ? vol.shape[g.col_axis] - 1 - col : col;
+  v[g.row_axis] = g.row_flip ? vol.shape[g.row_axis] - 1 - row : row;
+  return v;
 }
 
 function extract(volume, plane = state.plane, index = state.index[plane]) {
-  const [nz, ny, nx] = vol.shape;
+  const [, ny, nx] = vol.shape;
   const data = volume.data;
-  if (plane === "axial") return data.subarray(index * ny * nx, (index + 1) * ny * nx);
-  if (plane === "coronal") {
-    const out = new Int16Array(nz * nx);
-    for (let r = 0; r < nz; r++) {
-      const start = (nz - 1 - r) * ny * nx + index * nx;
-      out.set(data.subarray(start, start + nx), r * nx);
-    }
-    return out;
+  const g = geometry(plane);
+  if (g.through_axis === 0 && g.col_axis === 2 && !g.col_flip && !g.row_flip) {
+    return data.subarray(index * ny * nx, (index + 1) * ny * nx);
   }
-  const out = new Int16Array(nz * ny);
-  for (let r = 0; r < nz; r++) {
-    const base = (nz - 1 - r) * ny * nx + index;
-    for (let c = 0; c < ny; c++) out[r * ny + c] = data[base + c * nx];
+  const { w, h } = planeDims(plane);
+  const stride = [ny * nx, nx, 1];
+  const sc = stride[g.col_axis] * (g.col_flip ? -1 : 1);
+  const sr = stride[g.row_axis] * (g.row_flip ? -1 : 1);
+  const base = index * stride[g.through_axis]
+    + (g.col_flip ? (w - 1) * stride[g.col_axis] : 0) + (g.row_flip ? (h - 1) * stride[g.row_axis] : 0);
+  const out = new Int16Array(w * h);
+  for (let r = 0; r < h; r++) {
+    const rowStart = base + r * sr;
+    if (sc === 1) out.set(data.subarray(rowStart, rowStart + w), r * w);
+    else for (let c = 0; c < w; c++) out[r * w + c] = data[rowStart + c * sc];
   }
   return out;
 }
 
+// The plane shown for an anatomical plane's button or key: the one the geometry
+// labels so, else the viewer's plane of that name.
+function planeFor(anatomical) {
+  const planes = vol.display ? vol.display.planes : null;
+  if (planes) for (const [name, g] of Object.entries(planes)) if (g.plane === anatomical) return name;
+  return anatomical;
+}
+
 function sliceReady() {
-  if (state.plane !== "axial") return vol.complete;
-  return vol.loaded && vol.loaded[state.index.axial] === 3;
+  if (geometry().through_axis !== 0) return vol.complete;
+  return vol.loaded && vol.loaded[state.index.axial] === vol.sourceCount;
 }
 
 function transformFor(pane) {
@@ -220,6 +239,87 @@ function present(pane, first, second) {
     ctx.fillText("denoised", split + 6, 16 * devicePixelRatio);
   }
   drawRoi(ctx, t, drawing || state.roi);
+  drawMarkers(ctx, pane);
+  if (pane === panes[0]) drawInfo(ctx, pane);
+}
+
+// Patient, study and slice text in the corners of the first pane (L hides it, and
+// the orientation letters, for screenshots).
+function overlayLines() {
+  const s = vol.series;
+  if (!s) return { left: [], right: [], bottom: [] };
+  const g = geometry();
+  const index = state.index[state.plane];
+  const { depth } = planeDims();
+  const at = g.location_mm !== undefined ? `${g.location_axis} ${(g.location_mm + index * g.step_mm).toFixed(1)} mm` : "";
+  return {
+    left: [s.study.patient_display, s.study.patient_id ? `ID ${s.study.patient_id}` : ""].filter(Boolean),
+    right: [s.study.study_date_iso, s.study.description].filter(Boolean),
+    bottom: [
+      s.description,
+      `${g.label} ${index + 1}/${depth}${at ? ` · ${at}` : ""}`,
+      `${vol.spacing[g.through_axis].toFixed(2)} mm apart · ${vol.spacing[g.col_axis].toFixed(2)} × ${vol.spacing[g.row_axis].toFixed(2)} mm px`,
+    ].filter(Boolean),
+  };
+}
+
+function drawInfo(ctx, pane) {
+  const lines = overlayLines();
+  root.dataset.overlay = state.overlay ? [...lines.left, ...lines.right, ...lines.bottom].join(" | ") : "";
+  if (!state.overlay) return;
+  const px = 11 * devicePixelRatio;
+  const pad = 6 * devicePixelRatio;
+  const top = pad + (state.mode === "swipe" ? 2 * px : 0);
+  const { width, height } = pane.canvas;
+  ctx.save();
+  ctx.font = `${px}px sans-serif`;
+  ctx.fillStyle = "#e5e7eb";
+  ctx.shadowColor = "#000";
+  ctx.shadowBlur = 3;
+  ctx.textBaseline = "top";
+  ctx.textAlign = "left";
+  lines.left.forEach((text, i) => ctx.fillText(text, pad, top + i * (px + 3)));
+  ctx.textAlign = "right";
+  lines.right.forEach((text, i) => ctx.fillText(text, width - pad, top + i * (px + 3)));
+  ctx.textAlign = "left";
+  ctx.textBaseline = "bottom";
+  // Above the bottom edge's letter, which sits centred on the last line otherwise.
+  const n = lines.bottom.length;
+  const base = height - pad - (geometry().markers ? 13 * devicePixelRatio + 4 : 0);
+  lines.bottom.forEach((text, i) => ctx.fillText(text, pad, base - (n - 1 - i) * (px + 3)));
+  ctx.restore();
+}
+
+function toggleOverlay() {
+  state.overlay = !state.overlay;
+  $("labels").classList.toggle("active", state.overlay);
+  scheduleRender();
+}
+
+// Orientation letters at the middle of each edge (patient left on screen right etc.).
+function drawMarkers(ctx, pane) {
+  const markers = geometry().markers;
+  pane.figure.dataset.markers = markers ? [markers.left, markers.right, markers.top, markers.bottom].join(" ") : "";
+  if (!markers || !state.overlay) return;
+  const px = 13 * devicePixelRatio;
+  const pad = 4 * devicePixelRatio;
+  const { width, height } = pane.canvas;
+  ctx.save();
+  ctx.font = `bold ${px}px sans-serif`;
+  ctx.fillStyle = "#fcd34d";
+  ctx.shadowColor = "#000";
+  ctx.shadowBlur = 3;
+  ctx.textBaseline = "middle";
+  ctx.textAlign = "left";
+  ctx.fillText(markers.left, pad, height / 2);
+  ctx.textAlign = "right";
+  ctx.fillText(markers.right, width - pad, height / 2);
+  ctx.textAlign = "center";
+  ctx.textBaseline = "top";
+  ctx.fillText(markers.top, width / 2, pad + (state.mode === "swipe" ? px + pad : 0));
+  ctx.textBaseline = "bottom";
+  ctx.fillText(markers.bottom, width / 2, height - pad);
+  ctx.restore();
 }
 
 function drawRoi(ctx, t, roi) {
@@ -298,7 +398,7 @@ function updateLabels() {
   const flagged = state.plane === "axial" && flaggedSet.has(index);
   const noise = state.plane === "axial" ? noiseBySlice[index] : undefined;
   const noiseText = Number.isFinite(noise) ? ` · noise ${fmt(noise)}${unit}` : "";
-  $("slice-label").textContent = `${state.plane} ${index + 1}/${depth}${noiseText}${flagged ? " ⚑ flagged" : ""}`;
+  $("slice-label").textContent = `${geometry().label} ${index + 1}/${depth}${noiseText}${flagged ? " ⚑ flagged" : ""}`;
   $("slice-label").classList.toggle("flagged", flagged);
   $("zoom-label").textContent = `zoom ${state.zoom.toFixed(2)}× · W ${Math.round(state.ww)} L ${Math.round(state.wc)}`;
   const slider = $("slice");
@@ -403,8 +503,8 @@ function updateRoiStats() {
   const [dm, ds] = meanSd(dv);
   const [rm, rs] = meanSd(rv);
   // Pixel size of this plane in mm (spacing is z, y, x).
-  const [sz, sy, sx] = vol.spacing;
-  const [pw, ph] = roi.plane === "axial" ? [sx, sy] : roi.plane === "coronal" ? [sx, sz] : [sy, sz];
+  const g = geometry(roi.plane);
+  const [pw, ph] = [vol.spacing[g.col_axis], vol.spacing[g.row_axis]];
   const range = (values) => values.reduce(([lo, hi], v) => [Math.min(lo, v), Math.max(hi, v)], [Infinity, -Infinity]);
   const [omin, omax] = range(ov);
   const [dmin, dmax] = range(dv);
@@ -590,7 +690,27 @@ function toggleFlicker() {
   scheduleRender();
 }
 
-function reformatsAvailable() { return vol.complete && vol.shape[0] >= REFORMAT_MIN_SLICES; }
+function reformatsAvailable() { return vol.complete && vol.display.reformats.available; }
+
+// The Ax/Cor/Sag buttons show the plane the geometry calls so (for a coronal
+// acquisition "Cor" is the stored slices); reformats that the geometry does not
+// support stay disabled with the reason.
+function setupPlanes(display) {
+  for (const b of document.querySelectorAll("[data-plane]")) {
+    b.dataset.anatomical = b.dataset.anatomical || b.dataset.plane;
+    b.dataset.plane = planeFor(b.dataset.anatomical);
+    const g = display.planes[b.dataset.plane];
+    const stored = b.dataset.plane === "axial" ? ", the stored slices" : "";
+    b.title = `${g.label}${stored} (${b.dataset.anatomical[0].toUpperCase()})`;
+    b.classList.toggle("active", b.dataset.plane === state.plane);
+  }
+  const note = $("plane-note");
+  note.textContent = display.orientation_known
+    ? (display.reformats.available ? "" : `No reformats: ${display.reformats.reason}`)
+    : `Orientation unknown: shown as stored${display.reformats.available ? "" : `; no reformats: ${display.reformats.reason}`}`;
+  note.hidden = !note.textContent;
+  root.dataset.acquired = display.acquired;
+}
 
 function resizeCanvases() {
   for (const pane of panes) {
@@ -696,7 +816,7 @@ function onKey(event) {
     "4": () => applyPreset("brain"), "0": () => applyPreset("auto"),
     w: () => setTool("wl"), p: () => setTool("pan"), r: () => setTool("rect"), e: () => setTool("ellipse"),
     m: () => setMode(MODES[(MODES.indexOf(state.mode) + 1) % MODES.length]),
-    f: toggleFlicker, i: toggleInvert, " ": toggleCine, z: () => setPlane("axial"), c: () => setPlane("coronal"), s: () => setPlane("sagittal"),
+    f: toggleFlicker, i: toggleInvert, " ": toggleCine, l: toggleOverlay, z: () => setPlane(planeFor("axial")), c: () => setPlane(planeFor("coronal")), s: () => setPlane(planeFor("sagittal")),
     "[": () => setAlpha(state.alpha - 0.05), "]": () => setAlpha(state.alpha + 0.05),
     "+": () => { state.zoom = Math.min(16, state.zoom * 1.25); scheduleRender(); },
     "=": () => { state.zoom = Math.min(16, state.zoom * 1.25); scheduleRender(); },
@@ -725,6 +845,7 @@ function bindControls() {
   $("rw").addEventListener("change", (e) => setResidualWindow(Number(e.target.value)));
   $("help-button").addEventListener("click", () => $("help").showModal());
   $("invert").addEventListener("click", toggleInvert);
+  $("labels").addEventListener("click", toggleOverlay);
   $("cine").addEventListener("click", toggleCine);
   $("fps").addEventListener("change", () => { if (state.cine) { toggleCine(); toggleCine(); } });
   let flickerTimer = null;
@@ -887,11 +1008,19 @@ async function loadVolumes(job) {
   vol.orig = { data: null, scale: 1, offset: 0 };
   vol.den = { data: null, scale: 1, offset: 0 };
   vol.res = { data: null, scale: 1, offset: 0 };
-  const sources = [
-    [`/api/series/${seriesId}/volume`, vol.orig],
-    [`/api/jobs/${job.id}/volume/reconstruction`, vol.den],
-    [`/api/jobs/${job.id}/volume/residual`, vol.res],
-  ];
+  const sources = [[`/api/series/${seriesId}/volume`, vol.orig]];
+  if (job) {
+    sources.push(
+      [`/api/jobs/${job.id}/volume/reconstruction`, vol.den],
+      [`/api/jobs/${job.id}/volume/residual`, vol.res],
+    );
+  } else {
+    // The hidden panes show the original and a zero residual: every path that
+    // reads them stays valid, and nothing is fetched for them.
+    vol.den = vol.orig;
+    vol.res = { data: new Int16Array(nz * planeVoxels), scale: 1, offset: 0 };
+  }
+  vol.sourceCount = sources.length;
   const queue = slabOrder(nz, state.index.axial, per).flatMap(([z0, z1]) => sources.map((s) => [s, z0, z1]));
   const total = queue.length;
   let done = 0;
@@ -930,11 +1059,32 @@ function initialWindows() {
   else applyPreset("auto");
 }
 
+async function startOriginalOnly() {
+  const series = await api(`/series/${seriesId}`);
+  setupSeries(series);
+  panes[0].label.textContent = "Original";
+  resizeCanvases();
+  await loadVolumes(null);
+}
+
+function setupSeries(series) {
+  vol.shape = series.shape;
+  vol.spacing = series.spacing;
+  vol.display = series.display;
+  vol.series = series;
+  setupPlanes(series.display);
+  addScanPresets(series.windows);
+  state.index.axial = Math.floor(vol.shape[0] / 2);
+  state.index.coronal = Math.floor(vol.shape[1] / 2);
+  state.index.sagittal = Math.floor(vol.shape[2] / 2);
+}
+
 async function start() {
   bindControls();
   setMode("side");
   setTool("wl");
   for (const b of document.querySelectorAll("[data-plane]")) b.disabled = b.dataset.plane !== "axial";
+  if (originalOnly) return startOriginalOnly();
   let job = await api(`/jobs/${jobId}`);
   while (["queued", "running"].includes(job.status)) {
     $("load-label").textContent = `job ${job.status} ${Math.round(job.progress * 100)}%`;
@@ -950,12 +1100,7 @@ async function start() {
     return;
   }
   const series = await api(`/series/${seriesId}`);
-  vol.shape = series.shape;
-  vol.spacing = series.spacing;
-  addScanPresets(series.windows);
-  state.index.axial = Math.floor(vol.shape[0] / 2);
-  state.index.coronal = Math.floor(vol.shape[1] / 2);
-  state.index.sagittal = Math.floor(vol.shape[2] / 2);
+  setupSeries(series);
   renderFlags(job.metrics || {});
   resizeCanvases();
   await loadVolumes(job);
