@@ -85,7 +85,13 @@ class Series(models.Model):
     volume_sha256 = models.CharField(max_length=64)
     warnings = models.JSONField(default=list)
     derived = models.BooleanField(
-        default=False, help_text="ImageType DERIVED: never queued for denoising"
+        default=False,
+        help_text="this app's own denoised or residual output: never denoised again",
+    )
+    scanner_derived = models.BooleanField(
+        default=False,
+        help_text="ImageType DERIVED from elsewhere (a scanner's MPR, another tool): "
+        "may be denoised, and the pages say it is processed already",
     )
     # The scan's own display windows: [{"center", "width", "explanation"}] (HU on CT).
     windows = models.JSONField(default=list, blank=True)

@@ -29,6 +29,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from .errors import DicomIOError
+from .reader import OWN_MANUFACTURER
 
 __all__ = [
     "DENOISED",
@@ -46,7 +47,7 @@ __all__ = [
 UID_ROOT = "2.25.245668327531281547092205570673594397792."
 IMPLEMENTATION_CLASS_UID = UID_ROOT + "1"
 IMPLEMENTATION_VERSION_NAME = "RADIOLOGY_DN_1"
-MANUFACTURER = "radiology-denoise"
+MANUFACTURER = OWN_MANUFACTURER
 
 DENOISED = "denoised"
 RESIDUAL = "residual"

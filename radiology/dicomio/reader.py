@@ -58,6 +58,10 @@ class Instance:
         study_date: Study Date as ``YYYYMMDD`` text (``""`` when absent).
         image_type: Image Type values, e.g. ``("ORIGINAL", "PRIMARY", "AXIAL")``.
         derived: ``True`` when the first Image Type value is ``DERIVED``.
+        own_output: ``True`` for this app's own denoised or residual output (a
+            Contributing Equipment item of :data:`OWN_MANUFACTURER` describing AI
+            denoising): never denoised again. Other DERIVED images (a scanner's
+            MPRs, another tool's output) may be.
         instance_number: Instance Number, or ``None``.
         transfer_syntax_uid: transfer syntax the file was stored with.
         photometric_interpretation: ``MONOCHROME1`` or ``MONOCHROME2``.
@@ -105,6 +109,7 @@ class Instance:
     int16_exact: bool = False
     patient_name: str = ""
     windows: tuple[tuple[float, float, str], ...] = ()
+    own_output: bool = False
 
     @property
     def n_frames(self) -> int:
@@ -367,8 +372,27 @@ def _identity(ds: Dataset, name: str) -> dict[str, Any]:
         "study_date": _text(ds, "StudyDate"),
         "image_type": image_type,
         "derived": bool(image_type) and image_type[0] == "DERIVED",
+        "own_output": is_own_output(ds),
         "instance_number": instance_number,
     }
+
+
+#: The Manufacturer this app writes in its outputs' Contributing Equipment
+#: (``derived.MANUFACTURER``).
+OWN_MANUFACTURER = "radiology-denoise"
+
+
+def is_own_output(ds: Dataset) -> bool:
+    """Whether ``ds`` is this app's denoised or residual output."""
+    try:
+        items = list(ds.get("ContributingEquipmentSequence") or ())
+    except (TypeError, ValueError):
+        return False
+    return any(
+        str(item.get("Manufacturer", "")).strip() == OWN_MANUFACTURER
+        and str(item.get("ContributionDescription", "")).startswith("AI denoising")
+        for item in items
+    )
 
 
 def _sop_class_label(ds: Dataset) -> str:

@@ -71,7 +71,11 @@ class SeriesVolume:
         slices: per slice, its source (:class:`SliceRef`).
         warnings: human-readable notes (missing slices, uneven spacing,
             fallback ordering).
-        derived: ``True`` when any source instance is DERIVED.
+        derived: ``True`` when any source instance is this app's own output
+            (never denoised again).
+        scanner_derived: ``True`` when any source instance is DERIVED and not
+            this app's output (a scanner's MPR, another tool's result): it may be
+            denoised, and says so.
         int16_exact: every source instance is :attr:`Instance.int16_exact` (checked
             as each file is decoded, on the decoding threads).
     """
@@ -91,6 +95,7 @@ class SeriesVolume:
     slices: tuple[SliceRef, ...]
     warnings: tuple[str, ...]
     derived: bool
+    scanner_derived: bool
     int16_exact: bool = False
 
     @property
@@ -372,7 +377,8 @@ def _assemble_one(
             for s in slices
         ),
         warnings=tuple(warnings),
-        derived=any(m.derived for m in members),
+        derived=any(m.own_output for m in members),
+        scanner_derived=any(m.derived and not m.own_output for m in members),
         int16_exact=all(m.int16_exact for m in members),
     )
 

@@ -83,8 +83,11 @@ def model_finetune_request(
                 f"finetune: series {item.pk} is {item.modality}; only CT series train "
                 "the CT model"
             )
-        if item.derived:
-            raise JobRequestError(f"finetune: series {item.pk} is a derived series")
+        if item.derived or item.scanner_derived:
+            raise JobRequestError(
+                f"finetune: series {item.pk} is a derived series (processed images, "
+                "not an original acquisition)"
+            )
         if item.shape[0] < 8:
             raise JobRequestError(
                 f"finetune: series {item.pk} has {item.shape[0]} slices; at least 8 "

@@ -62,6 +62,7 @@ def series_summary(series: Series) -> dict:
         "series_instance_uid": series.series_instance_uid,
         "description": series.description,
         "derived": series.derived,
+        "scanner_derived": series.scanner_derived,
         "warnings": series.warnings,
         "windows": series.windows,
         # How the viewer shows it: planes in the radiological convention, their
@@ -374,6 +375,7 @@ def _store_series(
         "volume_sha256": volume_sha256,
         "warnings": list(volume.warnings),
         "derived": volume.derived,
+        "scanner_derived": volume.scanner_derived,
         "windows": [
             {"center": c, "width": w, "explanation": text[:64]}
             for c, w, text in first.windows

@@ -111,8 +111,8 @@ def not_denoised_reason(series: Series) -> str | None:
     when it can be denoised."""
     if series.derived:
         return (
-            "derived images (ImageType DERIVED) are never denoised: denoising a "
-            "processed image would alter it twice"
+            "this app's own output (a denoised or residual series) is never denoised "
+            "again"
         )
     try:
         info = resolve_model(None, modality=series.modality)
@@ -178,8 +178,8 @@ def denoise_job_request(
     """
     if series.derived:
         raise JobRequestError(
-            f"denoise: series {series.pk} is a derived series (ImageType DERIVED); "
-            "denoising a denoised image is refused"
+            f"denoise: series {series.pk} is this app's own derived output (a "
+            "denoised or residual series); denoising it again is refused"
         )
     info = resolve_model(model, modality=series.modality)
     mismatch = (series.modality or "").upper() != info.modality.upper()

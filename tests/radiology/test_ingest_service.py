@@ -240,3 +240,42 @@ def test_the_study_keeps_the_patients_name_and_shows_iso_dates(
     # Without a name the ID stands in; odd dates are shown as written.
     study.patient_name, study.study_date = "", "2000"
     assert study.patient_display == "P1" and study.study_date_iso == "2000"
+
+
+def test_scanner_derived_series_are_denoised_and_own_outputs_are_not(
+    client, alice, ct_folder, tmp_path
+):
+    """An MPR from the scanner (ImageType DERIVED) may be denoised, and says it is
+    processed already; only this app's own outputs are refused."""
+    from importlib import import_module
+
+    from django.apps import apps
+
+    from radiology.services.jobs import denoise_job_request, not_denoised_reason
+
+    mpr = tmp_path / "mpr"
+    mpr.mkdir()
+    for path in sorted(ct_folder.iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.ImageType = ["DERIVED", "SECONDARY", "MPR"]
+        ds.SeriesInstanceUID = "1.2.826.0.1.3680043.10.1.9"
+        ds.save_as(mpr / path.name)
+    report = upload_ingest(sources=[(mpr, "mpr")], owner=alice)
+    assert report.rejections == []
+    (series,) = report.series
+    assert series.scanner_derived and not series.derived
+    assert not_denoised_reason(series) is None
+    client.force_login(alice)
+    page = client.get(f"/series/{series.pk}/").content.decode()
+    assert "it can be denoised, but it is processed already" in page
+    assert 'id="denoise-form"' in page
+    # A series stored before this distinction was "derived" (refused); the migration
+    # re-reads one instance and frees it.
+    Series.objects.filter(pk=series.pk).update(derived=True, scanner_derived=False)
+    migration = import_module("radiology.migrations.0008_series_scanner_derived")
+    migration.split_derived(apps, None)
+    series.refresh_from_db()
+    assert series.scanner_derived and not series.derived
+    # Refused only for this app's own outputs (test_export's round trip).
+    job, created = denoise_job_request(series=series, requested_by=alice)
+    assert created and job.series_id == series.pk

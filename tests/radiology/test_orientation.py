@@ -178,6 +178,8 @@ def test_any_series_can_be_viewed_and_says_why_it_is_not_denoised(
     made["CT"].derived = True
     made["CT"].save()
     derived = client.get(f"/series/{made['CT'].pk}/view/").content.decode()
-    assert "derived images (ImageType DERIVED) are never denoised" in derived
+    assert (
+        "this app&#x27;s own output (a denoised or residual series) is never" in derived
+    )
     page = client.get(f"/series/{made['CT'].pk}/").content.decode()
     assert f'href="/series/{made["CT"].pk}/view/"' in page

@@ -120,6 +120,13 @@ function upload(files) {
         el("a", { href: `/series/${s.id}/` }, `${s.modality} ${s.description || s.series_instance_uid}`),
         ` · ${s.shape.join("×")} · ${s.instances} instance(s) `);
       seriesList.append(item);
+      // Say so instead of skipping silently: this app's outputs are never denoised
+      // again; other DERIVED images (a scanner's MPRs) are, but are processed already.
+      if (s.derived) {
+        item.append(el("span", { class: "small warn" }, "this app's own output: not denoised again "));
+      } else if (s.scanner_derived) {
+        item.append(el("span", { class: "small warn" }, "derived images (ImageType DERIVED, e.g. an MPR): processed by the scanner or another tool before; "));
+      }
       if (autoDenoise.checked && !s.derived) {
         try {
           const job = await api(`/series/${s.id}/denoise`, { method: "POST", body: {} });
