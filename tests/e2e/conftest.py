@@ -155,3 +155,19 @@ def models_root(settings, tmp_path):
     settings.DENOISE_DEFAULT_MODEL = ""
     inference.clear_cache()
     return root
+
+
+def sign_in(page, base: str) -> None:
+    """Sign in as the ``alice`` fixture's reviewer and land on the study list."""
+    page.goto(f"{base}/")
+    page.fill("#id_username", "alice")
+    page.fill("#id_password", "review-pass-123")
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/")
+
+
+def upload_files(page, base: str, files) -> None:
+    """Upload files on the upload page and wait for the created series' badges."""
+    page.goto(f"{base}/upload/")
+    page.set_input_files("#file-input", [str(p) for p in files])
+    page.wait_for_selector(".series-created li .badge")

@@ -7,6 +7,7 @@ import pytest
 
 from radiology.dicomio.synthetic import phantom_volume, write_series
 from radiology.models import DenoiseJob
+from tests.e2e.conftest import sign_in, upload_files
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -50,14 +51,8 @@ def test_a_series_stored_upside_down_is_shown_posterior_down_with_letters(
     )
     page = browser_page
     base = live_server.url
-    page.goto(f"{base}/")
-    page.fill("#id_username", "alice")
-    page.fill("#id_password", "review-pass-123")
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{base}/")
-    page.goto(f"{base}/upload/")
-    page.set_input_files("#file-input", [str(p) for p in files])
-    page.wait_for_selector(".series-created li .badge")
+    sign_in(page, base)
+    upload_files(page, base, files)
     for _ in range(120):
         assert not in_process_worker, in_process_worker
         job = DenoiseJob.objects.filter(series__description="Flipped abdomen").first()
@@ -141,14 +136,8 @@ def test_an_oblique_coronal_series_is_labelled_and_lettered_from_its_geometry(
     )
     page = browser_page
     base = live_server.url
-    page.goto(f"{base}/")
-    page.fill("#id_username", "alice")
-    page.fill("#id_password", "review-pass-123")
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{base}/")
-    page.goto(f"{base}/upload/")
-    page.set_input_files("#file-input", [str(p) for p in files])
-    page.wait_for_selector(".series-created li .badge")
+    sign_in(page, base)
+    upload_files(page, base, files)
     page.goto(f"{base}/")
     page.click("#studies tr[data-series-id] a:has-text('View')")
     page.wait_for_selector("#viewer[data-loaded='1']")

@@ -12,6 +12,7 @@ import pytest
 from radiology.dicomio.synthetic import phantom_volume, write_series
 from radiology.models import DenoiseJob, Review, Series
 from radiology.storage import load_array
+from tests.e2e.conftest import sign_in, upload_files
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -43,16 +44,10 @@ def test_reviewer_uploads_compares_measures_and_records_a_verdict(
     page = browser_page
     base = live_server.url
 
-    page.goto(f"{base}/")
-    page.fill("#id_username", "alice")
-    page.fill("#id_password", "review-pass-123")
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{base}/")
+    sign_in(page, base)
     shot("studies-empty")
 
-    page.goto(f"{base}/upload/")
-    page.set_input_files("#file-input", [str(p) for p in dicom_files])
-    page.wait_for_selector(".series-created li .badge")
+    upload_files(page, base, dicom_files)
     assert page.locator("tr.file.accepted").count() == len(dicom_files)
     shot("upload-done")
 
