@@ -187,6 +187,67 @@ def _reject(rejections: list[tuple[str, str]], instance: Instance, reason: str) 
     rejections.append((instance.name, reason))
 
 
+#: Rejection reasons that start so are duplicates, not errors: the same image again.
+DUPLICATE_PREFIX = "duplicate of "
+
+
+def same_image(a: Instance, b: Instance) -> bool:
+    """Whether two files hold the same image: the same identifying content (UIDs,
+    patient, study, series, type, number, windows), the same decoded pixels (after
+    the Modality LUT) and the same geometry, whatever their transfer syntax (a
+    lossless transcode is the same image; an edited name is not)."""
+    fields = (
+        "sop_instance_uid",
+        "series_instance_uid",
+        "study_instance_uid",
+        "sop_class_uid",
+        "modality",
+        "patient_id",
+        "patient_name",
+        "study_date",
+        "study_description",
+        "series_description",
+        "image_type",
+        "instance_number",
+        "windows",
+        "slice_thickness_mm",
+        "photometric_interpretation",
+    )
+    return (
+        all(getattr(a, f) == getattr(b, f) for f in fields)
+        and a.pixels.shape == b.pixels.shape
+        and bool(np.array_equal(a.pixels, b.pixels))
+        and a.positions == b.positions
+        and a.orientations == b.orientations
+        and a.pixel_spacings_mm == b.pixel_spacings_mm
+    )
+
+
+def duplicate_reason(instance: Instance, first: Instance, first_name: str) -> str:
+    """The report for ``instance``, which repeats ``first`` (seen in this upload or
+    stored as ``first_name``)."""
+    if instance.transfer_syntax_uid != first.transfer_syntax_uid:
+        how = (
+            f"in another transfer syntax ({_syntax(instance)}, the first "
+            f"{_syntax(first)})"
+        )
+    else:
+        how = "encoded differently"
+    return (
+        f"{DUPLICATE_PREFIX}{first_name}: the same image (SOPInstanceUID "
+        f"{instance.sop_instance_uid}, identical pixels and geometry) {how}; kept once"
+    )
+
+
+def _syntax(instance: Instance) -> str:
+    from pydicom.uid import UID
+
+    uid = UID(instance.transfer_syntax_uid or "")
+    return (
+        uid.name if uid.is_valid and uid.name != str(uid) else (str(uid) or "unknown")
+    )
+
+
 def _dedupe(
     members: Sequence[Instance], rejections: list[tuple[str, str]]
 ) -> list[Instance]:
@@ -201,8 +262,10 @@ def _dedupe(
             _reject(
                 rejections,
                 instance,
-                f"duplicate SOPInstanceUID {instance.sop_instance_uid} with different "
-                f"content (first seen in {first.name})",
+                duplicate_reason(instance, first, first.name)
+                if same_image(first, instance)
+                else f"duplicate SOPInstanceUID {instance.sop_instance_uid} with "
+                f"different content (first seen in {first.name})",
             )
     return kept
 

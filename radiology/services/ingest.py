@@ -23,7 +23,9 @@ from ..dicomio import (
     read_instance,
 )
 from ..dicomio import Instance as DecodedInstance
+from ..dicomio.errors import DicomIOError
 from ..dicomio.orientation import display_geometry
+from ..dicomio.volume import DUPLICATE_PREFIX, duplicate_reason, same_image
 from ..models import AuditEvent, Instance, Series, Study, Upload
 from ..storage import BatchWriter, generated_name, media_path, npy_chunks
 
@@ -149,6 +151,14 @@ def _drop_mixed_patients(read, rejections):
     return kept
 
 
+def _rejection(name: str, reason: str) -> dict:
+    """A per-file report; ``duplicate`` marks the same image again (not an error)."""
+    entry: dict = {"name": name, "reason": reason}
+    if reason.startswith(DUPLICATE_PREFIX):
+        entry["duplicate"] = True
+    return entry
+
+
 def default_group(user) -> Group | None:
     return user.groups.order_by("name").first()
 
@@ -191,7 +201,7 @@ def upload_ingest(
         file_count = len(read) + len(rejections)
 
         assembly = assemble_series([inst for inst, _ in read])
-        rejections.extend({"name": n, "reason": r} for n, r in assembly.rejections)
+        rejections.extend(_rejection(n, r) for n, r in assembly.rejections)
         t_assemble = time.perf_counter()
 
         with transaction.atomic():
@@ -339,15 +349,20 @@ def _store_series(
     ).first()
     sop_uids = {ref.sop_instance_uid for ref in volume.slices}
     if existing is not None:
-        stored = dict(existing.instances.values_list("sop_instance_uid", "sha256"))
+        stored = {
+            row[0]: row[1:]
+            for row in existing.instances.values_list(
+                "sop_instance_uid", "sha256", "file", "original_name"
+            )
+        }
         for sop in sorted(sop_uids & stored.keys()):
             inst = raw_by_sop[sop][0]
-            if inst.sha256 != stored[sop]:
+            sha256, file, original_name = stored[sop]
+            if inst.sha256 != sha256:
                 rejections.append(
                     {
                         "name": inst.name,
-                        "reason": f"SOPInstanceUID {sop} is already stored with "
-                        "different content; the stored file is kept",
+                        **_against_stored(inst, file, original_name, limits),
                     }
                 )
         if sop_uids <= stored.keys():
@@ -440,6 +455,27 @@ def _store_series(
     return series
 
 
+def _against_stored(inst, file: str, original_name: str, limits) -> dict:
+    """How a file whose SOP Instance UID is stored with other bytes is reported: a
+    duplicate when it decodes to the same image (a lossless transcode), else a
+    conflict; the stored file is kept either way."""
+    try:
+        stored = read_instance(
+            media_path(file).read_bytes(), original_name, limits=limits
+        )
+    except (OSError, DicomIOError):
+        stored = None
+    if stored is not None and same_image(stored, inst):
+        return {
+            "reason": duplicate_reason(inst, stored, f"stored {original_name}"),
+            "duplicate": True,
+        }
+    return {
+        "reason": f"SOPInstanceUID {inst.sop_instance_uid} is already stored with "
+        "different content; the stored file is kept",
+    }
+
+
 def _merge_with_stored(existing: Series, volume, raw_by_sop, limits, rejections):
     """Rebuild a stored series' volume from its stored originals plus the new files."""
     combined = []
@@ -455,7 +491,7 @@ def _merge_with_stored(existing: Series, volume, raw_by_sop, limits, rejections)
         if ref.sop_instance_uid not in stored_uids and ref.frame_index == 0
     )
     assembly = assemble_series(combined)
-    rejections.extend({"name": n, "reason": r} for n, r in assembly.rejections)
+    rejections.extend(_rejection(n, r) for n, r in assembly.rejections)
     if len(assembly.series) != 1:
         logger.warning("merge of series %s did not form one volume", existing.pk)
         return None

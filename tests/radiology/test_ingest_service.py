@@ -279,3 +279,52 @@ def test_scanner_derived_series_are_denoised_and_own_outputs_are_not(
     # Refused only for this app's own outputs (test_export's round trip).
     job, created = denoise_job_request(series=series, requested_by=alice)
     assert created and job.series_id == series.pk
+
+
+def test_a_lossless_transcode_of_a_stored_image_is_a_duplicate_not_a_conflict(
+    alice, tmp_path
+):
+    """pydicom-data's 693 head: the same instance uncompressed and as JPEG 2000
+    lossless. After one is stored the other is reported as a duplicate of it; a
+    file with the same UID but other pixels is still a conflict."""
+    from training.data import bundled_dicom_files
+
+    files = bundled_dicom_files()
+    for name in ("693_UNCR.dcm", "693_J2KR.dcm"):
+        if name not in files:
+            pytest.fail(f"pydicom-data's {name} is missing (pip install pydicom-data)")
+    first = upload_ingest(
+        sources=[(files["693_UNCR.dcm"], "693_UNCR.dcm")], owner=alice
+    )
+    (series,) = first.series
+    again = upload_ingest(
+        sources=[(files["693_J2KR.dcm"], "693_J2KR.dcm")], owner=alice
+    )
+    (report,) = again.rejections
+    assert report["duplicate"] is True and report["name"] == "693_J2KR.dcm"
+    assert report["reason"].startswith(
+        "duplicate of stored 693_UNCR.dcm: the same image"
+    )
+    assert "JPEG 2000" in report["reason"]
+    assert series.instances.count() == 1  # kept once, the stored file untouched
+    # Both in one upload: the second is a duplicate of the first.
+    both = upload_ingest(
+        sources=[
+            (files["693_UNCR.dcm"], "a/693_UNCR.dcm"),
+            (files["693_J2KR.dcm"], "a/693_J2KR.dcm"),
+        ],
+        owner=alice,
+    )
+    assert [r.get("duplicate") for r in both.rejections] == [True]
+    # Other pixels under the same UID stay a conflict.
+    ds = pydicom.dcmread(files["693_UNCR.dcm"])
+    pixels = ds.pixel_array.copy()
+    pixels[0, 0] += 1
+    ds.PixelData = pixels.tobytes()
+    changed = tmp_path / "changed.dcm"
+    ds.save_as(changed)
+    (conflict,) = upload_ingest(
+        sources=[(changed, "changed.dcm")], owner=alice
+    ).rejections
+    assert "duplicate" not in conflict
+    assert "already stored with different content" in conflict["reason"]

@@ -95,11 +95,19 @@ function upload(files) {
     }
     const rejected = report.rejected || [];
     let accepted = 0;
+    let duplicates = 0;
     for (const r of rows) {
       r.bar.value = 100;
       const mine = rejectionsFor(r.file.name, rejected);
       const whole = mine.some((m) => m.name === r.file.name);
-      if (whole) {
+      if (whole && mine.every((m) => m.duplicate)) {
+        // The same image again (e.g. a lossless transcode of a stored file): kept
+        // once, not an error.
+        duplicates += 1;
+        r.tr.classList.add("duplicate");
+        r.state.replaceChildren(el("span", { class: "badge queued" }, "duplicate"),
+          el("div", { class: "reason small" }, mine.map((m) => m.reason).join("; ")));
+      } else if (whole) {
         r.tr.classList.add("rejected");
         r.state.replaceChildren(el("span", { class: "badge failed" }, "rejected"),
           el("div", { class: "reason small" }, mine.map((m) => m.reason).join("; ")));
@@ -114,7 +122,8 @@ function upload(files) {
       }
     }
     const created = report.series || [];
-    summary.textContent = `${accepted} of ${rows.length} file(s) accepted; ${created.length} series; ${rejected.length} rejection(s).`;
+    const errors = rejected.filter((m) => !m.duplicate).length;
+    summary.textContent = `${accepted} of ${rows.length} file(s) accepted; ${created.length} series; ${errors} rejection(s)${duplicates ? `; ${duplicates} duplicate(s) kept once` : ""}.`;
     for (const s of created) {
       const item = el("li", { dataset: { seriesId: s.id } },
         el("a", { href: `/series/${s.id}/` }, `${s.modality} ${s.description || s.series_instance_uid}`),
