@@ -79,6 +79,7 @@ def job_json(job: DenoiseJob) -> dict:
                 "reviewer": r.reviewer.get_username(),
                 "comment": r.comment,
                 "strength": r.strength,
+                "measurements": r.measurements,
                 "created_at": r.created_at,
             }
             for r in selectors.job_reviews(job)
@@ -235,6 +236,8 @@ class ReviewIn(Schema):
     verdict: Review.Verdict
     comment: str = ""
     strength: float = 1.0
+    # ROI statistics and lengths from the viewer, kept with the verdict.
+    measurements: list[dict] = []
 
 
 @api.post("/jobs/{job_id}/review", response={201: dict, 400: dict})
@@ -246,6 +249,7 @@ def review(request, job_id: int, payload: ReviewIn):
         verdict=payload.verdict,
         comment=payload.comment,
         strength=payload.strength,
+        measurements=payload.measurements,
     )
     return Status(
         201,
@@ -255,6 +259,7 @@ def review(request, job_id: int, payload: ReviewIn):
             "verdict": created.verdict,
             "comment": created.comment,
             "strength": created.strength,
+            "measurements": created.measurements,
             "reviewer": request.user.get_username(),
             "created_at": created.created_at,
         },

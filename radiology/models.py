@@ -283,6 +283,12 @@ class Review(models.Model):
     verdict = models.CharField(max_length=16, choices=Verdict)
     comment = models.TextField(blank=True)
     strength = models.FloatField(default=1.0, help_text="alpha of the denoised blend")
+    measurements = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="ROI statistics and lengths the reviewer attached "
+        "(services.reviews.clean_measurements)",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -240,6 +240,22 @@ def test_reviewer_uploads_compares_measures_and_records_a_verdict(
         .startswith(f"{original.mean():.1f}")
     )
 
+    # A length (D): 40 % of the pane's width across the 96-column slice, in mm.
+    page.keyboard.press("d")
+    y = box["y"] + box["height"] * 0.5
+    page.mouse.move(box["x"] + box["width"] * 0.3, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.7, y, steps=4)
+    page.mouse.up()
+    page.wait_for_selector("#length-out:not([hidden])")
+    length = page.evaluate("window.viewer.length")
+    columns = page.evaluate(
+        "(() => { const l = window.viewer.state.line; return l.c1 - l.c0; })()"
+    )
+    assert columns > 10 and length["lengthMm"] == pytest.approx(columns * 0.8, rel=1e-6)
+    assert "mm" in page.locator("#length-out").inner_text()
+    page.keyboard.press("w")
+
     page.eval_on_selector(
         "#alpha", "el => { el.value = '0.7'; el.dispatchEvent(new Event('input')); }"
     )
@@ -255,11 +271,20 @@ def test_reviewer_uploads_compares_measures_and_records_a_verdict(
     # The slice label gives the slice's estimated noise, which the model removed.
     assert "noise" in page.locator("#slice-label").inner_text()
     page.fill("textarea[name=comment]", "noise halved, edges kept")
+    page.check("#attach-measurements")
     page.click("#verdict-form button[type=submit]")
     page.wait_for_selector("#verdict-message.ok")
     shot("viewer-verdict")
     review = Review.objects.get(job=job)
     assert (review.verdict, review.strength, review.reviewer) == ("accept", 0.7, alice)
+    # The ROI and the length went with the verdict, and the review list shows them.
+    rect, line = review.measurements
+    assert rect["kind"] == "rect" and rect["plane"] == "axial"
+    assert rect["origMean"] == pytest.approx(original.mean(), abs=0.06)
+    assert line["kind"] == "length"
+    assert line["lengthMm"] == pytest.approx(length["lengthMm"], abs=0.01)
+    page.wait_for_selector("#reviews .measurement")
+    assert "mm" in page.locator("#reviews .measurement").first.inner_text()
     # The form resets; a second verdict is an explicit change, and both are kept.
     assert page.locator("input[name=verdict]:checked").count() == 0
     assert page.input_value("textarea[name=comment]") == ""

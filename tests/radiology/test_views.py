@@ -190,3 +190,41 @@ def test_another_users_audit_entries_are_not_listed(client, alice, bob, alice_jo
     assert not any("secret" in str(e["extra_data"]) for e in events)
     filtered = client.get(f"/api/audit?target_type=denoisejob&target_id={alice_job.pk}")
     assert filtered.status_code == 200 and filtered.json() == []
+
+
+def test_measurements_go_with_a_verdict_and_bad_ones_are_refused(
+    client, alice, alice_job
+):
+    as_user(client, alice)
+    url = f"/api/jobs/{alice_job.pk}/review"
+    roi = {"kind": "ellipse", "plane": "axial", "index": 2, "areaMm2": 50.3}
+    roi |= {"origMean": 41.2, "denMean": 40.9, "resSd": 3.1}
+    line = {"kind": "length", "plane": "axial", "index": 2, "lengthMm": 23.4}
+    body = {"verdict": "reject", "comment": "x", "measurements": [roi, line]}
+    response = client.post(url, body, content_type="application/json")
+    assert response.status_code == 201, response.content
+    assert response.json()["measurements"] == [roi, line]
+    job = client.get(f"/api/jobs/{alice_job.pk}").json()
+    assert job["reviews"][0]["measurements"] == [roi, line]
+    from radiology.models import AuditEvent
+
+    event = AuditEvent.objects.filter(action=AuditEvent.Action.REVIEW).latest("pk")
+    assert event.extra_data["measurements"] == [roi, line]
+    from radiology.services.jobs import JobRequestError
+    from radiology.services.reviews import clean_measurements
+
+    for bad, why in (
+        ([{"kind": "circle"}], "needs a kind"),
+        ([{"kind": "length", "lengthMm": float("inf")}], "finite number"),
+        ([{"kind": "rect", "nested": {"a": 1}}], "finite number"),
+        ([line] * 21, "at most 20"),
+    ):
+        with pytest.raises(JobRequestError, match=why):
+            clean_measurements(bad)
+    response = client.post(
+        url,
+        {"verdict": "reject", "measurements": [{"kind": "circle"}]},
+        content_type="application/json",
+    )
+    assert response.status_code == 400
+    assert "needs a kind" in response.json()["detail"]

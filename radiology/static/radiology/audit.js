@@ -24,6 +24,11 @@ function params() {
   return out;
 }
 
+// An object inside a list (a measurement) as "key value" pairs, not JSON.
+function pairsText(object) {
+  return Object.entries(object).map(([k, v]) => `${k} ${v && typeof v === "object" ? JSON.stringify(v) : v}`).join(", ");
+}
+
 // An event's details as "name: value" lines (nested keys joined with dots, lists
 // with commas, long values cut); the whole JSON stays in the tooltip and the CSV.
 function flatten(value, prefix, out) {
@@ -31,7 +36,7 @@ function flatten(value, prefix, out) {
     for (const [key, inner] of Object.entries(value)) flatten(inner, prefix ? `${prefix}.${key}` : key, out);
   } else {
     const text = Array.isArray(value)
-      ? value.length === 0 ? "none" : value.map((v) => (v && typeof v === "object" ? JSON.stringify(v) : String(v))).join(", ")
+      ? value.length === 0 ? "none" : value.map((v) => (v && typeof v === "object" ? pairsText(v) : String(v))).join("; ")
       : value === null || value === undefined ? "—" : String(value);
     out.push([prefix, text]);
   }

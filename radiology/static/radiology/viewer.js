@@ -239,6 +239,7 @@ function present(pane, first, second) {
     ctx.fillText("denoised", split + 6, 16 * devicePixelRatio);
   }
   drawRoi(ctx, t, drawing || state.roi);
+  drawLine(ctx, t, drawingLine || state.line);
   drawMarkers(ctx, pane);
   if (pane === panes[0]) drawInfo(ctx, pane);
 }
@@ -441,9 +442,46 @@ function readoutAt(col, row) {
   $("pos-label").textContent = `x ${x} y ${y} z ${z}`;
 }
 
-// ---------------------------------------------------------------- ROI
+// ---------------------------------------------------------------- ROI and length
 
 let drawing = null;
+let drawingLine = null;
+
+// A length in the plane's own pixels, measured in mm from its column and row spacing.
+function lineFrom(a, b) {
+  const g = geometry();
+  const line = { plane: state.plane, index: state.index[state.plane], c0: a.col, r0: a.row, c1: b.col, r1: b.row };
+  const dx = (line.c1 - line.c0) * vol.spacing[g.col_axis];
+  const dy = (line.r1 - line.r0) * vol.spacing[g.row_axis];
+  line.lengthMm = Math.hypot(dx, dy);
+  return line;
+}
+
+function setLength(line) {
+  state.line = line;
+  viewerApi.length = { kind: "length", plane: geometry(line.plane).label, index: line.index, lengthMm: line.lengthMm };
+  $("length-out").textContent = `Length ${fmt(line.lengthMm)} mm on ${geometry(line.plane).label} ${line.index + 1}`;
+  $("length-out").hidden = false;
+}
+
+function drawLine(ctx, t, line) {
+  if (!line || line.plane !== state.plane || line.index !== state.index[state.plane]) return;
+  const x0 = t.ox + line.c0 * t.s;
+  const y0 = t.oy + line.r0 * t.sy;
+  const x1 = t.ox + line.c1 * t.s;
+  const y1 = t.oy + line.r1 * t.sy;
+  ctx.save();
+  ctx.strokeStyle = "#38bdf8";
+  ctx.fillStyle = "#38bdf8";
+  ctx.lineWidth = 1.5 * devicePixelRatio;
+  ctx.beginPath();
+  ctx.moveTo(x0, y0);
+  ctx.lineTo(x1, y1);
+  ctx.stroke();
+  ctx.font = `${12 * devicePixelRatio}px sans-serif`;
+  ctx.fillText(`${fmt(line.lengthMm)} mm`, x1 + 6, y1);
+  ctx.restore();
+}
 
 function roiFrom(kind, a, b) {
   const { w, h } = planeDims();
@@ -756,7 +794,8 @@ function bindPane(pane) {
     if (!vol.orig) return;
     canvas.setPointerCapture(event.pointerId);
     const kind = event.button === 1 || event.shiftKey || state.tool === "pan" ? "pan"
-      : state.tool === "rect" || state.tool === "ellipse" ? "roi" : "wl";
+      : state.tool === "rect" || state.tool === "ellipse" ? "roi"
+        : state.tool === "length" ? "length" : "wl";
     drag = { kind, x: event.clientX, y: event.clientY, ww: state.ww, wc: state.wc,
       panX: state.panX, panY: state.panY, start: toImage(pane, event) };
     event.preventDefault();
@@ -775,12 +814,21 @@ function bindPane(pane) {
       const perPixel = Math.max(0.5, drag.ww / 200);
       setWindow(drag.ww + dx * perPixel, drag.wc + dy * perPixel);
       for (const b of document.querySelectorAll("[data-preset]")) b.classList.remove("active");
+    } else if (drag.kind === "length") {
+      drawingLine = lineFrom(drag.start, point);
+      scheduleRender();
     } else {
       drawing = roiFrom(state.tool, drag.start, point);
       scheduleRender();
     }
   });
   const end = (event) => {
+    if (drag && drag.kind === "length") {
+      const line = lineFrom(drag.start, toImage(pane, event));
+      drawingLine = null;
+      if (Math.hypot(line.c1 - line.c0, line.r1 - line.r0) >= 1) setLength(line);
+      scheduleRender();
+    }
     if (drag && drag.kind === "roi") {
       const roi = roiFrom(state.tool, drag.start, toImage(pane, event));
       drawing = null;
@@ -814,7 +862,7 @@ function onKey(event) {
     home: () => setSlice(0), end: () => setSlice(planeDims().depth - 1),
     "1": () => applyPreset("soft"), "2": () => applyPreset("lung"), "3": () => applyPreset("bone"),
     "4": () => applyPreset("brain"), "0": () => applyPreset("auto"),
-    w: () => setTool("wl"), p: () => setTool("pan"), r: () => setTool("rect"), e: () => setTool("ellipse"),
+    w: () => setTool("wl"), p: () => setTool("pan"), r: () => setTool("rect"), e: () => setTool("ellipse"), d: () => setTool("length"),
     m: () => setMode(MODES[(MODES.indexOf(state.mode) + 1) % MODES.length]),
     f: toggleFlicker, i: toggleInvert, " ": toggleCine, l: toggleOverlay, z: () => setPlane(planeFor("axial")), c: () => setPlane(planeFor("coronal")), s: () => setPlane(planeFor("sagittal")),
     "[": () => setAlpha(state.alpha - 0.05), "]": () => setAlpha(state.alpha + 0.05),
@@ -937,10 +985,32 @@ function renderReviews(job) {
   $("reviews").replaceChildren(...job.reviews.map((r) => el("li", {},
     el("span", { class: `badge verdict-${r.verdict}` }, r.verdict.replace("_", " ")),
     ` ${r.reviewer} · α ${r.strength.toFixed(2)} · ${formatTime(r.created_at)}`,
-    r.comment ? el("div", { class: "small" }, r.comment) : null)));
+    r.comment ? el("div", { class: "small" }, r.comment) : null,
+    ...(r.measurements || []).map((m) => el("div", { class: "small muted measurement" }, describeMeasurement(m))))));
   // A reviewer who has given a verdict changes it explicitly; every verdict stays.
   const mine = job.reviews.some((r) => r.reviewer === root.dataset.user);
   $("verdict-submit").textContent = mine ? "Change verdict" : "Record verdict";
+}
+
+// The ROI's statistics (original, denoised, residual) and the length, as recorded
+// with a verdict: numbers rounded to what the table shows.
+function currentMeasurements() {
+  const out = [];
+  const roi = viewerApi.roiStats;
+  if (roi) {
+    const keep = ["n", "alpha", "areaMm2", "widthMm", "heightMm", "origMean", "origSd", "origMin", "origMax",
+      "denMean", "denSd", "denMin", "denMax", "resMean", "resSd", "resMin", "resMax"];
+    const item = { kind: roi.kind, plane: geometry(roi.plane).label, index: roi.index };
+    for (const k of keep) if (Number.isFinite(roi[k])) item[k] = Math.round(roi[k] * 100) / 100;
+    out.push(item);
+  }
+  if (viewerApi.length) out.push({ ...viewerApi.length, lengthMm: Math.round(viewerApi.length.lengthMm * 100) / 100 });
+  return out;
+}
+
+function describeMeasurement(m) {
+  if (m.kind === "length") return `length ${fmt(m.lengthMm)} mm (${m.plane} ${m.index + 1})`;
+  return `${m.kind} ${fmt(m.areaMm2)} mm² on ${m.plane} ${m.index + 1}: original ${fmt(m.origMean)} ± ${fmt(m.origSd)}, denoised ${fmt(m.denMean)} ± ${fmt(m.denSd)}, residual ${fmt(m.resMean)} ± ${fmt(m.resSd)}${unit}`;
 }
 
 async function submitVerdict(event) {
@@ -956,9 +1026,10 @@ async function submitVerdict(event) {
     form.elements.comment.focus();
     return;
   }
+  const measurements = form.elements.attach.checked ? currentMeasurements() : [];
   try {
     const review = await api(`/jobs/${jobId}/review`, {
-      method: "POST", body: { verdict, comment: form.elements.comment.value, strength: state.alpha },
+      method: "POST", body: { verdict, comment: form.elements.comment.value, strength: state.alpha, measurements },
     });
     const changed = $("verdict-submit").textContent === "Change verdict" ? " (changed; the earlier verdict stays in the log)" : "";
     message.textContent = `Recorded: ${review.verdict.replace("_", " ")} by ${review.reviewer} at α ${review.strength.toFixed(2)}${changed}.`;
