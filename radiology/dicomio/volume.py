@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -502,6 +503,19 @@ def _z_spacing_from_positions(slices: list[_Slice], warnings: list[str]) -> floa
     distances = np.array([s.distance for s in slices], dtype=np.float64)
     steps = np.diff(distances)
     median = float(np.median(steps))
+    if not (math.isfinite(median) and median > 0):
+        # Most slices share one depth (positions differ only within the plane):
+        # no spacing can be read from them.
+        thickness = slices[0].instance.slice_thickness_mm
+        warnings.append(
+            "most slices lie at the same depth along the slice normal; z spacing "
+            + (
+                f"from SliceThickness ({thickness:.4g} mm)"
+                if thickness
+                else "set to 1 mm"
+            )
+        )
+        return float(thickness or 1.0)
     gaps, uneven = [], []
     for k, step in enumerate(steps):
         ratio = step / median

@@ -129,23 +129,25 @@ def _read_sources(sources, limits, rejections):
         yield from settle(0)
 
 
-def _drop_mixed_patients(read, rejections):
-    """One upload is one patient: files of a minority PatientID are refused."""
-    patients = Counter(inst.patient_id for inst, _ in read)
-    if len(patients) <= 1:
-        return read
-    majority, _ = patients.most_common(1)[0]
+def _one_patient_per_study(read, rejections):
+    """Several patients in one upload become one study each (each study has its
+    own patient and access); but one study is one patient: files of a study that
+    name another PatientID than most of its files are refused."""
+    by_study: dict[str, Counter] = {}
+    for inst, _ in read:
+        by_study.setdefault(inst.study_instance_uid, Counter())[inst.patient_id] += 1
     kept = []
     for inst, data in read:
+        majority, _ = by_study[inst.study_instance_uid].most_common(1)[0]
         if inst.patient_id == majority:
             kept.append((inst, data))
         else:
             rejections.append(
                 {
                     "name": inst.name,
-                    "reason": f"mixed patients in one upload: PatientID "
-                    f"{inst.patient_id!r} differs from {majority!r}; upload each "
-                    "patient separately",
+                    "reason": f"PatientID {inst.patient_id!r} in study "
+                    f"{inst.study_instance_uid}, whose other files name "
+                    f"{majority!r}: one study is one patient",
                 }
             )
     return kept
@@ -191,7 +193,7 @@ def upload_ingest(
             originals.stage(inst, data)
             read.append((inst, data))
         t_read = time.perf_counter()
-        read = _drop_mixed_patients(read, rejections)
+        read = _one_patient_per_study(read, rejections)
         raw_by_sop: dict[str, tuple] = {}
         for inst, data in read:
             # The first file of a SOPInstanceUID is kept; assemble_series drops
@@ -344,6 +346,17 @@ def _store_series(
     # Serialise ingest into one study: two uploads adding slices to the same series
     # must not each rebuild it from the old instance set (PostgreSQL READ COMMITTED).
     study = Study.objects.select_for_update().get(pk=study.pk)
+    if study.patient_id != volume.patient_id:
+        rejections.extend(
+            {
+                "name": raw_by_sop[sop][0].name,
+                "reason": f"study {study.study_instance_uid} is stored for PatientID "
+                f"{study.patient_id!r}; this file names {volume.patient_id!r}: one "
+                "study is one patient",
+            }
+            for sop in sorted({ref.sop_instance_uid for ref in volume.slices})
+        )
+        return None
     existing = Series.objects.filter(
         study=study, series_instance_uid=volume.series_instance_uid
     ).first()

@@ -254,18 +254,20 @@ def test_file_truncated_anywhere_is_refused(
     _assert_nothing_lost(stored, queued)
 
 
-def test_mixed_patients_keep_the_majority_and_name_the_others(
+def test_another_patient_inside_a_study_is_named_and_refused(
     client, alice, stored, queued, tmp_path
 ):
-    majority = _slices(tmp_path, "p2", count=3, patient_id="P2")
-    intruder = _slices(tmp_path, "p3", count=1, patient_id="P3")[0]
+    majority = _slices(tmp_path, "p2", count=3, patient_id="P2", study_uid="1.2.3.4.5")
+    intruder = _slices(tmp_path, "p3", count=1, patient_id="P3", study_uid="1.2.3.4.5")[
+        0
+    ]
     files = {f"p2-{i}.dcm": data for i, data in enumerate(majority)}
     files["intruder.dcm"] = intruder
     body = _upload(client, alice, files)
     assert len(body["series"]) == 1 and body["series"][0]["instances"] == 3
     (rejection,) = body["rejected"]
     assert rejection["name"] == "intruder.dcm"
-    assert "mixed patients" in rejection["reason"]
+    assert "one study is one patient" in rejection["reason"]
     _assert_audited("intruder.dcm", rejection["reason"])
     _assert_nothing_lost(stored, queued)
 

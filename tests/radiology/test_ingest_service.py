@@ -86,9 +86,12 @@ def test_files_no_row_names_leave_nothing_on_disk(alice, ct_folder, tmp_path):
         (copies / f"a-{path.name}").write_bytes(path.read_bytes())
         (copies / f"b-{path.name}").write_bytes(path.read_bytes())
     other = tmp_path / "other"
-    write_series(other, phantom_volume((2, 64, 64), seed=9), patient_id="P2")
+    study = pydicom.dcmread(sorted(ct_folder.iterdir())[0]).StudyInstanceUID
+    write_series(
+        other, phantom_volume((2, 64, 64), seed=9), patient_id="P2", study_uid=study
+    )
     report = upload_ingest(sources=[(copies, "copies"), (other, "o")], owner=alice)
-    assert len(report.rejections) == 2  # the minority patient
+    assert len(report.rejections) == 2  # another patient inside the stored study
     assert _stored_originals() == stored
     assert (
         sorted(
@@ -148,13 +151,43 @@ def test_bad_file_is_rejected_and_the_rest_goes_in(alice, ct_folder):
     assert AuditEvent.objects.filter(action="rejection").count() == 1
 
 
-def test_mixed_patients_in_one_upload_keep_the_majority(alice, ct_folder, tmp_path):
+def test_several_patients_in_one_upload_become_one_study_each(
+    alice, ct_folder, tmp_path
+):
     other = tmp_path / "other"
     write_series(other, phantom_volume((2, 64, 64), seed=9), patient_id="P2")
     report = upload_ingest(sources=[(ct_folder, "ct"), (other, "other")], owner=alice)
-    assert len(report.series) == 1
-    assert len(report.rejections) == 2
-    assert all("mixed patients" in r["reason"] for r in report.rejections)
+    assert report.rejections == []
+    studies = {s.study.patient_id: s.study for s in report.series}
+    assert set(studies) == {"P1", "P2"} and studies["P1"].pk != studies["P2"].pk
+    assert all(s.owner == alice for s in studies.values())
+
+
+def test_one_study_is_one_patient(alice, ct_folder, tmp_path):
+    """A file naming another patient inside a study is refused, in one upload or
+    against a stored study; the study keeps its patient."""
+    intruder = tmp_path / "intruder"
+    intruder.mkdir()
+    path = sorted(ct_folder.iterdir())[0]
+    ds = pydicom.dcmread(path)
+    ds.PatientID = "P2"
+    ds.SOPInstanceUID = ds.SOPInstanceUID[:-2] + "99"
+    ds.save_as(intruder / "x.dcm")
+    report = upload_ingest(
+        sources=[(ct_folder, "ct"), (intruder / "x.dcm", "x.dcm")], owner=alice
+    )
+    (series,) = report.series
+    (refused,) = report.rejections
+    assert (
+        refused["name"] == "x.dcm" and "one study is one patient" in refused["reason"]
+    )
+    assert series.study.patient_id == "P1"
+    # Later, against the stored study: refused too, nothing stored changes.
+    again = upload_ingest(sources=[(intruder / "x.dcm", "x.dcm")], owner=alice)
+    assert again.series == []
+    (refused,) = again.rejections
+    assert "is stored for PatientID 'P1'" in refused["reason"]
+    assert series.instances.count() == 6
 
 
 def test_api_upload_of_a_zip(client, alice, ct_folder):
