@@ -17,7 +17,7 @@ from ninja.files import UploadedFile
 from ninja.security import HttpBearer, django_auth
 
 from . import selectors
-from .models import ApiToken, AuditEvent, DenoiseJob, Review
+from .models import ApiToken, AuditEvent, DenoiseJob, Review, Series
 from .services import jobs as job_services
 from .services.ingest import series_summary, upload_ingest
 from .services.reviews import review_concerns, review_submit
@@ -186,6 +186,26 @@ def get_series(request, series_id: int):
     series = selectors.series_for(request.user, series_id)
     data = series_json(series)
     data["jobs"] = [job_json(j) for j in series.jobs.order_by("-created_at")]
+    # The study's other series this user may see, for the viewer's study strip.
+    data["study_series"] = [
+        {
+            "id": other.pk,
+            "modality": other.modality,
+            "description": other.description or other.series_instance_uid,
+            "shape": other.shape,
+            "compare_job": next(
+                (
+                    j.pk
+                    for j in other.jobs.order_by("-created_at")
+                    if j.status == DenoiseJob.Status.SUCCEEDED and j.is_current
+                ),
+                None,
+            ),
+        }
+        for other in Series.objects.visible_to(request.user)
+        .filter(study_id=series.study_id)
+        .order_by("created_at", "pk")
+    ]
     return data
 
 

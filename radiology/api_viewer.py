@@ -20,7 +20,8 @@ from ninja import Router
 from ninja.errors import HttpError
 
 from . import selectors
-from .models import DenoiseJob
+from .dicomio.orientation import display_geometry
+from .models import DenoiseJob, Series
 from .storage import load_array, media_path
 
 __all__ = ["router", "Quantisation", "quantise"]
@@ -140,3 +141,63 @@ def job_volume(
         name, sha = job.residual_file, job.residual_sha256
         quant = residual_quantisation(name)
     return _slab_response(request, name, quant, z0, z1, sha)
+
+
+#: Thumbnail edge limits in pixels.
+THUMBNAIL_SIZES = (32, 256)
+
+
+def thumbnail_png(series: Series, size: int) -> bytes:
+    """The middle stored slice of ``series`` as a greyscale PNG at most ``size``
+    pixels across, the right way up (as the viewer shows it) and in the scan's own
+    first window (else W400/L40 on CT, the 1st-99th percentile otherwise)."""
+    import io
+
+    from PIL import Image
+
+    volume = load_array(series.volume_file)
+    image = np.asarray(volume[volume.shape[0] // 2], dtype=np.float32)
+    plane = display_geometry(series.orientation, series.shape, series.warnings)[
+        "planes"
+    ]["axial"]
+    spacing = list(series.spacing_mm)
+    if plane["col_axis"] == 1:  # shown transposed
+        image, spacing = image.T, [spacing[0], spacing[2], spacing[1]]
+    if plane["row_flip"]:
+        image = image[::-1]
+    if plane["col_flip"]:
+        image = image[:, ::-1]
+    if series.windows:
+        center, width = series.windows[0]["center"], series.windows[0]["width"]
+        low, high = center - width / 2, center + width / 2
+    elif series.modality == "CT":
+        low, high = 40 - 200, 40 + 200
+    else:
+        low, high = (float(v) for v in np.percentile(image, [1, 99]))
+    scaled = np.clip((image - low) / max(high - low, 1e-6), 0, 1) * 255
+    picture = Image.fromarray(np.ascontiguousarray(scaled.astype(np.uint8)), "L")
+    # Square pixels on screen: rows are stretched by their spacing.
+    height_mm, width_mm = image.shape[0] * spacing[1], image.shape[1] * spacing[2]
+    fit = size / max(height_mm, width_mm)
+    target = (max(1, round(width_mm * fit)), max(1, round(height_mm * fit)))
+    picture = picture.resize(target, Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    picture.save(out, format="PNG", optimize=True)
+    return out.getvalue()
+
+
+@router.get("/series/{series_id}/thumbnail")
+def series_thumbnail(request, series_id: int, size: int = 96):
+    """A PNG thumbnail of the series' middle slice (study list, viewer)."""
+    series = selectors.series_for(request.user, series_id)
+    low, high = THUMBNAIL_SIZES
+    if not low <= size <= high:
+        raise HttpError(400, f"thumbnail: size must be {low} to {high} pixels")
+    tag = f'"{series.volume_sha256}-{size}"'
+    if request.headers.get("If-None-Match") == tag:
+        response = HttpResponse(status=304)
+    else:
+        response = HttpResponse(thumbnail_png(series, size), content_type="image/png")
+    response["ETag"] = tag
+    response["Cache-Control"] = "private, no-cache"
+    return response

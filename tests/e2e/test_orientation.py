@@ -139,6 +139,11 @@ def test_an_oblique_coronal_series_is_labelled_and_lettered_from_its_geometry(
     sign_in(page, base)
     upload_files(page, base, files)
     page.goto(f"{base}/")
+    # Each row carries its series' thumbnail.
+    page.wait_for_function(
+        "(() => { const i = document.querySelector('#studies img.thumb');"
+        " return i && i.complete && i.naturalWidth > 0; })()"
+    )
     page.click("#studies tr[data-series-id] a:has-text('View')")
     page.wait_for_selector("#viewer[data-loaded='1']")
     page.wait_for_function("window.viewer.stats.frames > 0")

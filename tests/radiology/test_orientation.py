@@ -183,3 +183,51 @@ def test_any_series_can_be_viewed_and_says_why_it_is_not_denoised(
     )
     page = client.get(f"/series/{made['CT'].pk}/").content.decode()
     assert f'href="/series/{made["CT"].pk}/view/"' in page
+
+
+@pytest.mark.django_db
+def test_thumbnails_are_the_right_way_up_and_list_the_studys_series(
+    client, alice, bob, tmp_path
+) -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    volume = np.minimum(phantom_volume((5, 64, 64), seed=4), 150.0)
+    volume[:, 2:8, 20:44] = 1000.0  # stored rows 2-7: the patient's back (flipped)
+    folder = tmp_path / "flipped"
+    write_series(
+        folder,
+        volume,
+        spacing_mm=(2.0, 0.5, 0.5),
+        orientation=(1, 0, 0, 0, -1, 0),
+        study_uid="1.2.826.0.1.3680043.10.7",
+    )
+    second = tmp_path / "second"
+    write_series(
+        second,
+        phantom_volume((3, 32, 32), seed=5),
+        study_uid="1.2.826.0.1.3680043.10.7",
+        description="Second",
+    )
+    report = upload_ingest(sources=[(folder, "f"), (second, "s")], owner=alice)
+    flipped = next(s for s in report.series if s.description != "Second")
+    client.force_login(alice)
+    response = client.get(f"/api/series/{flipped.pk}/thumbnail?size=64")
+    assert response.status_code == 200 and response["Content-Type"] == "image/png"
+    picture = np.asarray(Image.open(io.BytesIO(response.content)))
+    assert picture.shape == (64, 64)
+    bright = np.flatnonzero(picture[:, 32] == 255)
+    assert bright.size and bright.min() > 48  # at the bottom, as the viewer shows it
+    cached = client.get(
+        f"/api/series/{flipped.pk}/thumbnail?size=64",
+        HTTP_IF_NONE_MATCH=response["ETag"],
+    )
+    assert cached.status_code == 304
+    assert client.get(f"/api/series/{flipped.pk}/thumbnail?size=4").status_code == 400
+    listed = client.get(f"/api/series/{flipped.pk}").json()["study_series"]
+    assert [s["id"] for s in listed] == [s.pk for s in report.series]
+    assert all(s["compare_job"] is None for s in listed)
+    client.force_login(bob)
+    assert client.get(f"/api/series/{flipped.pk}/thumbnail").status_code == 404

@@ -34,7 +34,9 @@ function row(series) {
     el("td", { class: "study" }, study.description || study.study_instance_uid || "—",
       study.study_date
         ? el("div", { class: "small muted" }, study.study_date_iso) : null),
-    el("td", {}, el("a", { href: `/series/${series.id}/` }, series.description || series.series_instance_uid)),
+    el("td", {},
+      el("img", { class: "thumb", loading: "lazy", alt: "", src: `/api/series/${series.id}/thumbnail?size=48` }),
+      el("a", { href: `/series/${series.id}/` }, series.description || series.series_instance_uid)),
     el("td", {}, series.modality),
     el("td", { class: "small" }, (series.shape || []).join("×")),
     el("td", { class: "small" }, formatTime(series.created_at)),

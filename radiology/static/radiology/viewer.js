@@ -1138,7 +1138,20 @@ async function startOriginalOnly() {
   await loadVolumes(null);
 }
 
+// The study's series as thumbnails: each opens its latest comparison, or the
+// original alone when it has none.
+function renderStudy(series) {
+  const others = series.study_series || [];
+  $("study-card").hidden = others.length < 2;
+  $("study-series").replaceChildren(...others.map((s) => el("a", {
+    href: s.compare_job ? `/jobs/${s.compare_job}/compare/` : `/series/${s.id}/view/`,
+    class: s.id === series.id ? "current" : "", title: s.description, dataset: { seriesId: s.id },
+  }, el("img", { loading: "lazy", alt: "", src: `/api/series/${s.id}/thumbnail?size=96` }),
+  el("span", {}, `${s.modality} ${s.description}`))));
+}
+
 function setupSeries(series) {
+  renderStudy(series);
   vol.shape = series.shape;
   vol.spacing = series.spacing;
   vol.display = series.display;
