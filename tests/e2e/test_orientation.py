@@ -134,10 +134,17 @@ def test_an_oblique_coronal_series_is_labelled_and_lettered_from_its_geometry(
         patient_id="E2E-3",
         description="Oblique coronal",
     )
+    junk = [tmp_path / "notes.txt", tmp_path / "scan.jpg"]
+    junk[0].write_text("not an image")
+    junk[1].write_bytes(b"\xff\xd8\xff\xe0 not dicom either")
     page = browser_page
     base = live_server.url
     sign_in(page, base)
-    upload_files(page, base, files)
+    upload_files(page, base, [*files, *junk])
+    # The two rejections come grouped under what went wrong, not one per line.
+    groups = page.locator(".rejection-groups > li summary").all_inner_texts()
+    assert sum(int(g.rsplit(": ", 1)[1].split()[0]) for g in groups) == 2, groups
+    assert len(groups) == 1, groups
     page.goto(f"{base}/")
     # Each row carries its series' thumbnail.
     page.wait_for_function(

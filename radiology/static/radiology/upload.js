@@ -38,6 +38,21 @@ function rejectionsFor(name, rejected) {
     || r.name.startsWith(`${name}:`) || r.name.startsWith(`${name}!`));
 }
 
+// Rejections grouped by what went wrong ("invalid UID", "not a DICOM file"), each
+// group folded with its files, instead of one line per file in a wall of text.
+function rejectionGroups(rejected) {
+  const groups = new Map();
+  for (const r of rejected) {
+    const kind = r.duplicate ? "duplicate (kept once)" : r.reason.split(/[:;(]/)[0].trim().slice(0, 80) || "rejected";
+    if (!groups.has(kind)) groups.set(kind, []);
+    groups.get(kind).push(r);
+  }
+  return el("ul", { class: "rejection-groups" }, ...[...groups].map(([kind, items]) =>
+    el("li", {}, el("details", {},
+      el("summary", {}, `${kind}: ${items.length} file(s)`),
+      el("ul", { class: "small" }, ...items.map((r) => el("li", {}, `${r.name}: ${r.reason}`)))))));
+}
+
 function upload(files) {
   files = files.filter((f) => f.size > 0 || f.name);
   if (!files.length) return;
@@ -124,6 +139,7 @@ function upload(files) {
     const created = report.series || [];
     const errors = rejected.filter((m) => !m.duplicate).length;
     summary.textContent = `${accepted} of ${rows.length} file(s) accepted; ${created.length} series; ${errors} rejection(s)${duplicates ? `; ${duplicates} duplicate(s) kept once` : ""}.`;
+    summary.after(rejectionGroups(rejected));
     for (const s of created) {
       const item = el("li", { dataset: { seriesId: s.id } },
         el("a", { href: `/series/${s.id}/` }, `${s.modality} ${s.description || s.series_instance_uid}`),
