@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -153,6 +154,23 @@ def _one_patient_per_study(read, rejections):
     return kept
 
 
+def _unname_rejected(rejections: list[dict]) -> None:
+    """A report never points at a file that was itself rejected (a duplicate of a
+    file later refused would send the reader to a file that is not stored): such
+    a name is replaced by words saying so."""
+    refused = {r["name"] for r in rejections if not r.get("duplicate")}
+    for entry in rejections:
+        for name in refused - {entry["name"]}:
+            # The whole name only: "a.dcm" is not in "data.dcm".
+            pattern = rf"(?<![\w./-]){re.escape(name)}(?![\w.-])"
+            if name and re.search(pattern, entry["reason"]):
+                entry["reason"] = re.sub(
+                    pattern,
+                    "another file of this upload (itself rejected, see there)",
+                    entry["reason"],
+                )
+
+
 def _rejection(name: str, reason: str) -> dict:
     """A per-file report; ``duplicate`` marks the same image again (not an error)."""
     entry: dict = {"name": name, "reason": reason}
@@ -221,6 +239,7 @@ def upload_ingest(
             originals.drop_unused()
             batch.finish()
             t_sync = time.perf_counter()
+            _unname_rejected(rejections)
             try:
                 _record_upload(upload, stored_series, rejections, owner)
             except BaseException:

@@ -361,3 +361,32 @@ def test_a_lossless_transcode_of_a_stored_image_is_a_duplicate_not_a_conflict(
     ).rejections
     assert "duplicate" not in conflict
     assert "already stored with different content" in conflict["reason"]
+
+
+def test_a_report_never_names_a_file_that_was_itself_rejected():
+    from radiology.services.ingest import _unname_rejected
+
+    rejections = [
+        {"name": "a.dcm", "reason": "slice at position (0, 0, 0) duplicates b.dcm"},
+        {
+            "name": "c.dcm",
+            "reason": "duplicate of a.dcm: the same image",
+            "duplicate": True,
+        },
+        {
+            "name": "d.dcm",
+            "reason": "duplicate of kept.dcm: the same image",
+            "duplicate": True,
+        },
+        {
+            "name": "e.dcm",
+            "reason": "duplicate of data.dcm: the same image",
+            "duplicate": True,
+        },
+    ]
+    _unname_rejected(rejections)
+    assert "a.dcm" not in rejections[1]["reason"]
+    assert "itself rejected" in rejections[1]["reason"]
+    assert rejections[2]["reason"] == "duplicate of kept.dcm: the same image"
+    assert rejections[0]["reason"].endswith("b.dcm")  # b.dcm was not refused
+    assert "data.dcm" in rejections[3]["reason"]  # not a.dcm
