@@ -290,7 +290,7 @@ def test_reviewer_uploads_compares_measures_and_records_a_verdict(
     assert page.input_value("textarea[name=comment]") == ""
     assert page.inner_text("#verdict-submit") == "Change verdict"
     page.check("input[name=verdict][value=needs_review]")
-    page.fill("textarea[name=comment]", "second look at slice 4")
+    page.fill("textarea[name=comment]", "=HYPERLINK(1) second look at slice 4")
     page.click("#verdict-submit")
     page.wait_for_selector("#verdict-message.ok:has-text('changed')")
     first, second = Review.objects.filter(job=job).order_by("pk")
@@ -310,6 +310,15 @@ def test_reviewer_uploads_compares_measures_and_records_a_verdict(
     assert details.locator("dd").nth(names.index("verdict")).inner_text() == "accept"
     assert "{" not in details.inner_text()
     shot("audit")
+    # The CSV export: a cell that starts like a formula (= + - @) stays text.
+    with page.expect_download() as download:
+        page.click("#csv-export")
+    csv_text = download.value.path().read_text()
+    assert "=HYPERLINK(1) second look" in csv_text  # inside the extra_data JSON
+    cells = page.evaluate(
+        "['=1+1', '-2', '+3', '@SUM(A1)', 'a=b', 'x,y'].map(window.audit.csvCell)"
+    )
+    assert cells == ["'=1+1", "'-2", "'+3", "'@SUM(A1)", "a=b", '"x,y"']
 
     page.goto(f"{base}/")
     page.wait_for_selector("#studies .badge.verdict-needs_review")  # the latest verdict
