@@ -191,3 +191,39 @@ def test_unknown_query_attribute_is_a_clear_400(live_server, alice):
     )
     assert response.status_code == 400
     assert "BogusKeyword" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "text", "expected"),
+    [
+        ("*chest*", "CT Chest w/o", True),
+        ("ct?chest*", "CT Chest", True),
+        ("ct?chest", "CT  Chest", False),
+        ("*", "", True),
+        ("?", "", False),
+        ("a*b*c", "aXXbYYc", True),
+        ("a*b*c", "aXXcYYb", False),
+        # Exponential for a backtracking regex; a few thousand steps here.
+        ("*a*a*a*a*a*a*b", "a" * 256, False),
+        ("*a*a*a*a*a*a*b", "a" * 255 + "b", True),
+    ],
+)
+def test_wildcards_match_in_bounded_time(pattern, text, expected):
+    from radiology.dicomweb import wildcard_match
+
+    assert wildcard_match(pattern, text) is expected
+
+
+def test_wildcard_queries_match_and_long_patterns_are_refused(
+    live_server, alice, datasets
+):
+    session = session_for(alice)
+    dicomweb(live_server, session).store_instances(datasets)
+    base = f"{live_server.url}/dicomweb/studies"
+    found = session.get(f"{base}?StudyDescription=*YNTHET?C*", timeout=10)
+    assert found.status_code == 200 and len(found.json()) == 1
+    missed = session.get(f"{base}?StudyDescription=*a*a*a*a*b", timeout=10)
+    assert missed.status_code == 204 or missed.json() == []
+    refused = session.get(f"{base}?StudyDescription={'*a' * 9}", timeout=10)
+    assert refused.status_code == 400
+    assert "and 8 wildcards" in refused.json()["detail"]
