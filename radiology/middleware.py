@@ -48,3 +48,45 @@ class RequestSizeLimitMiddleware:
                 status=413,
             )
         return self.get_response(request)
+
+
+class JsonErrorsMiddleware:
+    """Failures under ``/api/`` and ``/dicomweb/`` answer as JSON problems, never
+    as an HTML error page: a database conflict is a 409 with its reason, anything
+    else a 500 naming the error's kind and an ID to find it in the log."""
+
+    _PREFIXES = ("/api/", "/dicomweb/")
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_exception(self, request, exception):
+        import logging
+        import uuid
+
+        from django.db import IntegrityError
+
+        if not request.path_info.startswith(self._PREFIXES):
+            return None
+        error_id = uuid.uuid4().hex[:12]
+        logging.getLogger("radiology.errors").exception(
+            "%s %s failed (error %s)", request.method, request.path_info, error_id
+        )
+        if isinstance(exception, IntegrityError):
+            status = 409
+            detail = (
+                "the request conflicts with what is stored (a database constraint "
+                "refused it); nothing was changed"
+            )
+        else:
+            status = 500
+            detail = (
+                f"internal error ({type(exception).__name__}); the request was not "
+                "completed"
+            )
+        response = JsonResponse({"detail": detail, "error_id": error_id}, status=status)
+        response["Cache-Control"] = "no-store"
+        return response

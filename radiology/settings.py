@@ -116,6 +116,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "radiology.middleware.LoginRequiredMiddleware",
+    "radiology.middleware.JsonErrorsMiddleware",
 ]
 
 ROOT_URLCONF = "radiology.urls"

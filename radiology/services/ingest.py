@@ -271,7 +271,10 @@ def upload_ingest(
 
 
 def _record_upload(upload: Upload, stored_series, rejections, owner) -> None:
-    upload.accepted_count = upload.file_count - len(rejections)
+    # Files, not reports: one file may be reported twice, and a merge with a stored
+    # series may report stored files too; never below zero.
+    refused = {r["name"] for r in rejections}
+    upload.accepted_count = max(0, upload.file_count - len(refused))
     upload.rejections = rejections
     upload.save()
     upload.series.set(stored_series)

@@ -13,6 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 from celery.app.task import Task
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import RequestFactory
 from pydicom.data import get_testdata_file
 
@@ -576,3 +577,33 @@ def test_too_many_files_is_refused_and_memory_stays_flat(
     assert "UPLOAD_MAX_FILES" in response.json()["detail"]
     assert peak < 32 * 1024 * 1024
     _assert_nothing_lost(stored, queued)
+
+
+def test_failures_under_the_api_are_json_problems_not_html(
+    client, alice, monkeypatch, tmp_path
+):
+    """An unexpected error is a JSON 500 naming its kind; a database conflict a
+    409: never Django's HTML error page on a JSON endpoint."""
+    from django.db import IntegrityError
+    from django.test import Client
+
+    import radiology.api
+
+    quiet = Client(raise_request_exception=False)
+    quiet.force_login(alice)
+    files = {"x.dcm": _slices(tmp_path, "x", count=1)[0]}
+    for error, status in ((RuntimeError("boom"), 500), (IntegrityError("dup"), 409)):
+
+        def fail(*args, error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(radiology.api, "upload_ingest", fail)
+        response = quiet.post(
+            "/api/uploads",
+            {"files": [SimpleUploadedFile(n, d) for n, d in files.items()]},
+        )
+        assert response.status_code == status
+        assert response["Content-Type"] == "application/json"
+        body = response.json()
+        assert body["error_id"] and "detail" in body
+        assert "<html" not in response.content.decode().lower()
