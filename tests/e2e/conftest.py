@@ -25,8 +25,12 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "e2e"
 
 
 @pytest.fixture
-def browser_page(monkeypatch):
-    """A 1280×800 page; any console error or uncaught exception fails the test."""
+def browser_page(monkeypatch, request):
+    """A 1280×800 page; any console error or uncaught exception fails the test.
+
+    Playwright's ``wait_for_function`` evaluates its predicate with ``eval``, which
+    the app's Content-Security-Policy forbids, so pages ignore the policy unless
+    the test is marked ``strict_csp`` (then a violation is a console error)."""
     require(
         Path(CHROMIUM).exists(), f"{CHROMIUM} is missing (apt-get install chromium)"
     )
@@ -42,7 +46,10 @@ def browser_page(monkeypatch):
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM, args=CHROMIUM_ARGS
         )
-        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        strict = request.node.get_closest_marker("strict_csp") is not None
+        context = browser.new_context(
+            viewport={"width": 1280, "height": 800}, bypass_csp=not strict
+        )
         page = context.new_page()
         page.on(
             "console",

@@ -191,6 +191,7 @@ def test_unknown_query_attribute_is_a_clear_400(live_server, alice):
     )
     assert response.status_code == 400
     assert "BogusKeyword" in response.json()["detail"]
+    assert response.headers["Cache-Control"] == "no-store"
 
 
 @pytest.mark.parametrize(
