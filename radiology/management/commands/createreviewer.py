@@ -8,6 +8,8 @@ import sys
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
@@ -28,12 +30,16 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         password = sys.stdin.readline().rstrip("\n")
-        if len(password) < 8:
-            raise CommandError("createreviewer: password must be at least 8 characters")
         with transaction.atomic():
             user, created = get_user_model().objects.get_or_create(
                 username=options["username"]
             )
+            # Django's password validators (AUTH_PASSWORD_VALIDATORS): length,
+            # common passwords, similarity to the user name, all digits.
+            try:
+                validate_password(password, user=user)
+            except ValidationError as exc:
+                raise CommandError("createreviewer: " + " ".join(exc.messages)) from exc
             user.set_password(password)
             user.is_staff = user.is_staff or options["staff"]
             user.save()

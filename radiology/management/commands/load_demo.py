@@ -53,7 +53,10 @@ class Command(BaseCommand):
         user, created = get_user_model().objects.get_or_create(username=DEMO_USER)
         if created:
             user.set_password(DEMO_PASSWORD)
-            user.is_staff = True
+        # An ordinary reviewer: its password is in the README, so it must not read
+        # other users' audit events or use the admin (earlier set-ups made it staff).
+        if created or user.is_staff or user.is_superuser:
+            user.is_staff = user.is_superuser = False
             user.save()
         user.groups.add(Group.objects.get_or_create(name="radiology")[0])
         if not Series.objects.filter(study__owner=user).exists():
