@@ -527,7 +527,19 @@ def _frame_numbers(text: str, count: int) -> list[int]:
         raise DicomwebError(
             404, f"WADO-RS: frame {bad[0]} does not exist (instance has {count})"
         )
+    if len(numbers) > count:
+        # One frame asked for a thousand times was a 524 MB answer: no more frames
+        # than the instance has.
+        raise DicomwebError(
+            400,
+            f"WADO-RS: {len(numbers)} frames asked for; at most {count} per request "
+            f"(the instance has {count})",
+        )
     return numbers
+
+
+#: Largest uncompressed frames response (bytes).
+MAX_FRAMES_BYTES = 256 * 1024 * 1024
 
 
 def _frames(request, instance: Instance, frame_list: str) -> StreamingHttpResponse:
@@ -540,6 +552,18 @@ def _frames(request, instance: Instance, frame_list: str) -> StreamingHttpRespon
     ds = pydicom.dcmread(io.BytesIO(data))
     count = int(ds.get("NumberOfFrames") or 1)
     numbers = _frame_numbers(frame_list, count)
+    frame_bytes = (
+        int(ds.get("Rows") or 0)
+        * int(ds.get("Columns") or 0)
+        * int(ds.get("SamplesPerPixel") or 1)
+        * max(1, int(ds.get("BitsAllocated") or 16) // 8)
+    )
+    if len(numbers) * frame_bytes > MAX_FRAMES_BYTES:
+        raise DicomwebError(
+            413,
+            f"WADO-RS: {len(numbers)} frames of {frame_bytes} bytes exceed "
+            f"{MAX_FRAMES_BYTES // 2**20} MB per response; ask in smaller sets",
+        )
     syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
     if syntax in _NATIVE_LITTLE_ENDIAN and "PixelData" in ds:
         raw = bytes(ds.PixelData)

@@ -228,3 +228,25 @@ def test_wildcard_queries_match_and_long_patterns_are_refused(
     refused = session.get(f"{base}?StudyDescription={'*a' * 9}", timeout=10)
     assert refused.status_code == 400
     assert "and 8 wildcards" in refused.json()["detail"]
+
+
+def test_a_frame_asked_for_many_times_is_refused(
+    live_server, alice, datasets, monkeypatch
+):
+    """A thousand copies of one frame made a 524 MB answer: at most as many frames
+    as the instance has, and a response-size cap."""
+    import radiology.dicomweb
+
+    session = session_for(alice)
+    dicomweb(live_server, session).store_instances(datasets)
+    ds = datasets[0]
+    url = (
+        f"{live_server.url}/dicomweb/studies/{ds.StudyInstanceUID}/series/"
+        f"{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}/frames/"
+    )
+    repeated = session.get(url + ",".join(["1"] * 1000), timeout=10)
+    assert repeated.status_code == 400
+    assert "at most 1 per request" in repeated.json()["detail"]
+    monkeypatch.setattr(radiology.dicomweb, "MAX_FRAMES_BYTES", 100)
+    too_big = session.get(url + "1", timeout=10)
+    assert too_big.status_code == 413 and "per response" in too_big.json()["detail"]
