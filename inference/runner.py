@@ -9,7 +9,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -344,8 +344,9 @@ def denoise_images(
         spec: the bundle's ``input_spec``.
         batch_size: slices per forward pass, default ``spec["batch_size"]``.
         precision: a resolved precision, default "fp32".
-        pixel_mm: pixel spacing in mm, one for all images or one per image (a
-            number for square pixels, or (row, column)); ``None`` where unknown.
+        pixel_mm: pixel spacing in mm: one number for all images (square
+            pixels), or a sequence with one entry per image (a number or a
+            (row, column) pair; ``None`` where unknown).
 
     Returns:
         float32 arrays, same shapes as ``images``.
@@ -355,10 +356,10 @@ def denoise_images(
     outputs: list[np.ndarray] = [np.empty(0, np.float32)] * len(images)
     groups: dict[Any, list[int]] = {}
     linear = spec["normalisation"]["kind"] == "linear"
-    if pixel_mm is None or isinstance(pixel_mm, int | float):
-        spacings = [_pair(pixel_mm)] * len(images)
+    if pixel_mm is None or _is_number(pixel_mm):
+        spacings = [_pair(cast(Any, pixel_mm))] * len(images)
     else:
-        spacings = [_pair(v) for v in pixel_mm]
+        spacings = [_pair(v) for v in cast(Sequence[Any], pixel_mm)]
         if len(spacings) != len(images):
             raise ValueError(
                 f"denoise_images: {len(spacings)} pixel spacings for "
@@ -389,10 +390,18 @@ def denoise_images(
     return outputs
 
 
-def _pair(value: float | Sequence[float] | None) -> tuple[float, float] | None:
+def _is_number(value: Any) -> bool:
+    """A plain or numpy number (or a 0-d array), not a sequence."""
+    return bool(np.isscalar(value)) or (
+        isinstance(value, np.ndarray) and value.ndim == 0
+    )
+
+
+def _pair(value: Any) -> tuple[float, float] | None:
+    """A spacing as (row, column) mm: from a number (numpy's too) or a pair."""
     if value is None:
         return None
-    if isinstance(value, int | float):
+    if _is_number(value):
         return (float(value), float(value))
     row, column = (float(v) for v in value)
     return (row, column)

@@ -50,6 +50,7 @@ _NO_REFORMAT = (
     ),
     ("missing slices", "slices are missing"),
     ("uneven slice spacing", "the slice spacing is uneven"),
+    ("lie at the same depth", "the slices lie at one depth"),
 )
 
 
@@ -82,8 +83,25 @@ def _stored_axes(orientation: Sequence[float]) -> list[np.ndarray] | None:
     return [v / n for v, n in zip((normal, column, row), lengths, strict=True)]
 
 
-def _plane(through: int, axes: list[np.ndarray] | None) -> dict[str, Any]:
-    """Display of the viewer plane that slices stored axis ``through``."""
+def _patient_axes(axes: list[np.ndarray]) -> tuple[int, int, int]:
+    """The patient axis (0 x, 1 y, 2 z) each stored axis is taken to run along:
+    the one-to-one assignment with the largest total alignment, so even a
+    double-oblique stack (about 45 degrees in two directions) gets one axial, one
+    coronal and one sagittal plane, never two of the same."""
+    from itertools import permutations
+
+    best = max(
+        permutations(range(3)),
+        key=lambda perm: sum(abs(float(axes[k][perm[k]])) for k in range(3)),
+    )
+    return best[0], best[1], best[2]
+
+
+def _plane(
+    through: int, axes: list[np.ndarray] | None, dominant: int = 0
+) -> dict[str, Any]:
+    """Display of the viewer plane that slices stored axis ``through``, whose
+    normal runs along patient axis ``dominant`` (:func:`_patient_axes`)."""
     others = [a for a in range(3) if a != through]
     if axes is None:
         # As stored: columns along x (or y), rows along z shown head-first as before.
@@ -98,7 +116,6 @@ def _plane(through: int, axes: list[np.ndarray] | None) -> dict[str, Any]:
             "markers": None,
         }
     normal = axes[through]
-    dominant = int(np.argmax(np.abs(normal)))
     name = _NAMES[dominant]
     angle = math.degrees(math.acos(min(1.0, abs(float(normal[dominant])))))
     right, down = (np.asarray(v) for v in _SCREEN[name])
@@ -159,13 +176,16 @@ def display_geometry(
         slice k lies at ``location_mm + k * step_mm``.
     """
     axes = _stored_axes([float(v) for v in orientation or ()])
-    planes = {name: _plane(k, axes) for k, name in enumerate(_VIEWER_PLANES)}
+    patient = _patient_axes(axes) if axes is not None else (0, 0, 0)
+    planes = {
+        name: _plane(k, axes, patient[k]) for k, name in enumerate(_VIEWER_PLANES)
+    }
     if axes is not None and len(origin) == 3 and len(spacing) == 3:
         first = np.asarray(origin, dtype=np.float64)
         for k, name in enumerate(_VIEWER_PLANES):
             # The patient coordinate the plane steps along (z for axial), as
             # scanners' Slice Location gives it.
-            m = int(np.argmax(np.abs(axes[k])))
+            m = patient[k]
             planes[name]["location_axis"] = "xyz"[m]
             planes[name]["location_mm"] = round(float(first[m]), 3)
             planes[name]["step_mm"] = round(float(spacing[k]) * float(axes[k][m]), 6)

@@ -154,21 +154,39 @@ def _one_patient_per_study(read, rejections):
     return kept
 
 
+#: Where a report names another file: "duplicate of NAME: ...", "... (first seen in
+#: NAME)", "... duplicates NAME (SOPInstanceUID ...)".
+_NAMED_FILE = (
+    re.compile(rf"^(?P<pre>{re.escape(DUPLICATE_PREFIX)})(?P<name>.+?)(?P<post>: )"),
+    re.compile(r"(?P<pre>\(first seen in )(?P<name>.+)(?P<post>\))$"),
+    re.compile(r"(?P<pre> duplicates )(?P<name>.+?)(?P<post> \(SOPInstanceUID )"),
+)
+_ITSELF_REJECTED = "another file of this upload (itself rejected, see there)"
+
+
 def _unname_rejected(rejections: list[dict]) -> None:
     """A report never points at a file that was itself rejected (a duplicate of a
-    file later refused would send the reader to a file that is not stored): such
-    a name is replaced by words saying so."""
+    file later refused would send the reader to a file that is not stored). Only
+    the places where reports name another file are looked at (one pass), and a
+    "duplicate, kept once" whose first file was refused becomes a rejection: none
+    of its copies is stored."""
     refused = {r["name"] for r in rejections if not r.get("duplicate")}
     for entry in rejections:
-        for name in refused - {entry["name"]}:
-            # The whole name only: "a.dcm" is not in "data.dcm".
-            pattern = rf"(?<![\w./-]){re.escape(name)}(?![\w.-])"
-            if name and re.search(pattern, entry["reason"]):
-                entry["reason"] = re.sub(
-                    pattern,
-                    "another file of this upload (itself rejected, see there)",
-                    entry["reason"],
+        for pattern in _NAMED_FILE:
+            match = pattern.search(entry["reason"])
+            if not match or match["name"] not in refused - {entry["name"]}:
+                continue
+            if entry.pop("duplicate", False):
+                entry["reason"] = (
+                    f"the same image as {_ITSELF_REJECTED}; not stored either"
                 )
+            else:
+                entry["reason"] = (
+                    entry["reason"][: match.start("name")]
+                    + _ITSELF_REJECTED
+                    + entry["reason"][match.end("name") :]
+                )
+            break
 
 
 def _rejection(name: str, reason: str) -> dict:

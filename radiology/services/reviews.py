@@ -59,6 +59,7 @@ def clean_measurements(items: list) -> list[dict]:
             number_ok = (
                 isinstance(value, int | float)
                 and not isinstance(value, bool)
+                and abs(value) < 2**53  # JSON's exact range; no overflow below
                 and math.isfinite(value)
             )
             if not (isinstance(key, str) and len(key) <= 32 and (text or number_ok)):

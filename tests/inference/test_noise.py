@@ -293,5 +293,8 @@ def test_the_runner_keeps_low_frequencies_at_each_images_own_spacing() -> None:
     blurred = ndimage.gaussian_filter(residual["fine"], 6)[8:-8, 8:-8]
     plain_blurred = ndimage.gaussian_filter(residual["plain"], 6)[8:-8, 8:-8]
     assert np.abs(blurred).mean() < 0.2 * np.abs(plain_blurred).mean()
+    # A numpy number is one spacing for every image.
+    (same,) = denoise_images(network, [image], spec, pixel_mm=np.float32(0.3))
+    np.testing.assert_allclose(same, fine, atol=1e-4)
     with pytest.raises(ValueError, match="2 pixel spacings for 1 images"):
         denoise_images(network, [image], spec, pixel_mm=[0.5, 0.5])

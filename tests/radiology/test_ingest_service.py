@@ -367,26 +367,38 @@ def test_a_report_never_names_a_file_that_was_itself_rejected():
     from radiology.services.ingest import _unname_rejected
 
     rejections = [
-        {"name": "a.dcm", "reason": "slice at position (0, 0, 0) duplicates b.dcm"},
+        {"name": "a.dcm", "reason": "invalid UID: SOPInstanceUID is empty"},
+        {"name": "5", "reason": "not a DICOM file"},
         {
             "name": "c.dcm",
-            "reason": "duplicate of a.dcm: the same image",
+            "reason": "duplicate of a.dcm: the same image (...); kept once",
             "duplicate": True,
         },
         {
             "name": "d.dcm",
-            "reason": "duplicate of kept.dcm: the same image",
+            "reason": "duplicate of kept.dcm: the same image; kept once",
             "duplicate": True,
         },
         {
             "name": "e.dcm",
-            "reason": "duplicate of data.dcm: the same image",
-            "duplicate": True,
+            "reason": "duplicate SOPInstanceUID 1.2 with different content "
+            "(first seen in a.dcm)",
+        },
+        {
+            "name": "f.dcm",
+            "reason": "slice at position (0, 0, 5) duplicates g.dcm "
+            "(SOPInstanceUID 1.3)",
         },
     ]
     _unname_rejected(rejections)
-    assert "a.dcm" not in rejections[1]["reason"]
-    assert "itself rejected" in rejections[1]["reason"]
-    assert rejections[2]["reason"] == "duplicate of kept.dcm: the same image"
-    assert rejections[0]["reason"].endswith("b.dcm")  # b.dcm was not refused
-    assert "data.dcm" in rejections[3]["reason"]  # not a.dcm
+    # A duplicate of a refused file is a rejection too: nothing of it is stored.
+    assert "duplicate" not in rejections[2] and "a.dcm" not in rejections[2]["reason"]
+    assert "not stored either" in rejections[2]["reason"]
+    assert rejections[3]["duplicate"] is True  # kept.dcm was stored
+    assert rejections[4]["reason"].endswith(
+        "(first seen in another file of this upload (itself rejected, see there))"
+    )
+    # Only the slot that names a file is looked at: "5" in a position stays.
+    assert rejections[5]["reason"].startswith(
+        "slice at position (0, 0, 5) duplicates g"
+    )

@@ -89,6 +89,17 @@ def test_an_oblique_coronal_mr_is_not_called_axial() -> None:
     assert acquired["markers"]["top"] == "HA" and acquired["markers"]["bottom"] == "FP"
 
 
+def test_a_double_oblique_stack_still_gets_three_different_planes() -> None:
+    # About 45 degrees in two directions (a cardiac MR view): naming each plane by
+    # its own largest component gave two "axial" planes and lost one.
+    display = display_geometry(
+        [-0.198, 0.705, -0.681, -0.158, -0.708, -0.688], [20, 64, 64], []
+    )
+    kinds = sorted(g["plane"] for g in display["planes"].values())
+    assert kinds == ["axial", "coronal", "sagittal"]
+    assert all(g["label"].startswith("oblique") for g in display["planes"].values())
+
+
 def test_reformats_are_refused_with_the_reason() -> None:
     few = display_geometry([1, 0, 0, 0, 1, 0], [3, 64, 64], [])
     assert few["reformats"] == {

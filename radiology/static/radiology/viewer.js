@@ -564,7 +564,7 @@ function updateRoiStats() {
     cell(`${key}-max`).textContent = fmt(hi);
   }
   cell("sd-ratio").textContent = fmt(result.sdRatio, 3);
-  cell("roi-desc").textContent = `${roi.kind} on ${roi.plane} ${result.index + 1}: ${fmt(result.areaMm2)} mm² (${fmt(result.widthMm)} × ${fmt(result.heightMm)} mm), ${mask.length} px${state.alpha < 1 ? `, denoised at α ${state.alpha.toFixed(2)}` : ""}`;
+  cell("roi-desc").textContent = `${roi.kind} on ${geometry(roi.plane).label} ${result.index + 1}: ${fmt(result.areaMm2)} mm² (${fmt(result.widthMm)} × ${fmt(result.heightMm)} mm), ${mask.length} px${state.alpha < 1 ? `, denoised at α ${state.alpha.toFixed(2)}` : ""}`;
   table.dataset.stats = JSON.stringify(result);
   table.hidden = false;
   $("roi-hint").hidden = true;
@@ -660,6 +660,8 @@ function applyPreset(name) {
 }
 
 function setMode(mode) {
+  // The original alone has nothing to swipe, flicker or overlay against.
+  if (originalOnly && mode !== "side") return;
   state.mode = mode;
   panesEl.className = `panes mode-${mode}`;
   for (const b of document.querySelectorAll("[data-mode]")) b.classList.toggle("active", b.dataset.mode === mode);
@@ -689,6 +691,7 @@ function setTool(tool) {
 }
 
 function setAlpha(alpha) {
+  if (originalOnly) return; // no denoised image to blend in
   state.alpha = Math.round(Math.max(0, Math.min(1, alpha)) * 100) / 100;
   $("alpha").value = String(state.alpha);
   $("alpha-out").textContent = state.alpha.toFixed(2);
@@ -722,6 +725,7 @@ function toggleCine() {
 }
 
 function toggleFlicker() {
+  if (originalOnly) return;
   if (state.mode !== "flicker") setMode("flicker");
   state.flickerDenoised = !state.flickerDenoised;
   root.dataset.flicker = state.flickerDenoised ? "denoised" : "original";
