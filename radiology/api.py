@@ -25,11 +25,19 @@ from .services.reviews import review_concerns, review_submit
 
 class TokenAuth(HttpBearer):
     def authenticate(self, request: HttpRequest, token: str):
+        from .services.throttle import client_address, locked_for, record_failure
+
+        address = client_address(request)
+        if locked_for(username=None, address=address):
+            return None  # guessing tokens from this address: 401 until the lock ends
         digest = hashlib.sha256(token.encode()).hexdigest()
         found = (
             ApiToken.objects.select_related("user").filter(key_sha256=digest).first()
         )
-        if found is None or not found.user.is_active:
+        if found is None:
+            record_failure(username=None, address=address, via="api token")
+            return None
+        if not found.user.is_active:
             return None
         request.user = found.user
         return found.user

@@ -316,6 +316,24 @@ class ApiToken(models.Model):
         return f"token {self.name} of {self.user}"
 
 
+class AuthFailure(models.Model):
+    """One failed sign-in or bad API token (services/throttle.py counts them)."""
+
+    class Scope(models.TextChoices):
+        ACCOUNT = "account"
+        ADDRESS = "address"
+
+    scope = models.CharField(max_length=16, choices=Scope)
+    key = models.CharField(max_length=150, help_text="user name or client address")
+    at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["scope", "key", "at"])]
+
+    def __str__(self) -> str:
+        return f"failed sign-in for {self.scope} {self.key} at {self.at}"
+
+
 class AuditQuerySet(models.QuerySet):
     def update(self, **kwargs):
         raise AuditImmutableError("audit events are append-only: update refused")
@@ -343,6 +361,7 @@ class AuditEvent(models.Model):
         FIXITY = "fixity"
         MODEL_FINETUNE = "model.finetune"
         MODEL_FINETUNED = "model.finetuned"
+        AUTH_LOCKOUT = "auth.lockout"
 
     created_at = models.DateTimeField()
     actor = models.ForeignKey(

@@ -309,3 +309,9 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# Sign-in throttling (services/throttle.py): failures per account and per client
+# address within the window lock further attempts until they leave it.
+AUTH_FAILURES_PER_ACCOUNT = int(os.environ.get("AUTH_FAILURES_PER_ACCOUNT", "5"))
+AUTH_FAILURES_PER_ADDRESS = int(os.environ.get("AUTH_FAILURES_PER_ADDRESS", "20"))
+AUTH_LOCKOUT_WINDOW_S = int(os.environ.get("AUTH_LOCKOUT_WINDOW_S", "900"))

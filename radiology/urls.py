@@ -6,12 +6,17 @@ from django.urls import include, path
 
 from . import views
 from .api import api
+from .forms import ThrottledAuthenticationForm
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", api.urls),
     path("dicomweb/", include("radiology.dicomweb_urls")),
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path(
+        "accounts/login/",
+        auth_views.LoginView.as_view(authentication_form=ThrottledAuthenticationForm),
+        name="login",
+    ),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("healthz", views.healthz, name="healthz"),
     path("", views.studies, name="studies"),
