@@ -120,14 +120,18 @@ def _visible_series(user):
 
 
 def _denied_or_missing(user, kind: str, uid: str, exists: bool) -> Http404:
-    if exists:
-        audit_record(
-            action=AuditEvent.Action.ACCESS_DENIED,
-            actor=user,
-            target_type=kind,
-            target_id=uid[:64],
-            extra_data={"reason": "not owner or group member", "via": "dicomweb"},
-        )
+    """One event either way and the same answer (selectors._denied)."""
+    audit_record(
+        action=AuditEvent.Action.ACCESS_DENIED,
+        actor=user,
+        target_type=kind,
+        target_id=uid[:64],
+        extra_data={
+            "reason": "not owner or group member" if exists else "no such object",
+            "exists": exists,
+            "via": "dicomweb",
+        },
+    )
     return Http404(f"no {kind} {uid}")
 
 

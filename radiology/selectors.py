@@ -11,14 +11,20 @@ from .audit import audit_record
 from .models import AuditEvent, DenoiseJob, FixityIssue, Review, Series, Study
 
 
-def _denied(user, kind: str, pk) -> Http404:
-    """Record the attempt and answer 404, so existence is not revealed."""
+def _denied(user, kind: str, pk, *, exists: bool = True) -> Http404:
+    """Record the attempt and answer 404. Missing and someone else's objects look
+    the same to the user: the same answer, one audit event written either way
+    (similar timing), and ``access.denied`` events are for staff only, so the
+    user cannot read which it was."""
     audit_record(
         action=AuditEvent.Action.ACCESS_DENIED,
         actor=user,
         target_type=kind,
         target_id=str(pk),
-        extra_data={"reason": "not owner or group member"},
+        extra_data={
+            "reason": "not owner or group member" if exists else "no such object",
+            "exists": exists,
+        },
     )
     return Http404(f"no {kind} {pk}")
 
@@ -28,9 +34,7 @@ def series_for(user, pk: int) -> Series:
         Series.objects.visible_to(user).select_related("study").filter(pk=pk).first()
     )
     if series is None:
-        if Series.objects.filter(pk=pk).exists():
-            raise _denied(user, "series", pk)
-        raise Http404(f"no series {pk}")
+        raise _denied(user, "series", pk, exists=Series.objects.filter(pk=pk).exists())
     return series
 
 
@@ -41,9 +45,8 @@ def job_for(user, pk: int) -> DenoiseJob:
         .first()
     )
     if job is None:
-        if DenoiseJob.objects.filter(pk=pk).exists():
-            raise _denied(user, "denoisejob", pk)
-        raise Http404(f"no job {pk}")
+        exists = DenoiseJob.objects.filter(pk=pk).exists()
+        raise _denied(user, "denoisejob", pk, exists=exists)
     return job
 
 
@@ -131,7 +134,9 @@ def audit_events_for(
     """
     qs = AuditEvent.objects.all()
     if not user.is_staff:
-        qs = qs.filter(Q(study__in=Study.objects.visible_to(user)) | Q(actor=user))
+        qs = qs.filter(
+            Q(study__in=Study.objects.visible_to(user)) | Q(actor=user)
+        ).exclude(action=AuditEvent.Action.ACCESS_DENIED)
     if action:
         qs = qs.filter(action=action)
     if target_type:

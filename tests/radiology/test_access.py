@@ -48,10 +48,20 @@ def test_other_users_series_is_404_and_the_attempt_is_audited(
     assert denied.first().target_id == str(alice_series.pk)
 
 
-def test_missing_series_is_404_without_an_access_event(client, bob):
+def test_missing_and_someone_elses_series_look_the_same_to_the_user(
+    client, bob, alice_series
+):
+    """No existence oracle: the same answer, one event written either way (similar
+    timing), and the user cannot read either event; staff can tell them apart."""
     client.force_login(bob)
-    assert client.get("/api/series/999999").status_code == 404
-    assert not AuditEvent.objects.filter(action="access.denied").exists()
+    mine_not = client.get(f"/api/series/{alice_series.pk}")
+    missing = client.get("/api/series/999999")
+    assert mine_not.status_code == missing.status_code == 404
+    assert mine_not.json().keys() == missing.json().keys()
+    denied = AuditEvent.objects.filter(action="access.denied", actor=bob)
+    assert [e.extra_data["exists"] for e in denied.order_by("pk")] == [True, False]
+    readable = client.get("/api/audit?limit=1000").json()
+    assert not any(e["action"] == "access.denied" for e in readable)
 
 
 def test_group_members_see_shared_studies(client, make_user, alice_series):
