@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 from datetime import datetime
@@ -26,18 +25,15 @@ from .services.reviews import review_concerns, review_submit
 class TokenAuth(HttpBearer):
     def authenticate(self, request: HttpRequest, token: str):
         from .services.throttle import client_address, locked_for, record_failure
+        from .services.tokens import token_for_key
 
         address = client_address(request)
         if locked_for(username=None, address=address):
             return None  # guessing tokens from this address: 401 until the lock ends
-        digest = hashlib.sha256(token.encode()).hexdigest()
-        found = (
-            ApiToken.objects.select_related("user").filter(key_sha256=digest).first()
-        )
+        found = token_for_key(token, address=address)
         if found is None:
+            # Unknown, revoked or expired: counted like a wrong password.
             record_failure(username=None, address=address, via="api token")
-            return None
-        if not found.user.is_active:
             return None
         request.user = found.user
         return found.user
@@ -384,3 +380,45 @@ def finetune(request, payload: FinetuneIn):
 
 api.add_router("", "radiology.api_viewer.router")
 api.add_router("", "radiology.api_export.router")
+
+
+def token_json(token: ApiToken) -> dict:
+    return {
+        "id": token.pk,
+        "name": token.name,
+        "owner": token.user.get_username(),
+        "created_at": token.created_at,
+        "expires_at": token.expires_at,
+        "revoked_at": token.revoked_at,
+        "last_used_at": token.last_used_at,
+    }
+
+
+class TokenIn(Schema):
+    name: str = "default"
+    days: int | None = None
+
+
+@api.get("/tokens", response=list[dict])
+def list_tokens(request):
+    """Your API tokens (staff: everyone's), newest first; keys are never shown."""
+    from .services.tokens import tokens_visible_to
+
+    return [token_json(t) for t in tokens_visible_to(request.user)[:500]]
+
+
+@api.post("/tokens", response={201: dict, 400: dict})
+def create_token(request, payload: TokenIn):
+    """A new token for you; the key is in this answer only."""
+    from .services.tokens import token_create
+
+    token, key = token_create(user=request.user, name=payload.name, days=payload.days)
+    return Status(201, {**token_json(token), "key": key})
+
+
+@api.delete("/tokens/{token_id}", response={200: dict, 400: dict})
+def revoke_token(request, token_id: int):
+    """Revoke one of your tokens (staff: anyone's); audited."""
+    from .services.tokens import token_revoke
+
+    return token_json(token_revoke(token_id=token_id, actor=request.user))

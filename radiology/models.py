@@ -311,9 +311,24 @@ class ApiToken(models.Model):
     name = models.CharField(max_length=100, default="default")
     key_sha256 = models.CharField(max_length=64, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="refused from then on (API_TOKEN_LIFETIME_DAYS)",
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"token {self.name} of {self.user}"
+
+    def usable(self, now) -> bool:
+        """Not revoked, not expired, and its user active."""
+        return (
+            self.revoked_at is None
+            and (self.expires_at is None or now < self.expires_at)
+            and self.user.is_active
+        )
 
 
 class AuthFailure(models.Model):
@@ -362,6 +377,9 @@ class AuditEvent(models.Model):
         MODEL_FINETUNE = "model.finetune"
         MODEL_FINETUNED = "model.finetuned"
         AUTH_LOCKOUT = "auth.lockout"
+        TOKEN_CREATED = "token.created"
+        TOKEN_REVOKED = "token.revoked"
+        TOKEN_USED = "token.used"
 
     created_at = models.DateTimeField()
     actor = models.ForeignKey(

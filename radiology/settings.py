@@ -315,3 +315,5 @@ LOGGING = {
 AUTH_FAILURES_PER_ACCOUNT = int(os.environ.get("AUTH_FAILURES_PER_ACCOUNT", "5"))
 AUTH_FAILURES_PER_ADDRESS = int(os.environ.get("AUTH_FAILURES_PER_ADDRESS", "20"))
 AUTH_LOCKOUT_WINDOW_S = int(os.environ.get("AUTH_LOCKOUT_WINDOW_S", "900"))
+# API tokens (services/tokens.py) are refused this many days after they were made.
+API_TOKEN_LIFETIME_DAYS = int(os.environ.get("API_TOKEN_LIFETIME_DAYS", "90"))

@@ -4,15 +4,18 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('radiology', '0008_series_scanner_derived'),
+        ("radiology", "0008_series_scanner_derived"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='review',
-            name='measurements',
-            field=models.JSONField(blank=True, default=list, help_text='ROI statistics and lengths the reviewer attached (services.reviews.clean_measurements)'),
+            model_name="review",
+            name="measurements",
+            field=models.JSONField(
+                blank=True,
+                default=list,
+                help_text="ROI statistics and lengths the reviewer attached (services.reviews.clean_measurements)",
+            ),
         ),
     ]

@@ -4,27 +4,72 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('radiology', '0009_review_measurements'),
+        ("radiology", "0009_review_measurements"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='auditevent',
-            name='action',
-            field=models.CharField(choices=[('upload', 'Upload'), ('ingest', 'Ingest'), ('series.updated', 'Series Updated'), ('rejection', 'Rejection'), ('job.requested', 'Job Requested'), ('job.started', 'Job Started'), ('job.succeeded', 'Job Succeeded'), ('job.failed', 'Job Failed'), ('job.requeued', 'Job Requeued'), ('job.cancelled', 'Job Cancelled'), ('review', 'Review'), ('export', 'Export'), ('audit.read', 'Audit Read'), ('access.denied', 'Access Denied'), ('fixity', 'Fixity'), ('model.finetune', 'Model Finetune'), ('model.finetuned', 'Model Finetuned'), ('auth.lockout', 'Auth Lockout')], max_length=32),
+            model_name="auditevent",
+            name="action",
+            field=models.CharField(
+                choices=[
+                    ("upload", "Upload"),
+                    ("ingest", "Ingest"),
+                    ("series.updated", "Series Updated"),
+                    ("rejection", "Rejection"),
+                    ("job.requested", "Job Requested"),
+                    ("job.started", "Job Started"),
+                    ("job.succeeded", "Job Succeeded"),
+                    ("job.failed", "Job Failed"),
+                    ("job.requeued", "Job Requeued"),
+                    ("job.cancelled", "Job Cancelled"),
+                    ("review", "Review"),
+                    ("export", "Export"),
+                    ("audit.read", "Audit Read"),
+                    ("access.denied", "Access Denied"),
+                    ("fixity", "Fixity"),
+                    ("model.finetune", "Model Finetune"),
+                    ("model.finetuned", "Model Finetuned"),
+                    ("auth.lockout", "Auth Lockout"),
+                ],
+                max_length=32,
+            ),
         ),
         migrations.CreateModel(
-            name='AuthFailure',
+            name="AuthFailure",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('scope', models.CharField(choices=[('account', 'Account'), ('address', 'Address')], max_length=16)),
-                ('key', models.CharField(help_text='user name or client address', max_length=150)),
-                ('at', models.DateTimeField(db_index=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True,
+                        primary_key=True,
+                        serialize=False,
+                        verbose_name="ID",
+                    ),
+                ),
+                (
+                    "scope",
+                    models.CharField(
+                        choices=[("account", "Account"), ("address", "Address")],
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "key",
+                    models.CharField(
+                        help_text="user name or client address", max_length=150
+                    ),
+                ),
+                ("at", models.DateTimeField(db_index=True)),
             ],
             options={
-                'indexes': [models.Index(fields=['scope', 'key', 'at'], name='radiology_a_scope_90e9da_idx')],
+                "indexes": [
+                    models.Index(
+                        fields=["scope", "key", "at"],
+                        name="radiology_a_scope_90e9da_idx",
+                    )
+                ],
             },
         ),
     ]

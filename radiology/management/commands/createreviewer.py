@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 import sys
 
 from django.contrib.auth import get_user_model
@@ -13,7 +11,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from radiology.models import ApiToken
+from radiology.services.tokens import token_create
 
 
 class Command(BaseCommand):
@@ -46,11 +44,11 @@ class Command(BaseCommand):
             group, _ = Group.objects.get_or_create(name=options["group"])
             user.groups.add(group)
             if options["token"]:
-                key = secrets.token_urlsafe(32)
-                ApiToken.objects.create(
-                    user=user, key_sha256=hashlib.sha256(key.encode()).hexdigest()
+                token, key = token_create(user=user, name="createreviewer")
+                self.stdout.write(
+                    f"token {key} (expires {token.expires_at:%Y-%m-%d}; list and "
+                    "revoke at /api/tokens)"
                 )
-                self.stdout.write(f"token {key}")
         self.stdout.write(
             f"{'created' if created else 'updated'} reviewer {user.username} "
             f"in group {options['group']}"
