@@ -8,6 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 from django.conf import settings
+from django.contrib.auth.decorators import login_required
 from django.core.exceptions import TooManyFilesSent
 from django.http import Http404, HttpRequest
 from ninja import File, NinjaAPI, Schema, Status
@@ -44,6 +45,9 @@ api = NinjaAPI(
     version="1",
     auth=[TokenAuth(), django_auth],
     urls_namespace="api",
+    # The schema lists every endpoint and parameter: for signed-in users only
+    # (reviewers and integrators have accounts); anyone else is sent to sign in.
+    docs_decorator=login_required,
 )
 
 

@@ -102,6 +102,8 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    # Serves /api/docs' Swagger UI from this app's static files, not a CDN.
+    "ninja",
     "radiology.apps.RadiologyConfig",
 ]
 

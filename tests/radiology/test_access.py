@@ -146,3 +146,15 @@ def test_openapi_schema_lists_the_contract_endpoints(client, alice):
         "/api/jobs/{job_id}/review",
     ):
         assert path in paths
+
+
+def test_the_api_schema_and_docs_need_a_sign_in_and_use_no_cdn(client, alice):
+    for path in ("/api/docs", "/api/openapi.json"):
+        response = client.get(path)
+        assert response.status_code == 302
+        assert response["Location"].startswith("/accounts/login/")
+    client.force_login(alice)
+    docs = client.get("/api/docs").content.decode()
+    assert "/static/ninja/swagger-ui-bundle.js" in docs
+    assert "cdn" not in docs.lower() and "https://" not in docs
+    assert client.get("/api/openapi.json").json()["info"]["title"]
