@@ -156,6 +156,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     if DATABASES["default"]["NAME"] not in ("", ":memory:"):
         Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+elif DATABASES["default"]["ENGINE"].startswith("django.db.backends.postgresql"):
+    # No statement runs longer than this (a search gone wrong must not hold the
+    # server): PostgreSQL cancels it and the request fails with a JSON error.
+    timeout_ms = env_int("DATABASE_STATEMENT_TIMEOUT_MS", 30000)
+    if timeout_ms > 0:
+        DATABASES["default"].setdefault("OPTIONS", {})["options"] = (
+            f"-c statement_timeout={timeout_ms}"
+        )
 
 if os.environ.get("TEST_DATABASE_NAME"):
     # Lets two test runs share one PostgreSQL server without dropping each other's DB.

@@ -174,3 +174,20 @@ def test_a_precision_pin_is_checked(settings):
     assert check_precision(None) == []
     settings.DENOISE_PRECISION = "fp64"
     assert [e.id for e in check_precision(None)] == ["radiology.E003"]
+
+
+def test_postgresql_statements_have_a_time_limit(monkeypatch):
+    """A search gone wrong cannot hold the database: every statement is capped."""
+    import importlib
+
+    import radiology.settings as settings_module
+
+    monkeypatch.setenv("DATABASE_URL", "postgres://u:p@db:5432/x")
+    monkeypatch.setenv("DATABASE_STATEMENT_TIMEOUT_MS", "1234")
+    try:
+        reloaded = importlib.reload(settings_module)
+        options = reloaded.DATABASES["default"]["OPTIONS"]
+        assert options["options"] == "-c statement_timeout=1234"
+    finally:
+        monkeypatch.undo()
+        importlib.reload(settings_module)
