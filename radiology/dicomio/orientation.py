@@ -51,6 +51,7 @@ _NO_REFORMAT = (
     ("missing slices", "slices are missing"),
     ("uneven slice spacing", "the slice spacing is uneven"),
     ("lie at the same depth", "the slices lie at one depth"),
+    ("gantry tilt", "the slices are sheared (gantry tilt)"),
 )
 
 

@@ -402,6 +402,7 @@ def _assemble_one(
         if not slices:
             return None
         z_spacing = _z_spacing_from_positions(slices, warnings)
+        _warn_if_sheared(slices, normal, warnings)
     else:
         missing = sum(s.position is None for s in slices)
         warnings.append(
@@ -490,6 +491,34 @@ def _z_spacing_fallback(members: Sequence[Instance], warnings: list[str]) -> flo
         return 1.0
     warnings.append(f"z spacing taken from SliceThickness ({thickness:.4g} mm)")
     return float(thickness)
+
+
+#: Slices stepping more than this many degrees off their own normal are sheared
+#: (a tilted gantry): the stored volume is not a rectangular grid.
+SHEAR_DEGREES = 1.0
+
+
+def _warn_if_sheared(
+    slices: list[_Slice], normal: np.ndarray, warnings: list[str]
+) -> None:
+    """Warn when the slices step along another direction than their normal (CT
+    gantry tilt): reformats of the stored grid would be sheared."""
+    if len(slices) < 2:
+        return
+    step = np.asarray(slices[-1].position, dtype=np.float64) - np.asarray(
+        slices[0].position, dtype=np.float64
+    )
+    length = float(np.linalg.norm(step)) * float(np.linalg.norm(normal))
+    if length == 0:
+        return
+    cosine = abs(float(np.dot(step, normal))) / length
+    angle = math.degrees(math.acos(min(1.0, cosine)))
+    if angle > SHEAR_DEGREES:
+        warnings.append(
+            f"gantry tilt: the slices step {angle:.1f} degrees off their normal, so "
+            "the volume is sheared; coronal and sagittal reformats of it would be "
+            "distorted"
+        )
 
 
 def _z_spacing_from_positions(slices: list[_Slice], warnings: list[str]) -> float:

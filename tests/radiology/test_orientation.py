@@ -242,3 +242,32 @@ def test_thumbnails_are_the_right_way_up_and_list_the_studys_series(
     assert all(s["compare_job"] is None for s in listed)
     client.force_login(bob)
     assert client.get(f"/api/series/{flipped.pk}/thumbnail").status_code == 404
+
+
+@pytest.mark.django_db
+def test_a_tilted_gantry_series_says_so_and_offers_no_reformats(alice, tmp_path):
+    """The shared real head CT steps 16.5 degrees off its normal; here 10 degrees:
+    the stored grid is sheared, so reformats are refused with that reason."""
+    import math
+
+    import pydicom
+
+    folder = tmp_path / "tilted"
+    paths = write_series(
+        folder, phantom_volume((10, 32, 32), seed=2), spacing_mm=(2.0, 0.5, 0.5)
+    )
+    for k, path in enumerate(sorted(paths)):
+        ds = pydicom.dcmread(path)
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y + k * 2.0 * math.tan(math.radians(10)), z]
+        ds.save_as(path)
+    (series,) = upload_ingest(sources=[(folder, "tilted")], owner=alice).series
+    assert any(
+        w.startswith("gantry tilt: the slices step 10.0 degrees")
+        for w in series.warnings
+    )
+    display = display_geometry(series.orientation, series.shape, series.warnings)
+    assert display["reformats"] == {
+        "available": False,
+        "reason": "the slices are sheared (gantry tilt)",
+    }
