@@ -25,9 +25,8 @@ may remove noise, never more than the noise that is there.
 coarser than about a millimetre: ``denoised + G * (input - denoised)`` with ``G`` a
 Gaussian of ``sigma_mm``. Only detail finer than that is the network's, so the mean
 HU of anything a reader can measure with an ROI, and the contrast of low-contrast
-lesions a few millimetres across, stay the scan's own. On the CCT189-like LCD
-phantom (bench/results/quality.md) it took ct-denoise 2.2.0's AUC for the 3 mm
-insert at 25 % dose from 0.602 to 0.687 (FBP 0.699), at 0.9 mm.
+lesions a few millimetres across, stay the scan's own (its effect on low-contrast
+detectability: bench/results/quality.md).
 """
 
 from __future__ import annotations
