@@ -7,475 +7,201 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     initial = True
 
     dependencies = [
-        ("auth", "0012_alter_user_first_name_max_length"),
+        ('auth', '0012_alter_user_first_name_max_length'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name="AuditChainHead",
+            name='AuditChainHead',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True,
-                        primary_key=True,
-                        serialize=False,
-                        verbose_name="ID",
-                    ),
-                ),
-                ("last_hash", models.CharField(max_length=64)),
-                ("count", models.PositiveBigIntegerField(default=0)),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('last_hash', models.CharField(max_length=64)),
+                ('count', models.PositiveBigIntegerField(default=0)),
             ],
         ),
         migrations.CreateModel(
-            name="Series",
+            name='Series',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True,
-                        primary_key=True,
-                        serialize=False,
-                        verbose_name="ID",
-                    ),
-                ),
-                ("series_instance_uid", models.CharField(max_length=64)),
-                ("modality", models.CharField(max_length=16)),
-                ("description", models.CharField(blank=True, max_length=256)),
-                ("shape", models.JSONField(help_text="[z, y, x] voxels")),
-                ("spacing_mm", models.JSONField(help_text="[z, y, x] millimetres")),
-                ("origin_mm", models.JSONField(default=list)),
-                ("orientation", models.JSONField(default=list)),
-                ("instance_count", models.PositiveIntegerField()),
-                (
-                    "volume_file",
-                    models.CharField(
-                        help_text="storage name of the .npy", max_length=255
-                    ),
-                ),
-                ("volume_sha256", models.CharField(max_length=64)),
-                ("warnings", models.JSONField(default=list)),
-                (
-                    "derived",
-                    models.BooleanField(
-                        default=False,
-                        help_text="ImageType DERIVED: never queued for denoising",
-                    ),
-                ),
-                ("created_at", models.DateTimeField(auto_now_add=True)),
-                ("updated_at", models.DateTimeField(auto_now=True)),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('series_instance_uid', models.CharField(max_length=64)),
+                ('modality', models.CharField(max_length=16)),
+                ('description', models.CharField(blank=True, max_length=256)),
+                ('shape', models.JSONField(help_text='[z, y, x] voxels')),
+                ('spacing_mm', models.JSONField(help_text='[z, y, x] millimetres')),
+                ('origin_mm', models.JSONField(default=list)),
+                ('orientation', models.JSONField(default=list)),
+                ('instance_count', models.PositiveIntegerField()),
+                ('volume_file', models.CharField(help_text='storage name of the .npy', max_length=255)),
+                ('volume_sha256', models.CharField(max_length=64)),
+                ('warnings', models.JSONField(default=list)),
+                ('derived', models.BooleanField(default=False, help_text='ImageType DERIVED: never queued for denoising')),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('updated_at', models.DateTimeField(auto_now=True)),
             ],
             options={
-                "verbose_name_plural": "series",
-                "ordering": ["-created_at"],
+                'verbose_name_plural': 'series',
+                'ordering': ['-created_at'],
             },
         ),
         migrations.CreateModel(
-            name="ApiToken",
+            name='ApiToken',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True,
-                        primary_key=True,
-                        serialize=False,
-                        verbose_name="ID",
-                    ),
-                ),
-                ("name", models.CharField(default="default", max_length=100)),
-                ("key_sha256", models.CharField(max_length=64, unique=True)),
-                ("created_at", models.DateTimeField(auto_now_add=True)),
-                (
-                    "user",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="api_tokens",
-                        to=settings.AUTH_USER_MODEL,
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('name', models.CharField(default='default', max_length=100)),
+                ('key_sha256', models.CharField(max_length=64, unique=True)),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='api_tokens', to=settings.AUTH_USER_MODEL)),
             ],
         ),
         migrations.CreateModel(
-            name="DenoiseJob",
+            name='DenoiseJob',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True,
-                        primary_key=True,
-                        serialize=False,
-                        verbose_name="ID",
-                    ),
-                ),
-                ("model_name", models.CharField(max_length=64)),
-                ("model_version", models.CharField(max_length=32)),
-                ("weights_sha256", models.CharField(max_length=64)),
-                ("params", models.JSONField(default=dict)),
-                ("params_sha256", models.CharField(max_length=64)),
-                ("input_sha256", models.CharField(max_length=64)),
-                (
-                    "status",
-                    models.CharField(
-                        choices=[
-                            ("queued", "Queued"),
-                            ("running", "Running"),
-                            ("succeeded", "Succeeded"),
-                            ("failed", "Failed"),
-                            ("cancelled", "Cancelled"),
-                        ],
-                        default="queued",
-                        max_length=16,
-                    ),
-                ),
-                ("progress", models.FloatField(default=0.0)),
-                ("progress_message", models.CharField(blank=True, max_length=200)),
-                ("attempts", models.PositiveIntegerField(default=0)),
-                (
-                    "claim",
-                    models.CharField(
-                        blank=True, help_text="token of the attempt", max_length=64
-                    ),
-                ),
-                ("worker", models.CharField(blank=True, max_length=200)),
-                ("error", models.TextField(blank=True)),
-                ("created_at", models.DateTimeField(auto_now_add=True)),
-                ("started_at", models.DateTimeField(blank=True, null=True)),
-                ("finished_at", models.DateTimeField(blank=True, null=True)),
-                ("heartbeat_at", models.DateTimeField(blank=True, null=True)),
-                ("reconstruction_file", models.CharField(blank=True, max_length=255)),
-                ("reconstruction_sha256", models.CharField(blank=True, max_length=64)),
-                ("residual_file", models.CharField(blank=True, max_length=255)),
-                ("residual_sha256", models.CharField(blank=True, max_length=64)),
-                ("timings_s", models.JSONField(default=dict)),
-                ("metrics", models.JSONField(default=dict)),
-                ("provenance", models.JSONField(default=dict)),
-                ("warnings", models.JSONField(default=list)),
-                (
-                    "requested_by",
-                    models.ForeignKey(
-                        null=True,
-                        on_delete=django.db.models.deletion.SET_NULL,
-                        related_name="+",
-                        to=settings.AUTH_USER_MODEL,
-                    ),
-                ),
-                (
-                    "series",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.PROTECT,
-                        related_name="jobs",
-                        to="radiology.series",
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('model_name', models.CharField(max_length=64)),
+                ('model_version', models.CharField(max_length=32)),
+                ('weights_sha256', models.CharField(max_length=64)),
+                ('params', models.JSONField(default=dict)),
+                ('params_sha256', models.CharField(max_length=64)),
+                ('input_sha256', models.CharField(max_length=64)),
+                ('status', models.CharField(choices=[('queued', 'Queued'), ('running', 'Running'), ('succeeded', 'Succeeded'), ('failed', 'Failed'), ('cancelled', 'Cancelled')], default='queued', max_length=16)),
+                ('progress', models.FloatField(default=0.0)),
+                ('progress_message', models.CharField(blank=True, max_length=200)),
+                ('attempts', models.PositiveIntegerField(default=0)),
+                ('claim', models.CharField(blank=True, help_text='token of the attempt', max_length=64)),
+                ('worker', models.CharField(blank=True, max_length=200)),
+                ('error', models.TextField(blank=True)),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('started_at', models.DateTimeField(blank=True, null=True)),
+                ('finished_at', models.DateTimeField(blank=True, null=True)),
+                ('heartbeat_at', models.DateTimeField(blank=True, null=True)),
+                ('reconstruction_file', models.CharField(blank=True, max_length=255)),
+                ('reconstruction_sha256', models.CharField(blank=True, max_length=64)),
+                ('residual_file', models.CharField(blank=True, max_length=255)),
+                ('residual_sha256', models.CharField(blank=True, max_length=64)),
+                ('timings_s', models.JSONField(default=dict)),
+                ('metrics', models.JSONField(default=dict)),
+                ('provenance', models.JSONField(default=dict)),
+                ('warnings', models.JSONField(default=list)),
+                ('requested_by', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                ('series', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='jobs', to='radiology.series')),
             ],
             options={
-                "ordering": ["-created_at"],
+                'ordering': ['-created_at'],
             },
         ),
         migrations.CreateModel(
-            name="Study",
+            name='Study',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True,
-                        primary_key=True,
-                        serialize=False,
-                        verbose_name="ID",
-                    ),
-                ),
-                (
-                    "uid",
-                    models.UUIDField(default=uuid.uuid4, editable=False, unique=True),
-                ),
-                ("study_instance_uid", models.CharField(max_length=64)),
-                ("patient_id", models.CharField(blank=True, max_length=64)),
-                ("description", models.CharField(blank=True, max_length=256)),
-                ("study_date", models.CharField(blank=True, max_length=8)),
-                ("created_at", models.DateTimeField(auto_now_add=True)),
-                (
-                    "group",
-                    models.ForeignKey(
-                        blank=True,
-                        null=True,
-                        on_delete=django.db.models.deletion.SET_NULL,
-                        related_name="studies",
-                        to="auth.group",
-                    ),
-                ),
-                (
-                    "owner",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.PROTECT,
-                        related_name="studies",
-                        to=settings.AUTH_USER_MODEL,
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('uid', models.UUIDField(default=uuid.uuid4, editable=False, unique=True)),
+                ('study_instance_uid', models.CharField(max_length=64)),
+                ('patient_id', models.CharField(blank=True, max_length=64)),
+                ('description', models.CharField(blank=True, max_length=256)),
+                ('study_date', models.CharField(blank=True, max_length=8)),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('group', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='studies', to='auth.group')),
+                ('owner', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='studies', to=settings.AUTH_USER_MODEL)),
             ],
             options={
-                "verbose_name_plural": "studies",
-                "ordering": ["-created_at"],
+                'verbose_name_plural': 'studies',
+                'ordering': ['-created_at'],
             },
         ),
         migrations.AddField(
-            model_name="series",
-            name="study",
-            field=models.ForeignKey(
-                on_delete=django.db.models.deletion.PROTECT,
-                related_name="series",
-                to="radiology.study",
-            ),
+            model_name='series',
+            name='study',
+            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='series', to='radiology.study'),
         ),
         migrations.CreateModel(
-            name="AuditEvent",
+            name='AuditEvent',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True,
-                        primary_key=True,
-                        serialize=False,
-                        verbose_name="ID",
-                    ),
-                ),
-                ("created_at", models.DateTimeField()),
-                ("actor_name", models.CharField(blank=True, max_length=150)),
-                (
-                    "action",
-                    models.CharField(
-                        choices=[
-                            ("upload", "Upload"),
-                            ("ingest", "Ingest"),
-                            ("series.updated", "Series Updated"),
-                            ("rejection", "Rejection"),
-                            ("job.requested", "Job Requested"),
-                            ("job.started", "Job Started"),
-                            ("job.succeeded", "Job Succeeded"),
-                            ("job.failed", "Job Failed"),
-                            ("job.requeued", "Job Requeued"),
-                            ("job.cancelled", "Job Cancelled"),
-                            ("review", "Review"),
-                            ("export", "Export"),
-                            ("audit.read", "Audit Read"),
-                            ("access.denied", "Access Denied"),
-                            ("fixity", "Fixity"),
-                        ],
-                        max_length=32,
-                    ),
-                ),
-                ("target_type", models.CharField(blank=True, max_length=32)),
-                ("target_id", models.CharField(blank=True, max_length=64)),
-                ("extra_data", models.JSONField(default=dict)),
-                ("prev_hash", models.CharField(max_length=64)),
-                ("hash", models.CharField(max_length=64, unique=True)),
-                (
-                    "actor",
-                    models.ForeignKey(
-                        blank=True,
-                        db_constraint=False,
-                        null=True,
-                        on_delete=django.db.models.deletion.SET_NULL,
-                        related_name="+",
-                        to=settings.AUTH_USER_MODEL,
-                    ),
-                ),
-                (
-                    "study",
-                    models.ForeignKey(
-                        blank=True,
-                        db_constraint=False,
-                        help_text="for access filtering of the log",
-                        null=True,
-                        on_delete=django.db.models.deletion.DO_NOTHING,
-                        related_name="+",
-                        to="radiology.study",
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('created_at', models.DateTimeField()),
+                ('actor_name', models.CharField(blank=True, max_length=150)),
+                ('action', models.CharField(choices=[('upload', 'Upload'), ('ingest', 'Ingest'), ('series.updated', 'Series Updated'), ('rejection', 'Rejection'), ('job.requested', 'Job Requested'), ('job.started', 'Job Started'), ('job.succeeded', 'Job Succeeded'), ('job.failed', 'Job Failed'), ('job.requeued', 'Job Requeued'), ('job.cancelled', 'Job Cancelled'), ('review', 'Review'), ('export', 'Export'), ('audit.read', 'Audit Read'), ('access.denied', 'Access Denied'), ('fixity', 'Fixity')], max_length=32)),
+                ('target_type', models.CharField(blank=True, max_length=32)),
+                ('target_id', models.CharField(blank=True, max_length=64)),
+                ('extra_data', models.JSONField(default=dict)),
+                ('prev_hash', models.CharField(max_length=64)),
+                ('hash', models.CharField(max_length=64, unique=True)),
+                ('actor', models.ForeignKey(blank=True, db_constraint=False, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                ('study', models.ForeignKey(blank=True, db_constraint=False, help_text='for access filtering of the log', null=True, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to='radiology.study')),
             ],
             options={
-                "ordering": ["id"],
+                'ordering': ['id'],
             },
         ),
         migrations.CreateModel(
-            name="Upload",
+            name='Upload',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True,
-                        primary_key=True,
-                        serialize=False,
-                        verbose_name="ID",
-                    ),
-                ),
-                (
-                    "uid",
-                    models.UUIDField(default=uuid.uuid4, editable=False, unique=True),
-                ),
-                ("file_count", models.PositiveIntegerField(default=0)),
-                ("accepted_count", models.PositiveIntegerField(default=0)),
-                (
-                    "rejections",
-                    models.JSONField(default=list, help_text='[{"name", "reason"}]'),
-                ),
-                ("created_at", models.DateTimeField(auto_now_add=True)),
-                (
-                    "owner",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.PROTECT,
-                        related_name="uploads",
-                        to=settings.AUTH_USER_MODEL,
-                    ),
-                ),
-                (
-                    "series",
-                    models.ManyToManyField(
-                        blank=True, related_name="uploads", to="radiology.series"
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('uid', models.UUIDField(default=uuid.uuid4, editable=False, unique=True)),
+                ('file_count', models.PositiveIntegerField(default=0)),
+                ('accepted_count', models.PositiveIntegerField(default=0)),
+                ('rejections', models.JSONField(default=list, help_text='[{"name", "reason"}]')),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('owner', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='uploads', to=settings.AUTH_USER_MODEL)),
+                ('series', models.ManyToManyField(blank=True, related_name='uploads', to='radiology.series')),
             ],
             options={
-                "ordering": ["-created_at"],
+                'ordering': ['-created_at'],
             },
         ),
         migrations.CreateModel(
-            name="Review",
+            name='Review',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True,
-                        primary_key=True,
-                        serialize=False,
-                        verbose_name="ID",
-                    ),
-                ),
-                (
-                    "verdict",
-                    models.CharField(
-                        choices=[
-                            ("accept", "Accept"),
-                            ("reject", "Reject"),
-                            ("needs_review", "Needs Review"),
-                        ],
-                        max_length=16,
-                    ),
-                ),
-                ("comment", models.TextField(blank=True)),
-                (
-                    "strength",
-                    models.FloatField(
-                        default=1.0, help_text="alpha of the denoised blend"
-                    ),
-                ),
-                ("created_at", models.DateTimeField(auto_now_add=True)),
-                (
-                    "job",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.PROTECT,
-                        related_name="reviews",
-                        to="radiology.denoisejob",
-                    ),
-                ),
-                (
-                    "reviewer",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.PROTECT,
-                        related_name="reviews",
-                        to=settings.AUTH_USER_MODEL,
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('verdict', models.CharField(choices=[('accept', 'Accept'), ('reject', 'Reject'), ('needs_review', 'Needs Review')], max_length=16)),
+                ('comment', models.TextField(blank=True)),
+                ('strength', models.FloatField(default=1.0, help_text='alpha of the denoised blend')),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('job', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='reviews', to='radiology.denoisejob')),
+                ('reviewer', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='reviews', to=settings.AUTH_USER_MODEL)),
             ],
             options={
-                "ordering": ["-created_at"],
-                "constraints": [
-                    models.CheckConstraint(
-                        condition=models.Q(
-                            ("strength__gte", 0.0), ("strength__lte", 1.0)
-                        ),
-                        name="strength_between_0_and_1",
-                    )
-                ],
+                'ordering': ['-created_at'],
+                'constraints': [models.CheckConstraint(condition=models.Q(('strength__gte', 0.0), ('strength__lte', 1.0)), name='strength_between_0_and_1')],
             },
         ),
         migrations.CreateModel(
-            name="Instance",
+            name='Instance',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True,
-                        primary_key=True,
-                        serialize=False,
-                        verbose_name="ID",
-                    ),
-                ),
-                ("sop_instance_uid", models.CharField(max_length=64)),
-                ("sop_class_uid", models.CharField(blank=True, max_length=64)),
-                ("original_name", models.CharField(max_length=255)),
-                (
-                    "file",
-                    models.CharField(
-                        help_text="storage name of the original bytes", max_length=255
-                    ),
-                ),
-                ("sha256", models.CharField(max_length=64)),
-                ("size_bytes", models.PositiveBigIntegerField()),
-                (
-                    "slice_index",
-                    models.PositiveIntegerField(
-                        help_text="first slice of the volume it fills"
-                    ),
-                ),
-                ("frame_count", models.PositiveIntegerField(default=1)),
-                ("created_at", models.DateTimeField(auto_now_add=True)),
-                (
-                    "series",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.PROTECT,
-                        related_name="instances",
-                        to="radiology.series",
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('sop_instance_uid', models.CharField(max_length=64)),
+                ('sop_class_uid', models.CharField(blank=True, max_length=64)),
+                ('original_name', models.CharField(max_length=255)),
+                ('file', models.CharField(help_text='storage name of the original bytes', max_length=255)),
+                ('sha256', models.CharField(max_length=64)),
+                ('size_bytes', models.PositiveBigIntegerField()),
+                ('slice_index', models.PositiveIntegerField(help_text='first slice of the volume it fills')),
+                ('frame_count', models.PositiveIntegerField(default=1)),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('series', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='instances', to='radiology.series')),
             ],
             options={
-                "ordering": ["series", "slice_index"],
-                "constraints": [
-                    models.UniqueConstraint(
-                        fields=("series", "sop_instance_uid"),
-                        name="unique_instance_per_series",
-                    )
-                ],
+                'ordering': ['series', 'slice_index'],
+                'constraints': [models.UniqueConstraint(fields=('series', 'sop_instance_uid'), name='unique_instance_per_series')],
             },
         ),
         migrations.AddConstraint(
-            model_name="denoisejob",
-            constraint=models.UniqueConstraint(
-                fields=("series", "input_sha256", "weights_sha256", "params_sha256"),
-                name="one_job_per_input_model_params",
-            ),
+            model_name='denoisejob',
+            constraint=models.UniqueConstraint(fields=('series', 'input_sha256', 'weights_sha256', 'params_sha256'), name='one_job_per_input_model_params'),
         ),
         migrations.AddConstraint(
-            model_name="denoisejob",
-            constraint=models.CheckConstraint(
-                condition=models.Q(("progress__gte", 0.0), ("progress__lte", 1.0)),
-                name="progress_between_0_and_1",
-            ),
+            model_name='denoisejob',
+            constraint=models.CheckConstraint(condition=models.Q(('progress__gte', 0.0), ('progress__lte', 1.0)), name='progress_between_0_and_1'),
         ),
         migrations.AddConstraint(
-            model_name="study",
-            constraint=models.UniqueConstraint(
-                fields=("owner", "study_instance_uid"), name="unique_study_per_owner"
-            ),
+            model_name='study',
+            constraint=models.UniqueConstraint(fields=('owner', 'study_instance_uid'), name='unique_study_per_owner'),
         ),
         migrations.AddConstraint(
-            model_name="series",
-            constraint=models.UniqueConstraint(
-                fields=("study", "series_instance_uid"), name="unique_series_per_study"
-            ),
+            model_name='series',
+            constraint=models.UniqueConstraint(fields=('study', 'series_instance_uid'), name='unique_series_per_study'),
         ),
     ]

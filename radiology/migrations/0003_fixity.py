@@ -5,51 +5,26 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("radiology", "0002_audit_append_only"),
+        ('radiology', '0002_audit_append_only'),
     ]
 
     operations = [
         migrations.CreateModel(
-            name="FixityIssue",
+            name='FixityIssue',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True,
-                        primary_key=True,
-                        serialize=False,
-                        verbose_name="ID",
-                    ),
-                ),
-                ("file", models.CharField(max_length=255)),
-                (
-                    "role",
-                    models.CharField(
-                        help_text="original, volume, reconstruction, residual",
-                        max_length=32,
-                    ),
-                ),
-                ("expected_sha256", models.CharField(max_length=64)),
-                (
-                    "actual_sha256",
-                    models.CharField(
-                        blank=True, help_text="blank: missing", max_length=64
-                    ),
-                ),
-                ("detected_at", models.DateTimeField(auto_now_add=True)),
-                ("resolved_at", models.DateTimeField(blank=True, null=True)),
-                (
-                    "series",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.PROTECT,
-                        related_name="fixity_issues",
-                        to="radiology.series",
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('file', models.CharField(max_length=255)),
+                ('role', models.CharField(help_text='original, volume, reconstruction, residual', max_length=32)),
+                ('expected_sha256', models.CharField(max_length=64)),
+                ('actual_sha256', models.CharField(blank=True, help_text='blank: missing', max_length=64)),
+                ('detected_at', models.DateTimeField(auto_now_add=True)),
+                ('resolved_at', models.DateTimeField(blank=True, null=True)),
+                ('series', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='fixity_issues', to='radiology.series')),
             ],
             options={
-                "ordering": ["-detected_at"],
+                'ordering': ['-detected_at'],
             },
         ),
     ]

@@ -4,23 +4,20 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("radiology", "0003_fixity"),
+        ('radiology', '0003_fixity'),
     ]
 
     operations = [
         migrations.AddField(
-            model_name="denoisejob",
-            name="input_volume_file",
-            field=models.CharField(
-                blank=True,
-                help_text="the exact volume .npy this job reads",
-                max_length=255,
-            ),
+            model_name='denoisejob',
+            name='input_volume_file',
+            field=models.CharField(blank=True, help_text='the exact volume .npy this job reads', max_length=255),
         ),
         migrations.AddField(
-            model_name="denoisejob",
-            name="queued_at",
+            model_name='denoisejob',
+            name='queued_at',
             field=models.DateTimeField(blank=True, null=True),
         ),
     ]

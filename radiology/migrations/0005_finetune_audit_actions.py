@@ -4,35 +4,15 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("radiology", "0004_job_input_volume_and_queued_at"),
+        ('radiology', '0004_job_input_volume_and_queued_at'),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name="auditevent",
-            name="action",
-            field=models.CharField(
-                choices=[
-                    ("upload", "Upload"),
-                    ("ingest", "Ingest"),
-                    ("series.updated", "Series Updated"),
-                    ("rejection", "Rejection"),
-                    ("job.requested", "Job Requested"),
-                    ("job.started", "Job Started"),
-                    ("job.succeeded", "Job Succeeded"),
-                    ("job.failed", "Job Failed"),
-                    ("job.requeued", "Job Requeued"),
-                    ("job.cancelled", "Job Cancelled"),
-                    ("review", "Review"),
-                    ("export", "Export"),
-                    ("audit.read", "Audit Read"),
-                    ("access.denied", "Access Denied"),
-                    ("fixity", "Fixity"),
-                    ("model.finetune", "Model Finetune"),
-                    ("model.finetuned", "Model Finetuned"),
-                ],
-                max_length=32,
-            ),
+            model_name='auditevent',
+            name='action',
+            field=models.CharField(choices=[('upload', 'Upload'), ('ingest', 'Ingest'), ('series.updated', 'Series Updated'), ('rejection', 'Rejection'), ('job.requested', 'Job Requested'), ('job.started', 'Job Started'), ('job.succeeded', 'Job Succeeded'), ('job.failed', 'Job Failed'), ('job.requeued', 'Job Requeued'), ('job.cancelled', 'Job Cancelled'), ('review', 'Review'), ('export', 'Export'), ('audit.read', 'Audit Read'), ('access.denied', 'Access Denied'), ('fixity', 'Fixity'), ('model.finetune', 'Model Finetune'), ('model.finetuned', 'Model Finetuned')], max_length=32),
         ),
     ]

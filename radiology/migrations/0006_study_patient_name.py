@@ -4,14 +4,15 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("radiology", "0005_finetune_audit_actions"),
+        ('radiology', '0005_finetune_audit_actions'),
     ]
 
     operations = [
         migrations.AddField(
-            model_name="study",
-            name="patient_name",
+            model_name='study',
+            name='patient_name',
             field=models.CharField(blank=True, max_length=324),
         ),
     ]

@@ -4,14 +4,15 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("radiology", "0006_study_patient_name"),
+        ('radiology', '0006_study_patient_name'),
     ]
 
     operations = [
         migrations.AddField(
-            model_name="series",
-            name="windows",
+            model_name='series',
+            name='windows',
             field=models.JSONField(blank=True, default=list),
         ),
     ]
