@@ -151,8 +151,8 @@ def _from_bundle(
     """A bundle's network, its checkpoint-like record (``network_def``,
     ``input_spec`` with the config's inference settings) and a training summary
     naming it as the parent (no epochs: the weights are the parent's)."""
-    from inference.bundle import validate_input_spec
-    from training.trainer import parent_of
+    from training.config import with_inference_settings
+    from training.trainer import parent_of, parent_record
 
     network, meta = parent_of(folder)
     if meta["input_spec"]["modality"] != config["modality"]:
@@ -160,21 +160,11 @@ def _from_bundle(
             f"export: {folder} is a {meta['input_spec']['modality']} bundle, the "
             f"config is {config['modality']}"
         )
-    input_spec = dict(meta["input_spec"])
-    if config["keep_low_frequencies"] is not None:
-        input_spec["keep_low_frequencies"] = {
-            "sigma_mm": float(config["keep_low_frequencies"]["sigma_mm"])
-        }
-    validate_input_spec(input_spec)
+    input_spec = with_inference_settings(meta["input_spec"], config)
     network.eval()
     data = meta.get("training", {}).get("data", {})
     summary = {
-        "parent": {
-            "name": meta["name"],
-            "version": meta["version"],
-            "weights_sha256": meta["weights_sha256"],
-            "training_data": data,
-        },
+        "parent": parent_record(meta),
         "sources": list(data.get("slices_seen", [])),
         "pairs": data.get("pairs"),
         "history": [],

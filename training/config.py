@@ -10,7 +10,13 @@ from typing import Any
 
 from training.errors import ConfigError
 
-__all__ = ["DEFAULTS", "load_config", "complete_config", "default_input_spec"]
+__all__ = [
+    "DEFAULTS",
+    "load_config",
+    "complete_config",
+    "default_input_spec",
+    "with_inference_settings",
+]
 
 #: Every key a config may set, with its default. See ``training/configs/`` for
 #: complete examples.
@@ -267,7 +273,6 @@ def default_input_spec(
     batch_size: int,
     normalisation: Mapping[str, Any] | None = None,
     residual_limit: Mapping[str, Any] | None = None,
-    keep_low_frequencies: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``input_spec`` of ``models/README.md`` for a built network."""
     norm: dict[str, Any]
@@ -291,12 +296,26 @@ def default_input_spec(
     }
     if residual_limit is not None:
         spec["residual_limit"] = dict(residual_limit)
-    if keep_low_frequencies is not None:
-        spec["keep_low_frequencies"] = {
-            "sigma_mm": float(keep_low_frequencies["sigma_mm"])
-        }
     if getattr(network, "noise_conditioned", False):
         # The noise level map is log2(1 + SD / noise_unit) / 8, SD in normalised
         # units (inference.noise): 0.005 is 1 HU at CT's usual 200 HU scale.
         spec["noise_unit"] = float(network.noise_unit)
     return spec
+
+
+def with_inference_settings(
+    spec: Mapping[str, Any], config: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``spec`` (a new network's, a parent's or a bundle's) with the config's
+    inference settings over it (``keep_low_frequencies``, when set), validated.
+
+    Raises:
+        BundleError: naming the bad field.
+    """
+    from inference.bundle import validate_input_spec
+
+    out = dict(spec)
+    keep = config.get("keep_low_frequencies")
+    if keep is not None:
+        out["keep_low_frequencies"] = {"sigma_mm": float(keep["sigma_mm"])}
+    return validate_input_spec(out)

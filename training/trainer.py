@@ -18,12 +18,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from inference.bundle import validate_input_spec
 from inference.devices import device_name, select_device
 from inference.networks import DenoisingNetwork, build_network
 from inference.noise import estimate_noise_sd
 from inference.runner import denoise_images, input_channels
-from training.config import default_input_spec
+from training.config import default_input_spec, with_inference_settings
 from training.data import (
     HELD_OUT_PHANTOM_SEED,
     Pair,
@@ -312,6 +311,17 @@ def blind_spot_batch(
     return torch.where(mask, neighbours, noisy), mask
 
 
+def parent_record(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """What a child bundle records of its parent: name, version, weights SHA-256
+    and the parent's training data."""
+    return {
+        "name": meta["name"],
+        "version": meta["version"],
+        "weights_sha256": meta["weights_sha256"],
+        "training_data": meta.get("training", {}).get("data"),
+    }
+
+
 def parent_of(bundle_dir: Path | str) -> tuple[DenoisingNetwork, dict[str, Any]]:
     """Load a parent bundle to fine-tune: its network (weights checked against the
     recorded SHA-256) and its metadata."""
@@ -530,12 +540,7 @@ def train(
                 f"{config['modality']}"
             )
         network_def = parent_meta["network_def"]
-        parent = {
-            "name": parent_meta["name"],
-            "version": parent_meta["version"],
-            "weights_sha256": parent_meta["weights_sha256"],
-            "training_data": parent_meta.get("training", {}).get("data"),
-        }
+        parent = parent_record(parent_meta)
     else:
         network_def = dict(config["network"])
         if network_def.get("args", {}).get("spatial_dims", 2) != 2:
@@ -544,21 +549,18 @@ def train(
     device = select_device(None if t["device"] == "auto" else t["device"])
     network.to(device)
     if parent is not None:
-        input_spec = dict(parent_meta["input_spec"])
-        if config["keep_low_frequencies"] is not None:
-            input_spec["keep_low_frequencies"] = {
-                "sigma_mm": float(config["keep_low_frequencies"]["sigma_mm"])
-            }
+        input_spec = with_inference_settings(parent_meta["input_spec"], config)
     else:
-        input_spec = default_input_spec(
-            config["modality"],
-            network,
-            int(config["export"]["batch_size"]),
-            config["normalisation"],
-            config["residual_limit"],
-            config["keep_low_frequencies"],
+        input_spec = with_inference_settings(
+            default_input_spec(
+                config["modality"],
+                network,
+                int(config["export"]["batch_size"]),
+                config["normalisation"],
+                config["residual_limit"],
+            ),
+            config,
         )
-    validate_input_spec(input_spec)
     noise = config["data"]["noise"]
     pool: PairPool | SynthPool
     if noise is not None:
