@@ -412,12 +412,8 @@ def _store_series(
             inst = raw_by_sop[sop][0]
             sha256, file, original_name = stored[sop]
             if inst.sha256 != sha256:
-                rejections.append(
-                    {
-                        "name": inst.name,
-                        **_against_stored(inst, file, original_name, limits),
-                    }
-                )
+                reason = _against_stored(inst, file, original_name, limits)
+                rejections.append(_rejection(inst.name, reason))
         if sop_uids <= stored.keys():
             return existing  # the same instances again: nothing to do
         volume = _merge_with_stored(existing, volume, raw_by_sop, limits, rejections)
@@ -508,8 +504,8 @@ def _store_series(
     return series
 
 
-def _against_stored(inst, file: str, original_name: str, limits) -> dict:
-    """How a file whose SOP Instance UID is stored with other bytes is reported: a
+def _against_stored(inst, file: str, original_name: str, limits) -> str:
+    """Why a file whose SOP Instance UID is stored with other bytes is reported: a
     duplicate when it decodes to the same image (a lossless transcode), else a
     conflict; the stored file is kept either way."""
     try:
@@ -519,14 +515,11 @@ def _against_stored(inst, file: str, original_name: str, limits) -> dict:
     except (OSError, DicomIOError):
         stored = None
     if stored is not None and same_image(stored, inst):
-        return {
-            "reason": duplicate_reason(inst, stored, f"stored {original_name}"),
-            "duplicate": True,
-        }
-    return {
-        "reason": f"SOPInstanceUID {inst.sop_instance_uid} is already stored with "
-        "different content; the stored file is kept",
-    }
+        return duplicate_reason(inst, stored, f"stored {original_name}")
+    return (
+        f"SOPInstanceUID {inst.sop_instance_uid} is already stored with "
+        "different content; the stored file is kept"
+    )
 
 
 def _merge_with_stored(existing: Series, volume, raw_by_sop, limits, rejections):

@@ -24,17 +24,13 @@ __all__ = ["client_address", "locked_for", "record_failure", "forget_account"]
 
 def _limits() -> dict[str, int]:
     return {
-        AuthFailure.Scope.ACCOUNT: int(
-            getattr(settings, "AUTH_FAILURES_PER_ACCOUNT", 5)
-        ),
-        AuthFailure.Scope.ADDRESS: int(
-            getattr(settings, "AUTH_FAILURES_PER_ADDRESS", 20)
-        ),
+        AuthFailure.Scope.ACCOUNT: settings.AUTH_FAILURES_PER_ACCOUNT,
+        AuthFailure.Scope.ADDRESS: settings.AUTH_FAILURES_PER_ADDRESS,
     }
 
 
 def _window() -> timedelta:
-    return timedelta(seconds=int(getattr(settings, "AUTH_LOCKOUT_WINDOW_S", 900)))
+    return timedelta(seconds=settings.AUTH_LOCKOUT_WINDOW_S)
 
 
 def client_address(request) -> str:

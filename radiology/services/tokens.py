@@ -21,14 +21,10 @@ __all__ = ["token_create", "token_revoke", "token_for_key", "tokens_visible_to"]
 USE_AUDIT_EVERY = timedelta(hours=1)
 
 
-def _lifetime_days() -> int:
-    return int(getattr(settings, "API_TOKEN_LIFETIME_DAYS", 90))
-
-
 def token_create(*, user, name: str = "default", days: int | None = None, actor=None):
     """A new token for ``user``: returns ``(token row, key)``; the key is shown
     once and only its SHA-256 is stored."""
-    days = _lifetime_days() if days is None else int(days)
+    days = settings.API_TOKEN_LIFETIME_DAYS if days is None else int(days)
     if not 1 <= days <= 3650:
         raise JobRequestError(f"token: lifetime must be 1 to 3650 days, got {days}")
     key = secrets.token_urlsafe(32)
