@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 
 from inference.devices import PRECISIONS
+
+from .audit.keys import load_keys
+from .errors import AuditKeyError
 
 
 @register(Tags.compatibility)
@@ -61,3 +67,36 @@ def check_model_bundle(app_configs, **kwargs):
             )
         ]
     return []
+
+
+@register(Tags.security)
+def check_audit_key(app_configs, **kwargs):
+    """Production needs the audit key made beforehand, and a writable checkpoint log."""
+    errors = []
+    key_file = Path(settings.AUDIT_KEY_FILE)
+    if not settings.DEBUG or key_file.exists():
+        try:
+            load_keys(key_file)
+        except AuditKeyError as exc:
+            errors.append(
+                Error(
+                    str(exc),
+                    hint="Run `manage.py audit_key --new` with AUDIT_KEY_FILE set, "
+                    "and keep the file off the database host.",
+                    id="radiology.E004",
+                )
+            )
+    log_dir = Path(settings.AUDIT_CHECKPOINT_FILE).parent
+    probe = log_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        errors.append(
+            Error(
+                f"the audit checkpoint log {settings.AUDIT_CHECKPOINT_FILE} cannot be "
+                f"written ({probe} is not writable).",
+                hint="Point AUDIT_CHECKPOINT_FILE at a writable, persistent path.",
+                id="radiology.E005",
+            )
+        )
+    return errors

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuditImmutableError",
+    "AuditKeyError",
     "DicomwebError",
     "ExportError",
     "JobRequestError",
@@ -73,4 +74,15 @@ class AuditImmutableError(Exception):
 
     Cause: code called ``save()`` on an existing event, or ``update()``/``delete()``.
     Fix: write a new event with ``audit.record`` instead; the log is append-only.
+    """
+
+
+class AuditKeyError(Exception):
+    """The audit key file is missing, unreadable or malformed.
+
+    Cause: ``AUDIT_KEY_FILE`` names no file (production never makes one by itself), a
+    line is not ``<key id> <hex secret>``, or an event or checkpoint names a key id
+    the file no longer holds. Fix: create or extend the file with ``manage.py
+    audit_key --new``; keep every retired key's line, since the events it signed are
+    verified with it.
     """

@@ -406,6 +406,12 @@ class AuditEvent(models.Model):
     extra_data = models.JSONField(default=dict)
     prev_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64, unique=True)
+    key_id = models.CharField(
+        max_length=16,
+        blank=True,
+        help_text="the audit key whose HMAC ``hash`` is; empty: a plain SHA-256 "
+        "from before keyed hashing",
+    )
 
     objects = AuditQuerySet.as_manager()
 
@@ -429,6 +435,14 @@ class AuditChainHead(models.Model):
 
     last_hash = models.CharField(max_length=64)
     count = models.PositiveBigIntegerField(default=0)
+    chain_id = models.CharField(
+        max_length=32,
+        blank=True,
+        help_text="random id, signed into every keyed event and checkpoint",
+    )
+    unkeyed_count = models.PositiveBigIntegerField(
+        default=0, help_text="events at the chain's start that predate keyed hashing"
+    )
 
     def __str__(self) -> str:
         return f"audit head {self.count}"

@@ -326,4 +326,11 @@ AUTH_FAILURES_PER_ACCOUNT = int(os.environ.get("AUTH_FAILURES_PER_ACCOUNT", "5")
 AUTH_FAILURES_PER_ADDRESS = int(os.environ.get("AUTH_FAILURES_PER_ADDRESS", "20"))
 AUTH_LOCKOUT_WINDOW_S = int(os.environ.get("AUTH_LOCKOUT_WINDOW_S", "900"))
 # API tokens (services/tokens.py) are refused this many days after they were made.
+# Audit chain: the HMAC key file and the checkpoint log live outside the database (keep
+# them off the database host); `manage.py audit_key --new` makes or rotates the key.
+AUDIT_KEY_FILE = Path(os.environ.get("AUDIT_KEY_FILE", VAR_DIR / "audit" / "audit.key"))
+AUDIT_CHECKPOINT_FILE = Path(
+    os.environ.get("AUDIT_CHECKPOINT_FILE", VAR_DIR / "audit" / "checkpoints.log")
+)
+
 API_TOKEN_LIFETIME_DAYS = int(os.environ.get("API_TOKEN_LIFETIME_DAYS", "90"))

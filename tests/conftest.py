@@ -29,6 +29,22 @@ def _isolated_media(settings, tmp_path_factory):
     settings.MEDIA_ROOT = tmp_path_factory.mktemp("media")
 
 
+@pytest.fixture(autouse=True)
+def _isolated_audit_anchor(settings, monkeypatch, tmp_path_factory):
+    """Each test's audit chain gets its own key and checkpoint log (and so do the
+    workers and commands it starts), as each install has its own."""
+    from radiology.audit.keys import add_key
+
+    folder = tmp_path_factory.mktemp("audit")
+    add_key(folder / "audit.key")
+    for name, path in (
+        ("AUDIT_KEY_FILE", folder / "audit.key"),
+        ("AUDIT_CHECKPOINT_FILE", folder / "checkpoints.log"),
+    ):
+        setattr(settings, name, path)
+        monkeypatch.setenv(name, str(path))
+
+
 @pytest.fixture
 def make_user(db):
     from django.contrib.auth import get_user_model

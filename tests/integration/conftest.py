@@ -113,6 +113,8 @@ def workers(transactional_db, settings, tmp_path, redis_flushed):
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
         "MEDIA_ROOT": str(settings.MEDIA_ROOT),
         "MODELS_ROOT": str(settings.MODELS_ROOT),
+        "AUDIT_KEY_FILE": str(settings.AUDIT_KEY_FILE),
+        "AUDIT_CHECKPOINT_FILE": str(settings.AUDIT_CHECKPOINT_FILE),
         "DEBUG": "1",
         "DENOISE_STALE_AFTER_S": "600",
     }

@@ -54,6 +54,15 @@ def _without(*names):
     return {name: None for name in names}
 
 
+def test_production_refuses_to_start_without_an_audit_key(tmp_path):
+    env = {**PRODUCTION, "VAR_DIR": str(tmp_path), "AUDIT_KEY_FILE": None}
+    result = _manage("check", env=env)
+    assert result.returncode != 0
+    assert "radiology.E004" in result.stderr
+    assert str(tmp_path / "audit" / "audit.key") in result.stderr
+    assert not (tmp_path / "audit" / "audit.key").exists()
+
+
 def test_local_env_written_by_make_run_lets_printed_commands_run(tmp_path):
     """`make run` writes var/local.env; `manage.py` run by hand then needs no prefix."""
     env = {**_without("DEBUG", "SECRET_KEY"), "VAR_DIR": str(tmp_path)}
@@ -151,6 +160,14 @@ def test_docker_compose_runs_web_gpu_worker_redis_postgres():
         assert env["CELERY_BROKER_URL"].startswith("redis://redis:6379")
         assert env["DEBUG"] == "0"
     assert (REPO / services["web"].get("build", ".") / "Dockerfile").exists()
+    # Every service that writes audit events signs with the same secret key and
+    # anchors the chain in the same checkpoint log, both outside the database.
+    assert "audit_key" in compose["secrets"]
+    assert compose["x-app-env"]["AUDIT_KEY_FILE"] == "/run/secrets/audit_key"
+    for name in ("web", "worker", "trainer"):
+        assert services[name]["secrets"] == ["audit_key"], name
+        assert "audit:/data/audit" in services[name]["volumes"], name
+    assert compose["x-app-env"]["AUDIT_CHECKPOINT_FILE"].startswith("/data/audit/")
 
 
 @pytest.mark.parametrize("path", ["inference", "training"])

@@ -1,4 +1,4 @@
-"""``manage.py verify_audit``: exit 0 and ``ok N events`` when the hash chain holds."""
+"""``manage.py verify_audit``: exit 0 and ``ok N events, ...`` when the chain holds."""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ from radiology.audit import audit_verify
 
 
 class Command(BaseCommand):
-    help = "Verify the audit log's hash chain; exit 1 naming the first broken event."
+    help = (
+        "Verify the audit log's keyed hash chain against its checkpoint log; exit 1 "
+        "naming the first broken event, or how many events are missing."
+    )
 
     def handle(self, *args, **options):
         result = audit_verify()
         if result.ok:
-            self.stdout.write(f"ok {result.count} events")
+            self.stdout.write(result.summary())
             return
-        where = f"event {result.broken_event_id}" if result.broken_event_id else "chain"
-        self.stderr.write(f"broken at {where}: {result.reason}")
+        self.stderr.write(result.summary())
         sys.exit(1)
