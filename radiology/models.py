@@ -137,6 +137,12 @@ class Instance(models.Model):
         help_text="first slice of the volume it fills"
     )
     frame_count = models.PositiveIntegerField(default=1)
+    frame_slices = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="multi-frame only: per frame (0-based), the volume slice it "
+        "fills, or null for a frame the volume left out",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

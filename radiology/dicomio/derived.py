@@ -6,9 +6,11 @@ this application. UIDs are hashed from the output's checksum and the source
 UIDs, so exporting the same result twice yields the same series, and a new model
 version or new output always yields new UIDs.
 
-Only classic single-frame sources (one instance per slice, e.g. CT Image Storage)
-are converted; enhanced multi-frame sources are refused with
-:class:`DerivedSeriesError` rather than written with half-right functional groups.
+Outputs are classic CT or MR Image instances, one per slice, that satisfy their IOD
+whatever the source lacks: Type 2 attributes present (empty when unknown), Type 1 and
+1C ones derived or refused with :class:`DerivedSeriesError` naming them. Frames of
+enhanced sources arrive as classic headers (:mod:`.frames`) and are referenced by
+frame number.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from .errors import DicomIOError
+from .frames import FrameSource
 from .reader import OWN_MANUFACTURER
 
 __all__ = [
@@ -59,6 +62,7 @@ _DERIVATION_CODES = {
     RESIDUAL: ("113062", "DCM", "Pixel by pixel subtraction"),
 }
 _SOURCE_IMAGE_PURPOSE = ("121322", "DCM", "Source image for image processing operation")
+_ACQUISITION_EQUIPMENT = ("109101", "DCM", "Acquisition Equipment")
 _PROCESSING_EQUIPMENT = ("109102", "DCM", "Processing Equipment")
 _DEIDENTIFYING_EQUIPMENT = ("109104", "DCM", "De-identifying Equipment")
 _BASIC_PROFILE = ("113100", "DCM", "Basic Application Confidentiality Profile")
@@ -69,6 +73,55 @@ _MODIFIED_DATES = (
     "Retain Longitudinal Temporal Information Modified Dates Option",
 )
 _SERIES_NUMBER_OFFSET = {DENOISED: 1000, RESIDUAL: 2000}
+
+# Type 2 attributes of the CT and MR Image IODs (PS3.3 A.3, A.4): written empty when
+# the source does not know them. Patient, General Study, Frame of Reference, Image
+# Plane, then the modality's own image module.
+_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+    "PositionReferenceIndicator",
+    "SliceThickness",
+)
+_TYPE2_BY_MODALITY = {
+    "CT": ("KVP", "AcquisitionNumber"),
+    "MR": ("ScanOptions", "MRAcquisitionType", "EchoTime", "EchoTrainLength"),
+}
+# Type 1 attributes no derivation can invent: without them the image cannot be placed
+# or (for MR) described, so the export is refused naming the first one missing.
+_TYPE1_BY_MODALITY = {
+    "CT": ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"),
+    "MR": (
+        "ImagePositionPatient",
+        "ImageOrientationPatient",
+        "PixelSpacing",
+        "ScanningSequence",
+        "SequenceVariant",
+    ),
+}
+# The source's own equipment, kept as its Acquisition Equipment item when the derived
+# instance's General Equipment names this application.
+_SOURCE_EQUIPMENT = (
+    "Manufacturer",
+    "InstitutionName",
+    "InstitutionAddress",
+    "StationName",
+    "InstitutionalDepartmentName",
+    "ManufacturerModelName",
+    "DeviceSerialNumber",
+    "SoftwareVersions",
+)
+_CT_IMAGE_TYPE_3 = ("AXIAL", "LOCALIZER")
+#: ImageType value 3 of an MR image whose source gives none (a defined term).
+_MR_IMAGE_TYPE_3 = "OTHER"
+_IDENTITY_REMOVED_UNRECORDED = "removed before import; method not recorded"
 
 # Source attributes that would be wrong once the pixels change, or that belong to
 # the source's own derivation history.
@@ -92,6 +145,18 @@ _DROPPED = (
     "RescaleSlope",
     "RescaleIntercept",
     "RescaleType",
+    "RedPaletteColorLookupTableDescriptor",
+    "GreenPaletteColorLookupTableDescriptor",
+    "BluePaletteColorLookupTableDescriptor",
+    "RedPaletteColorLookupTableData",
+    "GreenPaletteColorLookupTableData",
+    "BluePaletteColorLookupTableData",
+    "SegmentedRedPaletteColorLookupTableData",
+    "SegmentedGreenPaletteColorLookupTableData",
+    "SegmentedBluePaletteColorLookupTableData",
+    "PaletteColorLookupTableUID",
+    "ICCProfile",
+    "ColorSpace",
 )
 
 # Basic Profile (PS3.15 Table E.1-1) text attributes the UID/name/ID/date handlers
@@ -235,7 +300,7 @@ def _contributing_equipment(provenance: Provenance, root: str) -> Dataset:
     return item
 
 
-def _check(sources: Sequence[Dataset], volume: np.ndarray) -> None:
+def _check(sources: Sequence[FrameSource], volume: np.ndarray) -> None:
     if volume.ndim != 3:
         raise DerivedSeriesError(f"volume must be (z, y, x), got shape {volume.shape}")
     if len(sources) != volume.shape[0]:
@@ -245,22 +310,34 @@ def _check(sources: Sequence[Dataset], volume: np.ndarray) -> None:
         )
     if not np.isfinite(volume).all():
         raise DerivedSeriesError("volume has non-finite values")
-    for source in sources:
+    for slice_source in sources:
+        source = slice_source.header
         frames = int(source.get("NumberOfFrames") or 1)
         if frames > 1 or "PerFrameFunctionalGroupsSequence" in source:
             raise DerivedSeriesError(
-                f"source {source.get('SOPInstanceUID')} is a multi-frame object "
-                f"({frames} frames); only classic single-frame sources are exported"
+                f"source {slice_source.sop_instance_uid} is a multi-frame object "
+                f"({frames} frames) given whole: pass its frames "
+                "(radiology.dicomio.frames.frame_sources)"
             )
         if (int(source.Rows), int(source.Columns)) != volume.shape[1:]:
             raise DerivedSeriesError(
-                f"source {source.SOPInstanceUID} is {source.Columns} x {source.Rows} "
-                f"but the volume slices are {volume.shape[2]} x {volume.shape[1]}"
+                f"source {slice_source.sop_instance_uid} is {source.Columns} x "
+                f"{source.Rows} but the volume slices are {volume.shape[2]} x "
+                f"{volume.shape[1]}"
             )
+        modality = str(source.get("Modality", "")).upper()
+        for keyword in _TYPE1_BY_MODALITY.get(modality, ()):
+            if source.get(keyword) in (None, "", []):
+                where = f" frame {slice_source.frame}" if slice_source.frame else ""
+                raise DerivedSeriesError(
+                    f"source {slice_source.sop_instance_uid}{where} has no "
+                    f"{keyword}, which a {modality} image requires (Type 1) and "
+                    "which cannot be derived"
+                )
 
 
 def build_derived_series(
-    sources: Sequence[Dataset],
+    sources: Sequence[Dataset | FrameSource],
     volume: np.ndarray,
     *,
     provenance: Provenance,
@@ -268,10 +345,11 @@ def build_derived_series(
     denoised: Sequence[Dataset] = (),
     root: str = UID_ROOT,
 ) -> list[Dataset]:
-    """One derived instance per source instance, same geometry, new identity.
+    """One derived instance per slice, same geometry, new identity, IOD complete.
 
     Args:
-        sources: source headers (no pixels needed), ``sources[k]`` holds slice ``k``.
+        sources: per slice, its source header (no pixels needed), or a
+            :class:`~.frames.FrameSource` for a frame of a multi-frame source.
         volume: (z, y, x) values in original units (HU for CT).
         provenance: model and output identity written into the headers.
         kind: :data:`DENOISED` or :data:`RESIDUAL`.
@@ -282,14 +360,22 @@ def build_derived_series(
         Datasets with file meta, Explicit VR Little Endian, in slice order.
 
     Raises:
-        DerivedSeriesError: when the volume does not fit the sources.
+        DerivedSeriesError: when the volume does not fit the sources, or a source
+            lacks a Type 1 attribute that cannot be derived.
         ValueError: on an unknown ``kind``.
     """
     if kind not in _DERIVATION_CODES:
         raise ValueError(f"kind must be {DENOISED!r} or {RESIDUAL!r}, got {kind!r}")
+    slices = [
+        s
+        if isinstance(s, FrameSource)
+        else FrameSource(s, str(s.get("SOPClassUID", "")), str(s.SOPInstanceUID))
+        for s in sources
+    ]
     volume = np.asarray(volume, dtype=np.float32)
-    _check(sources, volume)
-    modality = str(sources[0].get("Modality", "")).upper()
+    _check(slices, volume)
+    first = slices[0].header
+    modality = str(first.get("Modality", "")).upper()
     stored, slope, intercept = _encode(volume, modality, kind)
     unit = "HU" if modality == "CT" else "original units"
     description, derivation = _describe(provenance, kind, unit)
@@ -299,8 +385,12 @@ def build_derived_series(
             provenance.output_sha256,
             kind,
             "series",
-            sources[0].SeriesInstanceUID,
+            first.SeriesInstanceUID,
         ],
+    )
+    # A source without a frame of reference gets one, the same for both kinds.
+    frame_of_reference = str(first.get("FrameOfReferenceUID") or "") or generate_uid(
+        prefix=root, entropy_srcs=["frame-of-reference", first.SeriesInstanceUID]
     )
     created_date = provenance.created.strftime("%Y%m%d")
     created_time = provenance.created.strftime("%H%M%S")
@@ -308,40 +398,49 @@ def build_derived_series(
     window = _residual_window(volume) if kind == RESIDUAL else None
 
     out = []
-    for k, source in enumerate(sources):
+    for k, slice_source in enumerate(slices):
+        source = slice_source.header
         ds = copy.deepcopy(source)
         ds.remove_private_tags()
         for keyword in _DROPPED:
             if keyword in ds:
                 del ds[keyword]
-        ds.SOPInstanceUID = generate_uid(
-            prefix=root,
-            entropy_srcs=[provenance.output_sha256, kind, source.SOPInstanceUID],
-        )
+        instance_entropy = [
+            provenance.output_sha256,
+            kind,
+            slice_source.sop_instance_uid,
+        ]
+        if slice_source.frame is not None:
+            instance_entropy.append(f"frame {slice_source.frame}")
+        ds.SOPInstanceUID = generate_uid(prefix=root, entropy_srcs=instance_entropy)
         ds.SeriesInstanceUID = series_uid
-        image_type = list(source.get("ImageType") or [])
-        ds.ImageType = ["DERIVED", "SECONDARY", *image_type[2:]]
+        ds.ImageType = _image_type(source, modality, slice_source.frame is not None)
         ds.SeriesNumber = (
             int(source.get("SeriesNumber") or 0) + _SERIES_NUMBER_OFFSET[kind]
         )
+        if slice_source.frame is not None or source.get("InstanceNumber") is None:
+            ds.InstanceNumber = k + 1
         ds.SeriesDescription = description
         ds.SeriesDate = ds.ContentDate = ds.InstanceCreationDate = created_date
         ds.SeriesTime = ds.ContentTime = ds.InstanceCreationTime = created_time
         ds.DerivationDescription = derivation
         ds.DerivationCodeSequence = DicomSequence([_code(_DERIVATION_CODES[kind])])
-        references = [_reference(source)]
+        references = [_reference(slice_source)]
         if k < len(denoised):
             references.append(_reference(denoised[k]))
         ds.SourceImageSequence = DicomSequence(references)
-        previous = list(source.get("ContributingEquipmentSequence") or [])
-        ds.ContributingEquipmentSequence = DicomSequence(
-            [*copy.deepcopy(previous), copy.deepcopy(equipment)]
+        previous = copy.deepcopy(
+            list(source.get("ContributingEquipmentSequence") or [])
         )
+        acquisition = _acquisition_equipment(source)
+        ds.ContributingEquipmentSequence = DicomSequence(
+            [*previous, *acquisition, copy.deepcopy(equipment)]
+        )
+        _name_this_application(ds, provenance)
+        ds.FrameOfReferenceUID = frame_of_reference
         ds.BurnedInAnnotation = "NO"
-        # Type 2C attributes synthetic and some vendor sources omit: present, empty.
-        for keyword in ("Laterality", "PatientPosition"):
-            if keyword not in ds:
-                setattr(ds, keyword, "")
+        _complete_type2(ds, modality)
+        _complete_deidentification(ds)
         if str(ds.get("PresentationLUTShape", "IDENTITY")) != "IDENTITY":
             del ds.PresentationLUTShape
         ds.SamplesPerPixel = 1
@@ -370,16 +469,96 @@ def build_derived_series(
     return out
 
 
+def _image_type(source: Dataset, modality: str, from_enhanced: bool) -> list[str]:
+    """DERIVED\\SECONDARY, then what the source says of the image, made valid: value 3
+    is required (AXIAL or LOCALIZER for CT); an enhanced frame's VOLUME/NONE terms
+    mean nothing on a classic image."""
+    rest = [str(v) for v in list(source.get("ImageType") or [])[2:]]
+    if from_enhanced:
+        rest = []
+    if modality == "CT" and (not rest or rest[0].upper() not in _CT_IMAGE_TYPE_3):
+        rest = ["AXIAL", *rest[1:]]
+    if modality == "MR" and not rest:
+        rest = [_MR_IMAGE_TYPE_3]
+    return ["DERIVED", "SECONDARY", *rest]
+
+
+def _acquisition_equipment(source: Dataset) -> list[Dataset]:
+    """The source's equipment as an Acquisition Equipment item (none if unnamed)."""
+    if not str(source.get("Manufacturer") or "").strip():
+        return []
+    item = Dataset()
+    item.PurposeOfReferenceCodeSequence = DicomSequence([_code(_ACQUISITION_EQUIPMENT)])
+    for keyword in _SOURCE_EQUIPMENT:
+        if source.get(keyword) not in (None, ""):
+            item[keyword] = copy.deepcopy(source[keyword])
+    return [item]
+
+
+def _name_this_application(ds: Dataset, provenance: Provenance) -> None:
+    """General Equipment names the equipment that made this instance: this app."""
+    for keyword in _SOURCE_EQUIPMENT[1:]:
+        if keyword in ds and keyword != "InstitutionName":
+            del ds[keyword]
+    ds.Manufacturer = MANUFACTURER
+    ds.ManufacturerModelName = _lo(provenance.model_name)
+    ds.SoftwareVersions = [
+        _lo(provenance.model_version),
+        _lo(f"{MANUFACTURER} {provenance.software_version}"),
+    ]
+
+
+def _complete_type2(ds: Dataset, modality: str) -> None:
+    for keyword in (*_TYPE2, *_TYPE2_BY_MODALITY.get(modality, ())):
+        if keyword not in ds:
+            setattr(ds, keyword, None)
+    # Type 2C of General Series that some vendor sources omit: present, empty.
+    for keyword in ("Laterality", "PatientPosition"):
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    if modality == "MR":
+        sequence = _codes(ds.get("ScanningSequence"))
+        variant = _codes(ds.get("SequenceVariant"))
+        if ("EP" not in sequence or "SK" in variant) and "RepetitionTime" not in ds:
+            ds.RepetitionTime = None
+        if "IR" in sequence and "InversionTime" not in ds:
+            ds.InversionTime = None
+
+
+def _codes(value) -> set[str]:
+    """A code string element's values, upper case (one value or several)."""
+    if value is None or value == "":
+        return set()
+    items = [value] if isinstance(value, str) else list(value)
+    return {str(v).upper() for v in items}
+
+
+def _complete_deidentification(ds: Dataset) -> None:
+    """Type 1C: a source that says its identity was removed must say how."""
+    if str(ds.get("PatientIdentityRemoved", "")).upper() != "YES":
+        return
+    if ds.get("DeidentificationMethodCodeSequence"):
+        return
+    if not str(ds.get("DeidentificationMethod") or "").strip():
+        ds.DeidentificationMethod = _IDENTITY_REMOVED_UNRECORDED
+
+
 def _residual_window(volume: np.ndarray) -> float:
     """A window wide enough for the residual's bulk: six robust SDs, at least 20."""
     mad = float(np.median(np.abs(volume - np.median(volume))))
     return max(6.0 * 1.4826 * mad, 20.0)
 
 
-def _reference(source: Dataset) -> Dataset:
+def _reference(source: Dataset | FrameSource) -> Dataset:
     item = Dataset()
-    item.ReferencedSOPClassUID = source.SOPClassUID
-    item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    if isinstance(source, FrameSource):
+        item.ReferencedSOPClassUID = source.sop_class_uid
+        item.ReferencedSOPInstanceUID = source.sop_instance_uid
+        if source.frame is not None:
+            item.ReferencedFrameNumber = source.frame
+    else:
+        item.ReferencedSOPClassUID = source.SOPClassUID
+        item.ReferencedSOPInstanceUID = source.SOPInstanceUID
     item.PurposeOfReferenceCodeSequence = DicomSequence([_code(_SOURCE_IMAGE_PURPOSE)])
     return item
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import pydicom
 from django.db import transaction
 from django.utils import timezone
@@ -23,6 +24,7 @@ from ..dicomio.derived import (
     deidentify_series,
     to_bytes,
 )
+from ..dicomio.frames import ClassicConversionError, FrameSource, frame_sources
 from ..errors import ExportError
 from ..models import AuditEvent, DenoiseJob
 from ..storage import load_array, media_path
@@ -84,20 +86,59 @@ def _provenance(job: DenoiseJob, kind: str) -> Provenance:
     )
 
 
-def _source_headers(job: DenoiseJob) -> list[pydicom.Dataset]:
-    instances = list(job.series.instances.order_by("slice_index"))
-    multi = [i for i in instances if i.frame_count > 1]
-    if multi:
-        raise ExportError(
-            f"export: series {job.series_id} has multi-frame instance "
-            f"{multi[0].sop_instance_uid} ({multi[0].frame_count} frames); only "
-            "classic single-frame series can be exported"
-        )
-    headers = []
-    for instance in instances:
+def _source_headers(job: DenoiseJob) -> list[FrameSource]:
+    """Per volume slice, its source header: a classic instance, or the classic form
+    of the multi-frame instance's frame that fills it."""
+    n_slices = int(job.series.shape[0])
+    slots: list[FrameSource | None] = [None] * n_slices
+    for instance in job.series.instances.order_by("slice_index"):
         with open(media_path(instance.file), "rb") as handle:
-            headers.append(pydicom.dcmread(handle, stop_before_pixels=True))
-    return headers
+            header = pydicom.dcmread(handle, stop_before_pixels=True)
+        if instance.frame_count < 2:
+            sop_class = instance.sop_class_uid or str(header.get("SOPClassUID", ""))
+            slots[instance.slice_index] = FrameSource(
+                header, sop_class, instance.sop_instance_uid
+            )
+            continue
+        try:
+            frames = frame_sources(header)
+        except ClassicConversionError as exc:
+            raise ExportError(
+                f"export: instance {instance.sop_instance_uid}: {exc}"
+            ) from exc
+        order = instance.frame_slices or _slices_by_position(frames, instance)
+        for frame, index in zip(frames, order, strict=False):
+            if index is not None:
+                slots[index] = frame
+    missing = [k for k, slot in enumerate(slots) if slot is None]
+    if missing:
+        raise ExportError(
+            f"export: series {job.series_id}: no stored instance fills slice "
+            f"{missing[0]}; upload the series again, then export"
+        )
+    return [slot for slot in slots if slot is not None]
+
+
+def _slices_by_position(frames: list[FrameSource], instance) -> list[int]:
+    """For an instance stored before frame order was recorded: its frames fill
+    consecutive slices from its first, in order along the slice normal (the order
+    ingest sorts frames in)."""
+
+    def depth(number: int) -> float:
+        header = frames[number].header
+        try:
+            iop = [float(v) for v in header.ImageOrientationPatient]
+            ipp = [float(v) for v in header.ImagePositionPatient]
+        except (AttributeError, TypeError, ValueError):
+            return float(number)
+        normal = np.cross(iop[:3], iop[3:])
+        return float(np.dot(normal, ipp))
+
+    ranked = sorted(range(len(frames)), key=lambda n: (depth(n), n))
+    order = [0] * len(frames)
+    for rank, number in enumerate(ranked):
+        order[number] = instance.slice_index + rank
+    return order
 
 
 def _check_job(job: DenoiseJob, include_residual: bool) -> None:
@@ -159,8 +200,8 @@ def series_export(
         The folders and files written, and the manifest checksum.
 
     Raises:
-        ExportError: job not succeeded, output missing, multi-frame source,
-            destination already holding an export.
+        ExportError: job not succeeded, output missing, a source lacking what its
+            IOD requires, destination already holding an export.
     """
     _check_job(job, include_residual)
     kinds = [DENOISED, RESIDUAL] if include_residual else [DENOISED]

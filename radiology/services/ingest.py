@@ -459,15 +459,26 @@ def _store_series(
 
     first_slice: dict[str, int] = {}
     frames: Counter[str] = Counter()
+    frame_slices: dict[str, dict[int, int]] = {}
     for index, ref in enumerate(volume.slices):
         first_slice.setdefault(ref.sop_instance_uid, index)
         frames[ref.sop_instance_uid] += 1
+        frame_slices.setdefault(ref.sop_instance_uid, {})[ref.frame_index] = index
+
+    def slices_of(sop: str) -> list[int] | None:
+        if frames[sop] < 2:
+            return None
+        by_frame = frame_slices[sop]
+        return [by_frame.get(f) for f in range(max(by_frame) + 1)]
+
     known = dict(series.instances.values_list("sop_instance_uid", "pk"))
     new_instances = []
     for sop, index in first_slice.items():
         if sop in known:
             Instance.objects.filter(pk=known[sop]).update(
-                slice_index=index, frame_count=frames[sop]
+                slice_index=index,
+                frame_count=frames[sop],
+                frame_slices=slices_of(sop),
             )
             continue
         inst, data = raw_by_sop[sop]
@@ -483,6 +494,7 @@ def _store_series(
                 size_bytes=len(data),
                 slice_index=index,
                 frame_count=frames[sop],
+                frame_slices=slices_of(sop),
             )
         )
     Instance.objects.bulk_create(new_instances, batch_size=500)
