@@ -6,7 +6,8 @@ from . import dicomweb
 
 
 class UIDConverter:
-    regex = r"[0-9][0-9.]{0,63}"
+    # As ingest stores them: conformant UIDs and the letters some scanners write.
+    regex = r"[0-9A-Za-z][0-9A-Za-z._-]{0,63}"
 
     def to_python(self, value: str) -> str:
         return value

@@ -26,12 +26,22 @@ from .errors import DicomRejected
 from .sandbox import decode_isolated
 from .sources import Limits, archive_kind
 
-__all__ = ["Instance", "Orientation", "Vec3", "read_instance", "validate_uid"]
+__all__ = [
+    "Instance",
+    "Orientation",
+    "Vec3",
+    "read_instance",
+    "uid_nonconformance",
+    "validate_uid",
+]
 
 Vec3 = tuple[float, float, float]
 Orientation = tuple[float, float, float, float, float, float]
 
-_UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
+_UID_RE = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+# What is stored and served as written, as Orthanc and dcm4chee do: safe in a URL
+# path, HTML and a database column. Anything else cannot be kept safely.
+_STORABLE_UID_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]*")
 _GREYSCALE = ("MONOCHROME1", "MONOCHROME2")
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _PIXEL_DATA_TAG = 0x7FE00010
@@ -82,6 +92,8 @@ class Instance:
         windows: the scan's own display windows, ``(center, width, explanation)``
             for each Window Center/Width pair (multi-valued allowed), in output
             units (HU for CT); empty when absent or malformed.
+        uid_warnings: UIDs kept as written though they break PS3.5 9.1 (letters,
+            leading zeros), each with why.
     """
 
     name: str
@@ -110,6 +122,7 @@ class Instance:
     patient_name: str = ""
     windows: tuple[tuple[float, float, str], ...] = ()
     own_output: bool = False
+    uid_warnings: tuple[str, ...] = ()
 
     @property
     def n_frames(self) -> int:
@@ -128,7 +141,13 @@ class Instance:
 
 
 def validate_uid(value: object) -> str | None:
-    """Return why ``value`` is not a valid DICOM UID, or ``None`` when it is.
+    """Return why ``value`` cannot be stored as a UID, or ``None`` when it can.
+
+    Only what cannot be kept safely is refused: a missing or empty UID, one over
+    64 characters, or one with characters outside letters, digits, ``.``, ``-``
+    and ``_`` (spaces, slashes, control characters) or starting with ``.``. A UID
+    that breaks PS3.5 9.1 otherwise is kept with a warning
+    (:func:`uid_nonconformance`).
 
     Args:
         value: the UID as read (``None`` when the element is missing).
@@ -141,9 +160,23 @@ def validate_uid(value: object) -> str | None:
         return "is missing"
     if len(text) > 64:
         return f"is {len(text)} characters long (at most 64)"
-    if not _UID_RE.fullmatch(text):
-        return f"{_clip(text, 80)!r} has characters other than digits and dots"
+    if not _STORABLE_UID_RE.fullmatch(text):
+        return (
+            f"{_clip(text, 80)!r} is not letters, digits, '.', '-' and '_' "
+            "starting with a letter or digit"
+        )
     return None
+
+
+def uid_nonconformance(value: object) -> str | None:
+    """Why a storable UID breaks PS3.5 9.1 (digits and dots, no leading zero in a
+    component), or ``None`` when it conforms."""
+    text = "" if value is None else str(value)
+    if _UID_RE.fullmatch(text):
+        return None
+    if re.fullmatch(r"[0-9]+(\.[0-9]+)*", text):
+        return f"{_clip(text, 80)!r} has a component with a leading zero"
+    return f"{_clip(text, 80)!r} has characters other than digits and dots"
 
 
 def read_instance(data: bytes, name: str, *, limits: Limits | None = None) -> Instance:
@@ -338,6 +371,7 @@ def _text(ds: Dataset, keyword: str) -> str:
 
 def _identity(ds: Dataset, name: str) -> dict[str, Any]:
     uids: dict[str, str] = {}
+    uid_warnings: list[str] = []
     for keyword, field_name in (
         ("SOPInstanceUID", "sop_instance_uid"),
         ("SeriesInstanceUID", "series_instance_uid"),
@@ -347,6 +381,8 @@ def _identity(ds: Dataset, name: str) -> dict[str, Any]:
         problem = validate_uid(value)
         if problem is not None:
             raise DicomRejected(name, f"invalid UID: {keyword} {problem}")
+        if (note := uid_nonconformance(value)) is not None:
+            uid_warnings.append(f"{keyword} {note}")
         uids[field_name] = str(value)
     sop_class = ds.get("SOPClassUID") or ds.get("file_meta", Dataset()).get(
         "MediaStorageSOPClassUID"
@@ -374,6 +410,7 @@ def _identity(ds: Dataset, name: str) -> dict[str, Any]:
         "derived": bool(image_type) and image_type[0] == "DERIVED",
         "own_output": is_own_output(ds),
         "instance_number": instance_number,
+        "uid_warnings": tuple(uid_warnings),
     }
 
 

@@ -416,6 +416,12 @@ def _assemble_one(
     if pixel_spacing is None or min(pixel_spacing) <= 0:
         warnings.append("PixelSpacing missing; in-plane spacing set to 1 mm")
         pixel_spacing = (1.0, 1.0)
+    odd_uids = sorted({w for s in slices for w in s.instance.uid_warnings})
+    if odd_uids:
+        warnings.append(
+            f"UIDs kept as written though not DICOM-conformant ({len(odd_uids)}, e.g. "
+            f"{odd_uids[0]}); other systems may refuse them"
+        )
     for note in warnings:
         logger.info("series %s: %s", uid, note)
     return SeriesVolume(

@@ -224,12 +224,33 @@ def test_file_above_max_file_bytes_is_rejected() -> None:
 
 
 @pytest.mark.parametrize(
-    "uid", ["1.2.abc", "1." + "2" * 70, "1.2.3 4"], ids=["letters", "too-long", "space"]
+    "uid",
+    ["1." + "2" * 70, "1.2.3 4", "1.2/3", "1.2.\u00e9", ".."],
+    ids=["too-long", "space", "slash", "non-ascii", "dots"],
 )
-def test_invalid_uids_are_rejected(uid: str) -> None:
+def test_uids_that_cannot_be_stored_safely_are_rejected(uid: str) -> None:
     assert "invalid UID: SOPInstanceUID" in _reason(
         _with("CT_small.dcm", SOPInstanceUID=uid)
     )
+
+
+@pytest.mark.parametrize(
+    ("uid", "why"),
+    [
+        ("1.2.abc", "characters other than digits and dots"),
+        ("1.2.840.0113619.2.55", "leading zero"),
+    ],
+)
+def test_nonconformant_uids_are_kept_with_a_warning(uid: str, why: str) -> None:
+    inst = read_instance(_with("CT_small.dcm", SOPInstanceUID=uid), "odd.dcm")
+    assert inst.sop_instance_uid == uid
+    (warning,) = inst.uid_warnings
+    assert warning.startswith("SOPInstanceUID") and why in warning
+
+
+def test_conformant_uids_carry_no_warning() -> None:
+    inst = read_instance(_with("CT_small.dcm", SOPInstanceUID="1.2.0.30"), "ok.dcm")
+    assert inst.uid_warnings == ()
 
 
 def test_missing_series_uid_is_rejected() -> None:

@@ -7,11 +7,13 @@ import io
 import json
 import os
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 from django.core.management import CommandError, call_command
+from django.test import Client
 
 from radiology.dicomio.synthetic import phantom_volume, write_series
 from radiology.models import AuditEvent, Instance, Series
@@ -402,3 +404,26 @@ def test_a_report_never_names_a_file_that_was_itself_rejected():
     assert rejections[5]["reason"].startswith(
         "slice at position (0, 0, 5) duplicates g"
     )
+
+
+def test_hex_uids_a_scanner_wrote_are_stored_with_a_warning(alice, tmp_path):
+    """pydicom's bad_sequence.dcm (JPEG Lossless CT) carries 64-character hex UIDs:
+    stored and served as written, as Orthanc does, with a warning."""
+    from pydicom.data import get_testdata_file
+
+    source = Path(get_testdata_file("bad_sequence.dcm"))
+    report = upload_ingest(sources=[(source, source.name)], owner=alice)
+    assert report.rejections == []
+    (series,) = report.series
+    original = pydicom.dcmread(source, stop_before_pixels=True)
+    assert series.series_instance_uid == original.SeriesInstanceUID
+    assert any("not DICOM-conformant" in w for w in series.warnings)
+    client = Client()
+    client.force_login(alice)
+    url = (
+        f"/dicomweb/studies/{original.StudyInstanceUID}/series/"
+        f"{original.SeriesInstanceUID}/metadata"
+    )
+    response = client.get(url)
+    assert response.status_code == 200
+    assert response.json()[0]["00080018"]["Value"] == [original.SOPInstanceUID]
