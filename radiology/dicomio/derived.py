@@ -118,6 +118,14 @@ _SOURCE_EQUIPMENT = (
     "DeviceSerialNumber",
     "SoftwareVersions",
 )
+_GEOMETRY_DS = (
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "SliceThickness",
+    "SpacingBetweenSlices",
+    "SliceLocation",
+)
 _CT_IMAGE_TYPE_3 = ("AXIAL", "LOCALIZER")
 #: ImageType value 3 of an MR image whose source gives none (a defined term).
 _MR_IMAGE_TYPE_3 = "OTHER"
@@ -440,6 +448,7 @@ def build_derived_series(
         ds.FrameOfReferenceUID = frame_of_reference
         ds.BurnedInAnnotation = "NO"
         _complete_type2(ds, modality)
+        _fit_decimal_strings(ds)
         _complete_deidentification(ds)
         if str(ds.get("PresentationLUTShape", "IDENTITY")) != "IDENTITY":
             del ds.PresentationLUTShape
@@ -523,6 +532,20 @@ def _complete_type2(ds: Dataset, modality: str) -> None:
             ds.RepetitionTime = None
         if "IR" in sequence and "InversionTime" not in ds:
             ds.InversionTime = None
+
+
+def _fit_decimal_strings(ds: Dataset) -> None:
+    """Geometry written by some sources (and by pydicom unchecked) as decimal strings
+    over the 16 characters DS allows: the same numbers, re-written to fit."""
+    for keyword in _GEOMETRY_DS:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            continue
+        items = [value] if isinstance(value, str | float | int) else list(value)
+        if all(len(str(v)) <= 16 for v in items):
+            continue
+        fitted = [_ds(float(v)) for v in items]
+        setattr(ds, keyword, fitted if len(fitted) > 1 else fitted[0])
 
 
 def _codes(value) -> set[str]:

@@ -225,3 +225,74 @@ def test_multi_frame_instance_stored_before_frame_order_exports_the_same(
     job.series.instances.update(frame_slices=None)
     guessed = series_export(job=job, actor=alice, out_dir=tmp_path / "b")
     assert guessed.manifest_sha256 == recorded.manifest_sha256
+
+
+def _geometry_source(tmp_path, case: str) -> Path:
+    """Eight axial CT slices 3 mm apart, then repositioned as ``case`` has them."""
+    folder = tmp_path / case
+    write_series(
+        folder, phantom_volume((8, 24, 24), seed=9), spacing_mm=(3.0, 1.0, 1.0)
+    )
+    depth = {
+        "uneven": [0, 4, 11, 15, 19, 23, 27, 31],
+        "missing-slice": [0, 3, 6, 12, 15, 18, 21, 24],
+    }.get(case, [3.0 * k for k in range(8)])
+
+    def place(ds):
+        k = int(ds.InstanceNumber) - 1
+        z = float(depth[k])
+        if case.startswith("tilt"):
+            degrees = 18.0 if case == "tilt+18" else -18.0
+            ds.GantryDetectorTilt = degrees
+            ds.ImagePositionPatient = [0.0, z * np.tan(np.radians(degrees)), z]
+        elif case == "flipped":
+            ds.ImageOrientationPatient = [-1, 0, 0, 0, -1, 0]
+            ds.ImagePositionPatient = [23.0, 23.0, -z]
+        else:
+            ds.ImagePositionPatient = [0.0, 0.0, z]
+
+    _rewrite(folder, place)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("case", "warning", "reformats"),
+    [
+        ("tilt+18", "gantry tilt: the slices step 18.0 degrees", False),
+        ("tilt-18", "gantry tilt: the slices step 18.0 degrees", False),
+        ("uneven", "uneven slice spacing", False),
+        ("missing-slice", "missing slices", False),
+        ("flipped", None, True),
+    ],
+)
+def test_real_world_geometry_is_reported_kept_and_exported_clean(
+    alice, tmp_path, case, warning, reformats
+):
+    folder = _geometry_source(tmp_path, case)
+    sources = {
+        ds.SOPInstanceUID: [float(v) for v in ds.ImagePositionPatient]
+        for ds in (pydicom.dcmread(p) for p in folder.iterdir())
+    }
+    job = _job(alice, folder, "CT")
+    series = job.series
+    if warning is None:
+        assert not series.warnings
+    else:
+        assert any(warning in w for w in series.warnings), series.warnings
+    from radiology.dicomio.orientation import display_geometry
+
+    display = display_geometry(series.orientation, series.shape, series.warnings)[
+        "reformats"
+    ]
+    assert display["available"] is reformats, display
+    result = series_export(
+        job=job, actor=alice, out_dir=tmp_path / "out", include_residual=True
+    )
+    for exported in result.series:
+        assert dicom3tools_errors(exported.files) == [], exported.kind
+    # The output keeps each source slice's own position: nothing resampled.
+    for ds in read_folder(tmp_path / "out" / "denoised"):
+        source_uid = ds.SourceImageSequence[0].ReferencedSOPInstanceUID
+        np.testing.assert_allclose(
+            [float(v) for v in ds.ImagePositionPatient], sources[source_uid]
+        )
