@@ -32,37 +32,23 @@ def normalise(extra: dict[str, Any] | None) -> dict[str, Any]:
     return json.loads(canonical_json(extra or {}))
 
 
-def event_hash(
-    *,
-    keys: AuditKeys | None,
-    key_id: str,
-    chain_id: str,
-    prev_hash: str,
-    created_at,
-    actor_name: str,
-    action: str,
-    target_type: str,
-    target_id: str,
-    study_id: int | None,
-    extra_data: dict[str, Any],
-) -> str:
-    """HMAC-SHA256 under ``key_id`` of the event and its chain id; with no key id, the
-    plain SHA-256 that events written before keyed hashing carry."""
+def event_hash(event: AuditEvent, *, keys: AuditKeys, chain_id: str) -> str:
+    """HMAC-SHA256 under the event's key of its content, link and chain id; with no
+    key id, the plain SHA-256 that events written before keyed hashing carry."""
     payload = {
-        "prev_hash": prev_hash,
-        "created_at": created_at.isoformat(timespec="microseconds"),
-        "actor": actor_name,
-        "action": action,
-        "target_type": target_type,
-        "target_id": target_id,
-        "study_id": study_id,
-        "extra_data": extra_data,
+        "prev_hash": event.prev_hash,
+        "created_at": event.created_at.isoformat(timespec="microseconds"),
+        "actor": event.actor_name,
+        "action": event.action,
+        "target_type": event.target_type,
+        "target_id": event.target_id,
+        "study_id": event.study_id,
+        "extra_data": event.extra_data,
     }
-    if not key_id:
+    if not event.key_id:
         return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
-    assert keys is not None
-    payload |= {"chain": chain_id, "key": key_id}
-    return keys.sign(key_id, canonical_json(payload))
+    payload |= {"chain": chain_id, "key": event.key_id}
+    return keys.sign(event.key_id, canonical_json(payload))
 
 
 def _locked_head() -> AuditChainHead:
@@ -114,34 +100,20 @@ def audit_record(
     keys = signing_keys()
     with transaction.atomic():
         head = _locked_head()
-        created_at = timezone.now()
-        study_id = study.pk if study is not None else None
-        digest = event_hash(
-            keys=keys,
-            key_id=keys.current,
-            chain_id=head.chain_id,
-            prev_hash=head.last_hash,
-            created_at=created_at,
-            actor_name=actor_name,
-            action=action,
-            target_type=target_type,
-            target_id=target_id,
-            study_id=study_id,
-            extra_data=extra,
-        )
-        event = AuditEvent.objects.create(
-            created_at=created_at,
+        event = AuditEvent(
+            created_at=timezone.now(),
             actor=actor_user,
             actor_name=actor_name,
             action=action,
             target_type=target_type,
             target_id=target_id,
-            study_id=study_id,
+            study_id=study.pk if study is not None else None,
             extra_data=extra,
             prev_hash=head.last_hash,
-            hash=digest,
             key_id=keys.current,
         )
+        digest = event.hash = event_hash(event, keys=keys, chain_id=head.chain_id)
+        event.save()
         AuditChainHead.objects.filter(pk=1).update(
             last_hash=digest, count=head.count + 1
         )
@@ -233,19 +205,7 @@ def audit_verify() -> AuditVerification:
                 False, count, event.pk, "an unkeyed event after keyed ones"
             )
         try:
-            expected = event_hash(
-                keys=keys,
-                key_id=event.key_id,
-                chain_id=chain_id,
-                prev_hash=event.prev_hash,
-                created_at=event.created_at,
-                actor_name=event.actor_name,
-                action=event.action,
-                target_type=event.target_type,
-                target_id=event.target_id,
-                study_id=event.study_id,
-                extra_data=event.extra_data,
-            )
+            expected = event_hash(event, keys=keys, chain_id=chain_id)
         except AuditKeyError as exc:
             return AuditVerification(False, count, event.pk, str(exc))
         if expected != event.hash:
