@@ -1,19 +1,13 @@
 """Host memory for inference: large freed blocks are kept for the next batch.
 
-glibc gives every block above its mmap threshold (32 MB at most, usually far less)
-a mapping of its own and unmaps it when it is freed. A denoising pass allocates
-such blocks all the time (activations of a batch of 512x512 slices are tens of MB,
-and so is each chunk converted to float32), so every batch faults in and zeroes
-tens of thousands of fresh pages: on a 2-core CPU that was about 40% of the
-network's time (17 -> 10.6 ms per slice for the default CT model, 47,000 -> 0
-page faults per batch; ``python -m bench speed``). :func:`keep_freed_blocks` raises
-the mmap threshold so such blocks come from the heap, and the trim threshold so up
-to :data:`TRIM_THRESHOLD_BYTES` of freed memory stays at the top of a heap for reuse
-(for the rest of the process: glibc has no narrower setting), and caps new heaps at
-one per CPU; :func:`release_freed_blocks` hands the free memory back to the system
-when a pass is over, so an idle worker does not keep its peak. What a pass
-holds therefore stays bounded by its working set plus that margin, whatever the
-depth of the series (the memory-mapped runs of the speed benchmark).
+glibc maps every block above its mmap threshold on its own and unmaps it when freed,
+so a denoising pass (tens of MB of activations per batch) would fault in and zero
+fresh pages on every batch. :func:`keep_freed_blocks` raises the mmap and trim
+thresholds so such blocks come from, and stay on, the heap (up to
+:data:`TRIM_THRESHOLD_BYTES`), and caps new heaps at one per CPU;
+:func:`release_freed_blocks` hands the free memory back when a pass is over, so an
+idle worker does not keep its peak. Why it is needed, measured:
+``bench/results/fast-paths.md``.
 
 All of it is a no-op where the C library is not glibc.
 """
@@ -47,8 +41,7 @@ MMAP_THRESHOLD_BYTES = 1 << 30
 #: then faults in nothing), little enough to bound what an idle heap keeps.
 TRIM_THRESHOLD_BYTES = 256 << 20
 #: How far a long pass's anonymous memory may rise above its settled level before
-#: :class:`GrowthLimit` releases the freed fragments (measured: about 200 MB of
-#: creep over 256 slices (32 chunks) of 1024 x 1024 without it).
+#: :class:`GrowthLimit` releases the freed fragments (``bench/results/fast-paths.md``).
 GROWTH_MARGIN_BYTES = 128 << 20
 
 _P = ParamSpec("_P")

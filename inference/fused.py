@@ -1,14 +1,11 @@
 """Convolution and ReLU fused into one oneDNN call for CPU inference.
 
 Run eagerly, every MONAI ``Convolution`` block (convolution, then ReLU) is two passes
-over its output: oneDNN writes the convolution's result, then ReLU reads it back and
-writes it again. The thin full-resolution layers of the denoisers are bound by memory
-traffic, so on a 2-core CPU the ReLU passes took 27% of the network's time in fp32 and
-19% in bf16 (``torch.profiler``, FastNoiseUNet, batch 8 x 512²). oneDNN applies the
-ReLU as a post-op while the output is still in registers; PyTorch exposes that as
-``torch.ops.mkldnn._convolution_pointwise``, the operator ``torch.compile`` itself emits
-for these layers on a CPU, here without its compile step, C++ tool chain or
-recompiles per input shape.
+over its output, and the thin full-resolution layers of the denoisers are bound by
+memory traffic. oneDNN can apply the ReLU as a post-op while the output is still in
+registers: ``torch.ops.mkldnn._convolution_pointwise``, the operator ``torch.compile``
+emits for these layers on a CPU, used here without its compile step or recompiles per
+input shape. What it saves, measured: ``bench/results/fast-paths.md``.
 
 :func:`cpu_network` returns a copy of a network in which each such block is replaced
 by one fused call with its weights stored in the run's precision. The network's own
@@ -42,8 +39,7 @@ logger = logging.getLogger(__name__)
 
 #: Tolerance of the check, relative to the largest value of the plain network's
 #: estimate (output minus input): the fused operator runs the same oneDNN
-#: convolutions, so fp32 agrees to rounding and bf16 to a few bf16 steps (measured
-#: on the shipped model: exactly, in both).
+#: convolutions, so fp32 agrees to rounding and bf16 to a few bf16 steps.
 _CHECK_RTOL = {"fp32": 1e-5, "bf16": 4e-3}
 #: Spatial size of the check's input (a multiple of every bundled network's stride).
 _CHECK_SIZE = 32

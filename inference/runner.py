@@ -548,10 +548,8 @@ def faster_cpu_precision(
 ) -> tuple[str, dict[str, float]]:
     """Whether a 2D network runs faster in bf16 than in fp32 on this CPU, measured.
 
-    Native bf16 instructions do not make bf16 faster everywhere: the shipped
-    network ran 3x faster in bf16 than in fp32 on the AMD EPYC (Zen 4) of an
-    earlier benchmark run, and 1.4x slower on this project's Intel Xeon CI machine
-    (AVX512-BF16, no AMX; bench/results/speed.md). Both precisions are run as
+    Native bf16 instructions do not make bf16 faster on every CPU (faster on some,
+    slower on others: ``bench/results/fast-paths.md``), so both precisions are run as
     :func:`predict_slices` runs them, on a batch of random slices, interleaved, the
     fastest of :data:`_CHOICE_REPEATS` passes each after one untimed pass: six
     forward passes, once per network and process (a recycled worker measures
