@@ -343,13 +343,8 @@ class _Heartbeat:
     def __init__(self, job_id: int, token: str, every_s: float = 0.5) -> None:
         self.job_id, self.token, self.every_s = job_id, token, every_s
         self._last = 0.0
-        self.throttle_s = float(os.environ.get("DENOISE_TEST_BATCH_DELAY_S", "0") or 0)
 
     def __call__(self, fraction: float, message: str = "") -> None:
-        if self.throttle_s:
-            # Fault-injection knob for the crash tests: keeps a job running long enough
-            # to kill its worker mid-way. Unset in production.
-            time.sleep(self.throttle_s)
         now = time.monotonic()
         if now - self._last < self.every_s and fraction < 1.0:
             return

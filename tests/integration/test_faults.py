@@ -36,7 +36,11 @@ from .conftest import REPO, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
-SLOW = {"DENOISE_TEST_BATCH_DELAY_S": "0.3"}
+# A worker whose jobs run slowly (tests/integration/slow_worker_settings.py).
+SLOW = {
+    "DJANGO_SETTINGS_MODULE": "tests.integration.slow_worker_settings",
+    "TEST_WORKER_BATCH_DELAY_S": "0.3",
+}
 PARAMS = {"batch_size": 1}
 
 FAULTS = '''

@@ -84,7 +84,10 @@ def test_same_request_twice_gives_one_job(alice, workers, tmp_path):
 
 def test_sigkill_mid_job_then_restart_completes_exactly_once(alice, workers, tmp_path):
     series = _series(alice, tmp_path, shape=(32, 96, 96))
-    slow = {"DENOISE_TEST_BATCH_DELAY_S": "0.4"}
+    slow = {
+        "DJANGO_SETTINGS_MODULE": "tests.integration.slow_worker_settings",
+        "TEST_WORKER_BATCH_DELAY_S": "0.4",
+    }
     workers.start("w1", **slow)
     job, _ = denoise_job_request(
         series=series, requested_by=alice, params={"batch_size": 2}
