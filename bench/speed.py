@@ -381,11 +381,13 @@ def _child_model(params: dict[str, Any]) -> dict[str, Any]:
 
 def _psnr(clean: np.ndarray, image: np.ndarray, window: tuple[float, float]) -> float:
     """Mean over slices of the PSNR within ``window`` (values clipped to it)."""
+    from training.metrics import psnr
+
     low, high = window
-    values = []
-    for c, x in zip(clean, image, strict=True):
-        error = np.mean((np.clip(x, low, high) - np.clip(c, low, high)) ** 2)
-        values.append(10 * np.log10((high - low) ** 2 / max(float(error), 1e-12)))
+    values = [
+        psnr(np.clip(c, low, high), np.clip(x, low, high), high - low)
+        for c, x in zip(clean, image, strict=True)
+    ]
     return float(np.mean(values))
 
 

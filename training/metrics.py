@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
-from skimage.metrics import structural_similarity
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 __all__ = [
     "SOFT_TISSUE_WINDOW_HU",
@@ -24,9 +24,13 @@ SOFT_TISSUE_WINDOW_HU = (-160.0, 240.0)
 
 
 def psnr(reference: np.ndarray, image: np.ndarray, data_range: float) -> float:
-    """Peak signal-to-noise ratio in dB for a given ``data_range``."""
-    mse = float(np.mean((reference.astype(np.float64) - image) ** 2))
-    return float(10 * np.log10(data_range**2 / max(mse, 1e-12)))
+    """Peak signal-to-noise ratio in dB for a given ``data_range`` (scikit-image's);
+    identical images score as an error of 1e-6 would, not infinity."""
+    reference = reference.astype(np.float64)
+    image = np.asarray(image, dtype=np.float64)
+    if np.array_equal(reference, image):
+        return float(10 * np.log10(data_range**2 / 1e-12))
+    return float(peak_signal_noise_ratio(reference, image, data_range=data_range))
 
 
 def ssim(reference: np.ndarray, image: np.ndarray, data_range: float) -> float:

@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import pickle
-import random
 import time
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
@@ -15,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.utils import set_determinism
 from torch import nn
 from tqdm import tqdm
 
@@ -62,10 +62,9 @@ CACHE_VERSION = 3
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and PyTorch and ask PyTorch for deterministic kernels."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    """Seed Python, NumPy and PyTorch (MONAI's ``set_determinism``) and ask PyTorch
+    for deterministic kernels, warning rather than failing where one has none."""
+    set_determinism(seed=seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
