@@ -374,12 +374,7 @@ def build_derived_series(
     """
     if kind not in _DERIVATION_CODES:
         raise ValueError(f"kind must be {DENOISED!r} or {RESIDUAL!r}, got {kind!r}")
-    slices = [
-        s
-        if isinstance(s, FrameSource)
-        else FrameSource(s, str(s.get("SOPClassUID", "")), str(s.SOPInstanceUID))
-        for s in sources
-    ]
+    slices = [s if isinstance(s, FrameSource) else FrameSource.of(s) for s in sources]
     volume = np.asarray(volume, dtype=np.float32)
     _check(slices, volume)
     first = slices[0].header
@@ -435,7 +430,7 @@ def build_derived_series(
         ds.DerivationCodeSequence = DicomSequence([_code(_DERIVATION_CODES[kind])])
         references = [_reference(slice_source)]
         if k < len(denoised):
-            references.append(_reference(denoised[k]))
+            references.append(_reference(FrameSource.of(denoised[k])))
         ds.SourceImageSequence = DicomSequence(references)
         previous = copy.deepcopy(
             list(source.get("ContributingEquipmentSequence") or [])
@@ -572,16 +567,12 @@ def _residual_window(volume: np.ndarray) -> float:
     return max(6.0 * 1.4826 * mad, 20.0)
 
 
-def _reference(source: Dataset | FrameSource) -> Dataset:
+def _reference(source: FrameSource) -> Dataset:
     item = Dataset()
-    if isinstance(source, FrameSource):
-        item.ReferencedSOPClassUID = source.sop_class_uid
-        item.ReferencedSOPInstanceUID = source.sop_instance_uid
-        if source.frame is not None:
-            item.ReferencedFrameNumber = source.frame
-    else:
-        item.ReferencedSOPClassUID = source.SOPClassUID
-        item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    item.ReferencedSOPClassUID = source.sop_class_uid
+    item.ReferencedSOPInstanceUID = source.sop_instance_uid
+    if source.frame is not None:
+        item.ReferencedFrameNumber = source.frame
     item.PurposeOfReferenceCodeSequence = DicomSequence([_code(_SOURCE_IMAGE_PURPOSE)])
     return item
 

@@ -124,6 +124,15 @@ class FrameSource:
     sop_instance_uid: str
     frame: int | None = None
 
+    @classmethod
+    def of(cls, ds: Dataset) -> FrameSource:
+        """A single-frame instance as its own source (SOP class from the dataset,
+        else its file meta)."""
+        sop_class = ds.get("SOPClassUID") or ds.get("file_meta", Dataset()).get(
+            "MediaStorageSOPClassUID", ""
+        )
+        return cls(ds, str(sop_class), str(ds.get("SOPInstanceUID", "")))
+
 
 def _item(container: Dataset | None, macro: str) -> Dataset | None:
     if container is None:
@@ -205,11 +214,10 @@ def classic_frames(ds: Dataset) -> list[Dataset]:
 
 def frame_sources(ds: Dataset) -> list[FrameSource]:
     """The slices ``ds`` holds, as classic headers with where each came from."""
-    sop_class = str(ds.get("SOPClassUID", ""))
-    sop_instance = str(ds.get("SOPInstanceUID", ""))
-    if UID(sop_class) not in CLASSIC_SOP_CLASSES:
-        return [FrameSource(ds, sop_class, sop_instance)]
+    whole = FrameSource.of(ds)
+    if UID(whole.sop_class_uid) not in CLASSIC_SOP_CLASSES:
+        return [whole]
     return [
-        FrameSource(header, sop_class, sop_instance, frame=number)
+        FrameSource(header, whole.sop_class_uid, whole.sop_instance_uid, frame=number)
         for number, header in enumerate(classic_frames(ds), start=1)
     ]

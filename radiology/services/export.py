@@ -88,25 +88,21 @@ def _provenance(job: DenoiseJob, kind: str) -> Provenance:
 
 def _source_headers(job: DenoiseJob) -> list[FrameSource]:
     """Per volume slice, its source header: a classic instance, or the classic form
-    of the multi-frame instance's frame that fills it."""
+    of the enhanced instance's frame that fills it."""
     n_slices = int(job.series.shape[0])
     slots: list[FrameSource | None] = [None] * n_slices
     for instance in job.series.instances.order_by("slice_index"):
         with open(media_path(instance.file), "rb") as handle:
             header = pydicom.dcmread(handle, stop_before_pixels=True)
-        if instance.frame_count < 2:
-            sop_class = instance.sop_class_uid or str(header.get("SOPClassUID", ""))
-            slots[instance.slice_index] = FrameSource(
-                header, sop_class, instance.sop_instance_uid
-            )
-            continue
         try:
             frames = frame_sources(header)
         except ClassicConversionError as exc:
             raise ExportError(
                 f"export: instance {instance.sop_instance_uid}: {exc}"
             ) from exc
-        order = instance.frame_slices or _slices_by_position(frames, instance)
+        order = instance.frame_slices or _slices_by_position(
+            frames, instance.slice_index
+        )
         for frame, index in zip(frames, order, strict=False):
             if index is not None:
                 slots[index] = frame
@@ -119,10 +115,10 @@ def _source_headers(job: DenoiseJob) -> list[FrameSource]:
     return [slot for slot in slots if slot is not None]
 
 
-def _slices_by_position(frames: list[FrameSource], instance) -> list[int]:
-    """For an instance stored before frame order was recorded: its frames fill
-    consecutive slices from its first, in order along the slice normal (the order
-    ingest sorts frames in)."""
+def _slices_by_position(frames: list[FrameSource], first: int) -> list[int]:
+    """Where an instance's frames go when no frame order was recorded (a single
+    frame, or a multi-frame instance stored before it was): consecutive slices from
+    its ``first``, in order along the slice normal (the order ingest sorts them in)."""
 
     def depth(number: int) -> float:
         header = frames[number].header
@@ -137,7 +133,7 @@ def _slices_by_position(frames: list[FrameSource], instance) -> list[int]:
     ranked = sorted(range(len(frames)), key=lambda n: (depth(n), n))
     order = [0] * len(frames)
     for rank, number in enumerate(ranked):
-        order[number] = instance.slice_index + rank
+        order[number] = first + rank
     return order
 
 
