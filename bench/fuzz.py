@@ -50,7 +50,7 @@ def seed_files() -> tuple[bytes, ...]:
     """Valid files to mutate: a small synthetic CT series and pydicom's test files."""
     from pydicom.data import get_testdata_file
 
-    from radiology.dicomio.synthetic import phantom_volume, write_series
+    from dicomio.synthetic import phantom_volume, write_series
 
     with tempfile.TemporaryDirectory(prefix="fuzz-seed-") as tmp:
         paths = write_series(

@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         root = Path(tmp)
         owner = throwaway_django(root, "bench")
-        from radiology.dicomio.synthetic import phantom_volume, write_series
+        from dicomio.synthetic import phantom_volume, write_series
         from radiology.services.ingest import upload_ingest
 
         series_dir = root / "series"

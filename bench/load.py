@@ -100,7 +100,7 @@ def _stop_group(proc: subprocess.Popen) -> None:
 
 def series_zip(index: int, slices: int = 6, size: int = 32) -> bytes:
     """A zipped synthetic CT series of its own patient, study and series."""
-    from radiology.dicomio.synthetic import phantom_volume, write_series
+    from dicomio.synthetic import phantom_volume, write_series
 
     with tempfile.TemporaryDirectory(prefix="load-") as tmp:
         paths = write_series(

@@ -564,7 +564,7 @@ def run(
     huge_slices: int = 0,
 ) -> dict[str, Any]:
     """Run the benchmark; returns the JSON-safe report (see the module docstring)."""
-    from radiology.dicomio.synthetic import phantom_volume, write_series
+    from dicomio.synthetic import phantom_volume, write_series
 
     started = time.perf_counter()
     device = _resolve_device(device)

@@ -112,7 +112,7 @@ def _make_job(shape: tuple[int, int, int]):
     import numpy as np
     from django.contrib.auth import get_user_model
 
-    from radiology.dicomio.synthetic import phantom_volume
+    from dicomio.synthetic import phantom_volume
     from radiology.models import DenoiseJob, Series, Study
     from radiology.storage import generated_name, store_array
 

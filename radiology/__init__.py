@@ -1,5 +1,6 @@
-"""Django project and app for denoising review; the Celery app is ``radiology``."""
+"""Django project and app for denoising review.
 
-from .celery import app as celery_app
-
-__all__ = ["celery_app"]
+Importing the package builds nothing: the Celery app lives in ``radiology.celery``
+(``celery -A radiology`` finds it there) and is loaded when Django starts, so the
+pure DICOM core (``dicomio``) and the tools around it import without Django or Celery.
+"""

@@ -19,8 +19,9 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Router
 from ninja.errors import HttpError
 
+from dicomio.orientation import display_geometry
+
 from . import selectors
-from .dicomio.orientation import display_geometry
 from .models import DenoiseJob, Series
 from .storage import load_array, media_path
 

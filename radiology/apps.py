@@ -1,4 +1,4 @@
-"""App configuration: registers the system checks."""
+"""App configuration: registers the system checks and loads the Celery app."""
 
 from django.apps import AppConfig
 
@@ -9,3 +9,4 @@ class RadiologyConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the checks)
+        from .celery import app  # noqa: F401  (tasks sent from web bind to it)

@@ -29,9 +29,10 @@ from django.views.decorators.csrf import csrf_exempt
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID
 
+from dicomio.sandbox import DecodeFailed, decode_isolated
+
 from .api import TokenAuth
 from .audit import audit_record
-from .dicomio.sandbox import DecodeFailed, decode_isolated
 from .errors import DicomwebError
 from .models import AuditEvent, Instance, Series, Study
 from .services.ingest import upload_ingest

@@ -1,6 +1,6 @@
 """Exceptions the radiology app raises on purpose, each with its cause and fix.
 
-The DICOM core has its own (:mod:`radiology.dicomio.errors`). The modules that raise
+The DICOM core has its own (:mod:`dicomio.errors`). The modules that raise
 these import them from here, and keep them importable under their old names.
 """
 

@@ -8,7 +8,7 @@ from django.db import migrations, models
 def split_derived(apps, schema_editor):
     import pydicom
 
-    from radiology.dicomio.reader import is_own_output
+    from dicomio.reader import is_own_output
     from radiology.storage import media_path
 
     Series = apps.get_model("radiology", "Series")

@@ -13,8 +13,7 @@ import pydicom
 from django.db import transaction
 from django.utils import timezone
 
-from ..audit import audit_record, canonical_json
-from ..dicomio.derived import (
+from dicomio.derived import (
     DENOISED,
     RESIDUAL,
     UID_ROOT,
@@ -24,7 +23,9 @@ from ..dicomio.derived import (
     deidentify_series,
     to_bytes,
 )
-from ..dicomio.frames import ClassicConversionError, FrameSource, frame_sources
+from dicomio.frames import ClassicConversionError, FrameSource, frame_sources
+
+from ..audit import audit_record, canonical_json
 from ..errors import ExportError
 from ..models import AuditEvent, DenoiseJob
 from ..storage import load_array, media_path
@@ -180,7 +181,7 @@ def series_export(
     """Write a succeeded job's outputs as derived DICOM series and audit the export.
 
     Files go to ``out_dir/denoised/IM00001.dcm``... (and ``out_dir/residual/`` with
-    ``include_residual``). UIDs come from :data:`radiology.dicomio.derived.UID_ROOT`
+    ``include_residual``). UIDs come from :data:`dicomio.derived.UID_ROOT`
     and are stable across re-exports of the same job unless de-identified.
 
     Args:

@@ -15,18 +15,19 @@ from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import transaction
 
-from ..audit import audit_record
-from ..dicomio import (
+from dicomio import (
     DicomRejected,
     Limits,
     assemble_series,
     iter_members,
     read_instance,
 )
-from ..dicomio import Instance as DecodedInstance
-from ..dicomio.errors import DicomIOError
-from ..dicomio.orientation import display_geometry
-from ..dicomio.volume import DUPLICATE_PREFIX, duplicate_reason, same_image
+from dicomio import Instance as DecodedInstance
+from dicomio.errors import DicomIOError
+from dicomio.orientation import display_geometry
+from dicomio.volume import DUPLICATE_PREFIX, duplicate_reason, same_image
+
+from ..audit import audit_record
 from ..models import AuditEvent, Instance, Series, Study, Upload
 from ..storage import BatchWriter, generated_name, media_path, npy_chunks
 

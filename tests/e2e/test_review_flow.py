@@ -9,7 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from radiology.dicomio.synthetic import phantom_volume, write_series
+from dicomio.synthetic import phantom_volume, write_series
 from radiology.models import DenoiseJob, Review, Series
 from radiology.storage import load_array
 from tests.e2e.conftest import sign_in, upload_files

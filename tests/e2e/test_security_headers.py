@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from radiology.dicomio.synthetic import phantom_volume, write_series
+from dicomio.synthetic import phantom_volume, write_series
 from radiology.middleware import CONTENT_SECURITY_POLICY
 from radiology.models import DenoiseJob
 from tests.e2e.conftest import sign_in, upload_files

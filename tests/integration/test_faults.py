@@ -20,8 +20,8 @@ import pytest
 from django.db import connection
 
 import inference
+from dicomio.synthetic import phantom_volume, write_series
 from radiology.audit import audit_verify
-from radiology.dicomio.synthetic import phantom_volume, write_series
 from radiology.models import AuditEvent, DenoiseJob
 from radiology.services.fixity import fixity_check
 from radiology.services.ingest import upload_ingest

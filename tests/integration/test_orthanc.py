@@ -16,8 +16,8 @@ import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
 
-from radiology.dicomio.derived import device_uid
-from radiology.dicomio.synthetic import phantom_volume, write_series
+from dicomio.derived import device_uid
+from dicomio.synthetic import phantom_volume, write_series
 from radiology.services.export import series_export
 from radiology.services.ingest import upload_ingest
 from radiology.storage import load_array

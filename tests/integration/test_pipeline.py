@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
+from dicomio.synthetic import phantom_volume, write_series
 from radiology.audit import audit_verify
-from radiology.dicomio.synthetic import phantom_volume, write_series
 from radiology.models import AuditEvent, DenoiseJob
 from radiology.services.ingest import upload_ingest
 from radiology.services.jobs import denoise_job_request, output_names

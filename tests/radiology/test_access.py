@@ -8,7 +8,7 @@ import io
 import pytest
 from django.test import Client
 
-from radiology.dicomio.synthetic import phantom_volume, write_series
+from dicomio.synthetic import phantom_volume, write_series
 from radiology.models import ApiToken, AuditEvent
 from radiology.services.ingest import upload_ingest
 

@@ -17,7 +17,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import RequestFactory
 from pydicom.data import get_testdata_file
 
-from radiology.dicomio.synthetic import phantom_volume, write_series
+from dicomio.synthetic import phantom_volume, write_series
 from radiology.models import AuditEvent, DenoiseJob, Instance, Series
 from radiology.services.fixity import fixity_check
 from radiology.services.ingest import upload_ingest

@@ -13,7 +13,7 @@ from dicomweb_client.api import DICOMwebClient
 from django.test import Client
 from django.utils.crypto import get_random_string
 
-from radiology.dicomio.synthetic import phantom_volume, write_series
+from dicomio.synthetic import phantom_volume, write_series
 from radiology.models import ApiToken, AuditEvent
 
 pytestmark = pytest.mark.django_db(transaction=True)

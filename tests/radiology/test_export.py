@@ -14,9 +14,9 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.test import Client
 
+from dicomio.derived import UID_ROOT, device_uid
+from dicomio.synthetic import phantom_volume, write_series
 from radiology.audit import audit_verify
-from radiology.dicomio.derived import UID_ROOT, device_uid
-from radiology.dicomio.synthetic import phantom_volume, write_series
 from radiology.models import AuditEvent, DenoiseJob
 from radiology.services.export import ExportError, series_export
 from radiology.services.ingest import upload_ingest

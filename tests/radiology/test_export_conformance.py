@@ -11,8 +11,8 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from radiology.dicomio.derived import MANUFACTURER
-from radiology.dicomio.synthetic import phantom_volume, write_series
+from dicomio.derived import MANUFACTURER
+from dicomio.synthetic import phantom_volume, write_series
 from radiology.models import DenoiseJob
 from radiology.services.export import ExportError, series_export
 from radiology.services.ingest import upload_ingest
@@ -279,7 +279,7 @@ def test_real_world_geometry_is_reported_kept_and_exported_clean(
         assert not series.warnings
     else:
         assert any(warning in w for w in series.warnings), series.warnings
-    from radiology.dicomio.orientation import display_geometry
+    from dicomio.orientation import display_geometry
 
     display = display_geometry(series.orientation, series.shape, series.warnings)[
         "reformats"

@@ -7,7 +7,7 @@ import json
 import pytest
 from django.core.management import call_command
 
-from radiology.dicomio.synthetic import phantom_volume, write_series
+from dicomio.synthetic import phantom_volume, write_series
 from radiology.models import AuditEvent, FixityIssue
 from radiology.services.fixity import fixity_check
 from radiology.services.ingest import upload_ingest

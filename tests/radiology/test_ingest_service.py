@@ -15,7 +15,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.test import Client
 
-from radiology.dicomio.synthetic import phantom_volume, write_series
+from dicomio.synthetic import phantom_volume, write_series
 from radiology.models import AuditEvent, Instance, Series
 from radiology.services.ingest import upload_ingest
 from radiology.storage import BatchWriter, load_array, media_path

@@ -10,10 +10,10 @@ import pytest
 from django.core.management import call_command
 
 import inference
+from dicomio.synthetic import phantom_volume, write_series
 from radiology import storage
 from radiology.audit import audit_verify
 from radiology.celery import app
-from radiology.dicomio.synthetic import phantom_volume, write_series
 from radiology.models import AuditEvent, DenoiseJob
 from radiology.services.ingest import upload_ingest
 from radiology.services.jobs import (

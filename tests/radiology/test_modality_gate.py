@@ -8,7 +8,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 import inference
-from radiology.dicomio.synthetic import phantom_volume, write_series
+from dicomio.synthetic import phantom_volume, write_series
 from radiology.models import AuditEvent, DenoiseJob
 from radiology.services.ingest import upload_ingest
 from radiology.services.jobs import (

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from radiology.dicomio.orientation import direction_letters, display_geometry
-from radiology.dicomio.synthetic import phantom_volume, write_series
+from dicomio.orientation import direction_letters, display_geometry
+from dicomio.synthetic import phantom_volume, write_series
 from radiology.services.ingest import upload_ingest
 
 

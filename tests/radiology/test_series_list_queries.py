@@ -7,7 +7,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from radiology.dicomio.synthetic import phantom_volume, write_series
+from dicomio.synthetic import phantom_volume, write_series
 from radiology.models import FixityIssue, Review
 from radiology.services.ingest import upload_ingest
 from radiology.services.jobs import denoise_job_request

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from radiology.dicomio.synthetic import phantom_volume, write_series
+from dicomio.synthetic import phantom_volume, write_series
 from radiology.services.ingest import upload_ingest
 from radiology.services.jobs import denoise_job_request, denoise_job_run
 from radiology.storage import load_array

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from radiology.dicomio.synthetic import write_series
+from dicomio.synthetic import write_series
 
 
 @pytest.fixture

@@ -76,7 +76,7 @@ def test_held_out_slices_and_their_margin_never_reach_training(tmp_path) -> None
     """Slice indices are the series' own: nothing is dropped without a held-out
     range, and with one no training item uses a held-out slice, a slice of its
     margin, or a neighbour from either."""
-    from radiology.dicomio.synthetic import write_series
+    from dicomio.synthetic import write_series
     from training.data import series_neighbours, series_slices, volume_slices
 
     rng = np.random.default_rng(1)

@@ -10,7 +10,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand
 
-from radiology.dicomio.synthetic import write_series
+from dicomio.synthetic import write_series
 from radiology.models import Series
 from radiology.services.ingest import upload_ingest
 from radiology.services.jobs import JobRequestError, denoise_job_request

@@ -28,7 +28,7 @@ from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from .errors import DicomIOError
 from .frames import FrameSource
@@ -48,7 +48,7 @@ __all__ = [
 
 #: Root of every UID this application creates (series, instance, device, ...).
 UID_ROOT = "2.25.245668327531281547092205570673594397792."
-IMPLEMENTATION_CLASS_UID = UID_ROOT + "1"
+IMPLEMENTATION_CLASS_UID = UID(UID_ROOT + "1")
 IMPLEMENTATION_VERSION_NAME = "RADIOLOGY_DN_1"
 MANUFACTURER = OWN_MANUFACTURER
 
@@ -325,7 +325,7 @@ def _check(sources: Sequence[FrameSource], volume: np.ndarray) -> None:
             raise DerivedSeriesError(
                 f"source {slice_source.sop_instance_uid} is a multi-frame object "
                 f"({frames} frames) given whole: pass its frames "
-                "(radiology.dicomio.frames.frame_sources)"
+                "(dicomio.frames.frame_sources)"
             )
         if (int(source.Rows), int(source.Columns)) != volume.shape[1:]:
             raise DerivedSeriesError(
@@ -620,7 +620,8 @@ def deidentify_series(
     from dicognito.anonymizer import Anonymizer
 
     anonymizer = Anonymizer()
-    anonymizer.add_element_handler(_SaltedUIDs(root, salt or secrets.token_hex(16)))
+    handler = _SaltedUIDs(root, salt or secrets.token_hex(16))
+    anonymizer.add_element_handler(handler)  # type: ignore[arg-type]  # duck-typed
     for ds in datasets:
         ds.remove_private_tags()
         for keyword in _DEID_REMOVE:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydicom.data import get_testdata_file
 
-from radiology.dicomio import DicomRejected, Limits, iter_members, sanitise_name
+from dicomio import DicomRejected, Limits, iter_members, sanitise_name
 
 CT_SMALL = Path(get_testdata_file("CT_small.dcm")).read_bytes()
 

@@ -6,7 +6,7 @@ __all__ = ["DicomIOError", "DicomRejected"]
 
 
 class DicomIOError(Exception):
-    """Base class of every error raised on purpose by :mod:`radiology.dicomio`.
+    """Base class of every error raised on purpose by :mod:`dicomio`.
 
     Cause: an input (file, archive member or series) could not be used.
     Fix: catch this class to handle all of the package's errors at once; the
@@ -20,7 +20,7 @@ class DicomRejected(DicomIOError):
     Cause: the bytes are not a usable greyscale DICOM image (not DICOM at all,
     truncated, corrupt compressed pixels, a non-image object such as a
     structured report, a colour image, dimensions beyond the configured
-    :class:`~radiology.dicomio.sources.Limits`, an invalid UID), or the
+    :class:`~dicomio.sources.Limits`, an invalid UID), or the
     instance does not fit the series it claims to belong to.
     Fix: the reason names the offending value; re-export the study from the
     modality or PACS, or raise the limit if the file is legitimate.

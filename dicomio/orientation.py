@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["REFORMAT_MIN_SLICES", "display_geometry", "direction_letters"]
 
@@ -55,7 +56,7 @@ _NO_REFORMAT = (
 )
 
 
-def direction_letters(vector: Sequence[float]) -> str:
+def direction_letters(vector: ArrayLike) -> str:
     """Letters of a patient direction (LPS), largest component first: (1, 0, 0) is
     "L", (0, -0.7, 0.7) "AH"; components under 0.3 are left out."""
     v = np.asarray(vector, dtype=np.float64)

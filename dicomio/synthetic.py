@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -89,7 +89,7 @@ def _unit(vector: np.ndarray, what: str) -> np.ndarray:
     return vector / norm
 
 
-def _ds(values: Sequence[float]) -> list[str]:
+def _ds(values: Iterable[float]) -> list[str]:
     # DS is at most 16 characters; repr-like formatting keeps round trips exact enough.
     return [f"{float(v):.10g}"[:16] for v in values]
 
@@ -256,7 +256,7 @@ def _base_dataset(
     ds.Modality = modality
     ds.SeriesNumber = 1
     ds.PositionReferenceIndicator = ""
-    ds.Manufacturer = "radiology.dicomio.synthetic"
+    ds.Manufacturer = "dicomio.synthetic"
     ds.BurnedInAnnotation = "NO"
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"

@@ -15,7 +15,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from radiology.dicomio import phantom_volume, read_instance, write_series
+from dicomio import phantom_volume, read_instance, write_series
 
 TYPE_1_AND_2 = (
     "SOPClassUID",

@@ -549,12 +549,15 @@ def _decode(ds: Dataset, name: str, n_frames: int, data: bytes) -> np.ndarray:
             )
     try:
         # Compressed data goes to third-party C/C++/Rust decoders: isolate them.
-        if syntax.is_encapsulated:
+        native = None
+        if not syntax.is_encapsulated:
+            native = _native_pixels(ds, keyword, syntax, n_frames * rows * columns)
+        if native is not None:
+            stored = native
+        elif syntax.is_encapsulated:
             stored = decode_isolated(data)
         else:
-            stored = _native_pixels(ds, keyword, syntax, n_frames * rows * columns)
-            if stored is None:
-                stored = ds.pixel_array
+            stored = ds.pixel_array
     except Exception as exc:
         label = syntax.name if syntax.is_encapsulated else "native"
         raise DicomRejected(
@@ -744,11 +747,8 @@ def _frame_geometry(
             )
         elif index > 0:
             position = None
-    return (
-        position,  # type: ignore[return-value]
-        orientation,  # type: ignore[return-value]
-        spacing,  # type: ignore[return-value]
-    )
+    # Lengths are checked by _floats(…, n) above; mypy cannot see them.
+    return position, orientation, spacing  # type: ignore[return-value]
 
 
 def _slice_thickness(ds: Dataset) -> float | None:

@@ -11,7 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from radiology.dicomio import (
+from dicomio import (
     Instance,
     assemble_series,
     iter_members,
