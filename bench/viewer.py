@@ -31,6 +31,16 @@ CHROMIUM_ARGS = [
 ]
 PASSWORD = "bench-viewer-pass-1"
 
+# The viewer's state for the measurements: production code sets no globals, so once
+# the page's modules have run this imports the page's own viewer module (the same
+# instance) and puts its exported state on window.viewer, as tests/e2e does.
+_VIEWER_HOOK = """
+document.addEventListener("DOMContentLoaded", () => {
+  const main = document.querySelector('script[type=module][src$="/viewer/main.js"]');
+  if (main) import(main.src).then((module) => { window.viewer = module.viewer; });
+});
+"""
+
 _SCROLL_JS = """async (frames) => {
   const canvas = document.querySelector('.pane[data-pane=original] canvas');
   const next = () => new Promise((resolve) => requestAnimationFrame(() => resolve()));
@@ -219,9 +229,9 @@ def _measure(base: str, job_id: int, frames: int) -> dict:
             executable_path=CHROMIUM, args=CHROMIUM_ARGS
         )
         try:
-            page = browser.new_context(
-                viewport={"width": 1280, "height": 800}
-            ).new_page()
+            context = browser.new_context(viewport={"width": 1280, "height": 800})
+            context.add_init_script(_VIEWER_HOOK)
+            page = context.new_page()
             page.set_default_timeout(120_000)
             page.goto(f"{base}/accounts/login/")
             page.fill("#id_username", "bench")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
@@ -22,6 +23,15 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "e2e"
+#: Test-only access to the compare viewer: production code sets no globals, so once
+#: the page's modules have run this imports the page's own viewer module (the same
+#: instance, not a second viewer) and puts its exported state on ``window.viewer``.
+VIEWER_HOOK = """
+document.addEventListener("DOMContentLoaded", () => {
+  const main = document.querySelector('script[type=module][src$="/viewer/main.js"]');
+  if (main) import(main.src).then((module) => { window.viewer = module.viewer; });
+});
+"""
 
 
 @pytest.fixture
@@ -50,6 +60,7 @@ def browser_page(monkeypatch, request):
         context = browser.new_context(
             viewport={"width": 1280, "height": 800}, bypass_csp=not strict
         )
+        context.add_init_script(VIEWER_HOOK)
         page = context.new_page()
         page.on(
             "console",
@@ -162,6 +173,22 @@ def models_root(settings, tmp_path):
     settings.DENOISE_DEFAULT_MODEL = ""
     inference.clear_cache()
     return root
+
+
+def patch_script(page, path: str, old: str, new: str) -> None:
+    """Serve the static script ending in ``path`` with ``old`` replaced by ``new``:
+    the browser's monkeypatch of the page's code. A script without ``old`` is
+    answered 500, so the page reports a console error instead of running unpatched."""
+
+    def handle(route) -> None:
+        response = route.fetch()
+        body = response.text()
+        if old not in body:
+            route.fulfill(status=500, body=f"{old!r} is not in {path}")
+        else:
+            route.fulfill(response=response, body=body.replace(old, new))
+
+    page.route(re.compile(re.escape(path) + r"(\?.*)?$"), handle)
 
 
 def sign_in(page, base: str) -> None:

@@ -12,7 +12,7 @@ import pytest
 from dicomio.synthetic import phantom_volume, write_series
 from radiology.models import DenoiseJob, Review, Series
 from radiology.storage import load_array
-from tests.e2e.conftest import sign_in, upload_files
+from tests.e2e.conftest import patch_script, sign_in, upload_files
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -73,14 +73,21 @@ def test_reviewer_uploads_compares_measures_and_records_a_verdict(
     shot("studies-succeeded")
     # Two slices per slab, and the residual slab of the slice shown first (6 of 12)
     # arrives last: the windows must still be measured on that slice's own data.
-    page.add_init_script(f"window.VIEWER_SLAB_BYTES = {SHAPE[1] * SHAPE[2] * 2 * 2};")
+    patch_script(
+        page,
+        "/viewer/loading.js",
+        "const SLAB_BYTES = 4 * 1024 * 1024;",
+        f"const SLAB_BYTES = {SHAPE[1] * SHAPE[2] * 2 * 2};",
+    )
+    delayed = []
     page.route(
-        re.compile(r"/volume/residual\?z0=6&"),
-        lambda route: (time.sleep(1.5), route.continue_()),
+        re.compile(r"/volume/residual\?z0=6&z1=8$"),
+        lambda route: (delayed.append(route), time.sleep(1.5), route.continue_()),
     )
     page.click("#studies tr[data-status=succeeded] a:has-text('Compare')")
 
     page.wait_for_selector("#viewer[data-loaded='1']")
+    assert len(delayed) == 1  # the shown slice's own two-slice slab
     page.wait_for_function("window.viewer.stats.frames > 0")
     series = Series.objects.get(description="E2E chest")
     job = DenoiseJob.objects.get(series=series)
@@ -316,7 +323,9 @@ def test_reviewer_uploads_compares_measures_and_records_a_verdict(
     csv_text = download.value.path().read_text()
     assert "=HYPERLINK(1) second look" in csv_text  # inside the extra_data JSON
     cells = page.evaluate(
-        "['=1+1', '-2', '+3', '@SUM(A1)', 'a=b', 'x,y'].map(window.audit.csvCell)"
+        "async (cells) =>"
+        " cells.map((await import('/static/radiology/csv.js')).csvCell)",
+        ["=1+1", "-2", "+3", "@SUM(A1)", "a=b", "x,y"],
     )
     assert cells == ["'=1+1", "'-2", "'+3", "'@SUM(A1)", "a=b", '"x,y"']
 

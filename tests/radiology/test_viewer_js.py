@@ -1,5 +1,5 @@
-"""The pages' scripts: Node's unit tests of the viewer's pure modules, and imports
-and script tags that name real files."""
+"""The pages' scripts: Node's unit tests of the viewer's pure modules, imports that
+resolve, and no global test hooks in production code."""
 
 from __future__ import annotations
 
@@ -14,6 +14,11 @@ ROOT = Path(__file__).resolve().parents[2]
 STATIC = ROOT / "radiology" / "static"
 JS_TESTS = sorted((ROOT / "tests" / "js").glob("*.test.mjs"))
 
+#: An assignment to a property of the page's global object (``window.x = …``,
+#: ``globalThis["x"] = …``), but not a comparison.
+GLOBAL_ASSIGNMENT = re.compile(
+    r"\b(?:window|globalThis|self)\s*(?:\.\s*[\w$]+|\[[^\]]*\])\s*=(?!=)"
+)
 #: A static or dynamic import of a relative module path.
 RELATIVE_IMPORT = re.compile(
     r"""(?:\bfrom\s*|\bimport\s*\(?\s*)["'](\.\.?/[^"']+)["']"""
@@ -39,6 +44,35 @@ def test_node_runs_the_viewer_unit_tests():
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert re.search(r"^# fail 0$", result.stdout, re.M), result.stdout[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("line", "hook"),
+    [
+        ("window.viewer = viewerApi;", True),
+        ("window['audit'] = { csvCell };", True),
+        ("globalThis.x=1", True),
+        ("if (window.viewer === undefined) {}", False),
+        ("const bytes = window.devicePixelRatio * 2;", False),
+        ("window.addEventListener('load', start);", False),
+    ],
+)
+def test_global_assignment_pattern(line, hook):
+    assert bool(GLOBAL_ASSIGNMENT.search(line)) is hook
+
+
+def test_no_production_script_sets_a_global():
+    """Test hooks reach the viewer through its module's exports (tests/e2e), never
+    through globals that production pages would carry."""
+    scripts = production_scripts()
+    assert scripts
+    found = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in scripts
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if GLOBAL_ASSIGNMENT.search(line)
+    ]
+    assert not found, "\n".join(found)
 
 
 def test_every_relative_import_names_a_static_file():

@@ -1,5 +1,6 @@
 // Audit log: filtered reads of /api/audit (each read is audited by the API) and CSV export.
 import { api, el, formatTime } from "./common.js";
+import { csvCell } from "./csv.js";
 
 const form = document.getElementById("audit-filters");
 const body = document.getElementById("audit");
@@ -60,16 +61,6 @@ async function load() {
     el("td", { class: "mono small", title: e.hash }, e.hash.slice(0, 10)))));
   if (!events.length) body.append(el("tr", {}, el("td", { colspan: "7", class: "muted" }, "No events match.")));
 }
-
-// A spreadsheet runs a cell that starts with = + - @ (or a tab or CR) as a formula:
-// such text from user names or comments is prefixed with ' so it stays text.
-function csvCell(value) {
-  let text = value === null || value === undefined ? "" : typeof value === "object" ? JSON.stringify(value) : String(value);
-  if (/^[=+\-@\t\r]/.test(text)) text = `'${text}`;
-  return /[",\n\r]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
-}
-
-window.audit = { csvCell };
 
 document.getElementById("csv-export").addEventListener("click", () => {
   const columns = ["id", "created_at", "actor", "action", "target_type", "target_id", "study", "extra_data", "prev_hash", "hash"];

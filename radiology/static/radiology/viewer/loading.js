@@ -9,8 +9,8 @@ import { renderStudy } from "./ui/panel.js";
 import { slabOrder, slicesPerSlab } from "./volume.js";
 import { residualWindowFor } from "./window.js";
 
-// Volumes arrive in slabs of about this many bytes (a test may set smaller ones).
-const SLAB_BYTES = window.VIEWER_SLAB_BYTES || 4 * 1024 * 1024;
+// Volumes arrive in slabs of about this many bytes.
+const SLAB_BYTES = 4 * 1024 * 1024;
 
 async function fetchSlab(url, target, z0, z1, planeVoxels) {
   const response = await fetch(`${url}?z0=${z0}&z1=${z1}`, { credentials: "same-origin" });

@@ -12,7 +12,6 @@ import { renderConcerns, renderFlags, renderProvenance, renderReviews } from "./
 
 viewer.render = scheduleRender;
 export { viewer };
-window.viewer = viewer;
 
 async function startOriginalOnly() {
   const series = await api(`/series/${seriesId}`);
