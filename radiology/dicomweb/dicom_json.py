@@ -28,6 +28,7 @@ __all__ = [
     "referenced_sop",
     "response",
     "series_attributes",
+    "series_url",
     "store_result",
     "study_attributes",
     "study_url",

@@ -6,6 +6,7 @@ import hashlib
 
 import pytest
 from django.test import Client, RequestFactory
+from django.urls import resolve
 
 from radiology import auth
 from radiology.api import api
@@ -48,6 +49,11 @@ def test_the_api_authenticates_with_the_shared_classes():
 @pytest.mark.parametrize("interface", INTERFACES)
 def test_no_credentials_is_401(interface):
     assert Client().get(READ[interface]).status_code == 401
+
+
+def test_dicomweb_views_answer_401_themselves_rather_than_redirect_to_login():
+    """Marked for Django's LoginRequiredMiddleware, which would redirect them."""
+    assert resolve(READ["dicomweb"]).func.login_required is False
 
 
 @pytest.mark.parametrize("interface", INTERFACES)
