@@ -6,6 +6,7 @@ attributes without a value (``None`` or ``""``) are sent with their VR only.
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pydicom
@@ -49,17 +50,19 @@ def dataset(**attributes) -> Dataset:
     """
     ds = Dataset()
     for keyword, value in attributes.items():
-        tag = tag_for_keyword(keyword)
-        if tag is None:
-            raise ValueError(f"dicom_json: {keyword!r} is not a DICOM keyword")
+        tag, vr = _tag_and_vr(keyword)
         values = value if isinstance(value, list) else [value]
         kept = [v for v in values if v is not None and v != ""]
-        ds.add(
-            DataElement(
-                tag, dictionary_VR(tag), kept, validation_mode=pydicom.config.IGNORE
-            )
-        )
+        ds.add(DataElement(tag, vr, kept, validation_mode=pydicom.config.IGNORE))
     return ds
+
+
+@functools.cache
+def _tag_and_vr(keyword: str) -> tuple[int, str]:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise ValueError(f"dicom_json: {keyword!r} is not a DICOM keyword")
+    return tag, dictionary_VR(tag)
 
 
 def base_url(request: HttpRequest) -> str:
