@@ -10,40 +10,22 @@ from pathlib import Path
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import TooManyFilesSent
-from django.http import Http404, HttpRequest
+from django.http import Http404
 from ninja import File, NinjaAPI, Schema, Status
 from ninja.errors import HttpError
 from ninja.files import UploadedFile
-from ninja.security import HttpBearer, django_auth
 
 from . import selectors
-from .models import ApiToken, AuditEvent, DenoiseJob, Review, Series
+from .auth import API_AUTH
+from .models import ApiToken, AuditEvent, DenoiseJob, Review
 from .services import jobs as job_services
 from .services.ingest import series_summary, upload_ingest
 from .services.reviews import review_concerns, review_submit
 
-
-class TokenAuth(HttpBearer):
-    def authenticate(self, request: HttpRequest, token: str):
-        from .services.throttle import client_address, locked_for, record_failure
-        from .services.tokens import token_for_key
-
-        address = client_address(request)
-        if locked_for(username=None, address=address):
-            return None  # guessing tokens from this address: 401 until the lock ends
-        found = token_for_key(token, address=address)
-        if found is None:
-            # Unknown, revoked or expired: counted like a wrong password.
-            record_failure(username=None, address=address, via="api token")
-            return None
-        request.user = found.user
-        return found.user
-
-
 api = NinjaAPI(
     title="Radiology denoising review API",
     version="1",
-    auth=[TokenAuth(), django_auth],
+    auth=API_AUTH,
     urls_namespace="api",
     # The schema lists every endpoint and parameter: for signed-in users only
     # (reviewers and integrators have accounts); anyone else is sent to sign in.
@@ -210,9 +192,7 @@ def get_series(request, series_id: int):
                 None,
             ),
         }
-        for other in Series.objects.visible_to(request.user)
-        .filter(study_id=series.study_id)
-        .order_by("created_at", "pk")
+        for other in selectors.series_in_study_for(request.user, series.study_id)
     ]
     return data
 

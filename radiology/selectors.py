@@ -2,29 +2,42 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
 from django.db.models import Prefetch, Q, QuerySet
 from django.http import Http404
 
 from .audit import audit_record
-from .models import AuditEvent, DenoiseJob, FixityIssue, Review, Series, Study
+from .models import (
+    AuditEvent,
+    DenoiseJob,
+    FixityIssue,
+    Instance,
+    Review,
+    Series,
+    Study,
+)
 
 
-def _denied(user, kind: str, pk, *, exists: bool = True) -> Http404:
+def _denied(user, kind: str, pk, *, exists: bool = True, via: str = "") -> Http404:
     """Record the attempt and answer 404. Missing and someone else's objects look
     the same to the user: the same answer, one audit event written either way
     (similar timing), and ``access.denied`` events are for staff only, so the
-    user cannot read which it was."""
+    user cannot read which it was. ``via`` names the interface when it is not the
+    app's own (``"dicomweb"``)."""
+    extra_data: dict = {
+        "reason": "not owner or group member" if exists else "no such object",
+        "exists": exists,
+    }
+    if via:
+        extra_data["via"] = via
     audit_record(
         action=AuditEvent.Action.ACCESS_DENIED,
         actor=user,
         target_type=kind,
-        target_id=str(pk),
-        extra_data={
-            "reason": "not owner or group member" if exists else "no such object",
-            "exists": exists,
-        },
+        target_id=str(pk)[:64],
+        extra_data=extra_data,
     )
     return Http404(f"no {kind} {pk}")
 
@@ -48,6 +61,78 @@ def job_for(user, pk: int) -> DenoiseJob:
         exists = DenoiseJob.objects.filter(pk=pk).exists()
         raise _denied(user, "denoisejob", pk, exists=exists)
     return job
+
+
+def series_in_study_for(user, study_id: int) -> QuerySet[Series]:
+    """The series of a study that the user may see, oldest first."""
+    return (
+        Series.objects.visible_to(user)
+        .filter(study_id=study_id)
+        .order_by("created_at", "pk")
+    )
+
+
+# DICOMweb names studies, series and instances by their DICOM UIDs. One UID may be
+# stored more than once (several owners, re-uploads), so lookups answer every
+# visible row and the instances are de-duplicated by SOP Instance UID.
+
+
+def visible_series(user) -> QuerySet[Series]:
+    return Series.objects.visible_to(user).select_related("study")
+
+
+def series_of_study_uid(user, study_uid: str) -> QuerySet[Series]:
+    """The visible series of the study ``study_uid``; 404 (audited) if none."""
+    qs = visible_series(user).filter(study__study_instance_uid=study_uid)
+    if not qs.exists():
+        exists = Study.objects.filter(study_instance_uid=study_uid).exists()
+        raise _denied(user, "study", study_uid, exists=exists, via="dicomweb")
+    return qs
+
+
+def series_of_uid(user, study_uid: str, series_uid: str) -> list[Series]:
+    """The visible series ``series_uid`` of study ``study_uid``; 404 if none."""
+    found = list(
+        series_of_study_uid(user, study_uid).filter(series_instance_uid=series_uid)
+    )
+    if not found:
+        exists = Series.objects.filter(series_instance_uid=series_uid).exists()
+        raise _denied(user, "series", series_uid, exists=exists, via="dicomweb")
+    return found
+
+
+def unique_instances(series_rows: Iterable[Series]) -> list[Instance]:
+    """Instances of the series, one per SOP Instance UID, in slice order."""
+    seen: dict[str, Instance] = {}
+    rows = Instance.objects.filter(series__in=list(series_rows)).select_related(
+        "series__study"
+    )
+    for instance in rows.order_by("series_id", "slice_index"):
+        seen.setdefault(instance.sop_instance_uid, instance)
+    return list(seen.values())
+
+
+def instance_of_uid(user, study_uid: str, series_uid: str, sop_uid: str) -> Instance:
+    """The visible instance ``sop_uid`` of that study and series; 404 if none."""
+    found = [
+        i
+        for i in unique_instances(series_of_uid(user, study_uid, series_uid))
+        if i.sop_instance_uid == sop_uid
+    ]
+    if not found:
+        exists = Instance.objects.filter(sop_instance_uid=sop_uid).exists()
+        raise _denied(user, "instance", sop_uid, exists=exists, via="dicomweb")
+    return found[0]
+
+
+def stored_sop_instance_uids(user, sop_uids: Iterable[str]) -> set[str]:
+    """Which of ``sop_uids`` are stored in a series the user may see."""
+    return set(
+        Instance.objects.filter(
+            series__in=Series.objects.visible_to(user),
+            sop_instance_uid__in=list(sop_uids),
+        ).values_list("sop_instance_uid", flat=True)
+    )
 
 
 def series_list(

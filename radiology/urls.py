@@ -11,7 +11,7 @@ from .forms import ThrottledAuthenticationForm
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", api.urls),
-    path("dicomweb/", include("radiology.dicomweb_urls")),
+    path("dicomweb/", include("radiology.dicomweb.urls")),
     path(
         "accounts/login/",
         auth_views.LoginView.as_view(authentication_form=ThrottledAuthenticationForm),

@@ -210,7 +210,7 @@ def test_unknown_query_attribute_is_a_clear_400(live_server, alice):
     ],
 )
 def test_wildcards_match_in_bounded_time(pattern, text, expected):
-    from radiology.dicomweb import wildcard_match
+    from radiology.dicomweb.qido import wildcard_match
 
     assert wildcard_match(pattern, text) is expected
 
@@ -235,7 +235,7 @@ def test_a_frame_asked_for_many_times_is_refused(
 ):
     """A thousand copies of one frame made a 524 MB answer: at most as many frames
     as the instance has, and a response-size cap."""
-    import radiology.dicomweb
+    import radiology.dicomweb.wado
 
     session = session_for(alice)
     dicomweb(live_server, session).store_instances(datasets)
@@ -247,6 +247,6 @@ def test_a_frame_asked_for_many_times_is_refused(
     repeated = session.get(url + ",".join(["1"] * 1000), timeout=10)
     assert repeated.status_code == 400
     assert "at most 1 per request" in repeated.json()["detail"]
-    monkeypatch.setattr(radiology.dicomweb, "MAX_FRAMES_BYTES", 100)
+    monkeypatch.setattr(radiology.dicomweb.wado, "MAX_FRAMES_BYTES", 100)
     too_big = session.get(url + "1", timeout=10)
     assert too_big.status_code == 413 and "per response" in too_big.json()["detail"]

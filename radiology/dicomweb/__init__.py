@@ -1,0 +1,1 @@
+"""DICOMweb (PS3.18) over the stored originals: STOW-RS, QIDO-RS and WADO-RS."""
