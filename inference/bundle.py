@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from inference.errors import BundleError, BundleExistsError
+from inference.monai_bundle import INFERENCE_CONFIG_PATH, inference_config_text
 from inference.networks import build_network
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "METADATA_PATH",
     "WEIGHTS_PATH",
     "CARD_PATH",
+    "INFERENCE_CONFIG_PATH",
     "write_bundle",
     "read_metadata",
     "sha256_file",
@@ -36,6 +38,9 @@ __all__ = [
     "validate_metadata",
     "validate_input_spec",
     "parse_version",
+    "bundle_folders",
+    "bundle_path",
+    "models_root_of",
 ]
 
 SCHEMA = "radiology-denoise-bundle/1"
@@ -262,6 +267,40 @@ def read_metadata(directory: Path | str) -> dict[str, Any]:
     return data
 
 
+def bundle_path(models_root: Path | str, name: str, version: str) -> Path:
+    """Where ``name`` ``version`` lives: ``<models_root>/<name>/<version>``."""
+    return Path(models_root) / name / version
+
+
+def bundle_folders(models_root: Path | str) -> list[Path]:
+    """Every bundle folder under a models root, sorted: ``<name>/<version>/`` and
+    legacy flat ``<folder>/`` ones alike (a folder holding
+    ``configs/metadata.json``); hidden folders (exports in progress) are skipped."""
+    root = Path(models_root)
+    folders = set()
+    for pattern in (f"*/*/{METADATA_PATH.as_posix()}", f"*/{METADATA_PATH.as_posix()}"):
+        for meta_path in root.glob(pattern):
+            folder = meta_path.parent.parent
+            if not any(part.startswith(".") for part in folder.relative_to(root).parts):
+                folders.add(folder)
+    return sorted(folders)
+
+
+def models_root_of(folder: Path | str, metadata: Mapping[str, Any]) -> Path:
+    """The models root a bundle folder is in: two levels up for
+    ``<root>/<name>/<version>``, one for a legacy flat ``<root>/<folder>``."""
+    folder = Path(folder)
+    if _is_nested(folder, metadata):
+        return folder.parent.parent
+    return folder.parent
+
+
+def _is_nested(folder: Path, metadata: Mapping[str, Any]) -> bool:
+    return folder.name == metadata.get("version") and (
+        folder.parent.name == metadata.get("name")
+    )
+
+
 def write_bundle(
     directory: Path | str,
     *,
@@ -276,8 +315,9 @@ def write_bundle(
     into ``build_network(metadata["network_def"])`` with ``strict=True``.
 
     Args:
-        directory: the bundle folder to create, e.g. ``models/redcnn-1.1.0``; its
-            parent is the models root searched for an existing ``(name, version)``.
+        directory: the bundle folder to create, ``<models root>/<name>/<version>``
+            (:func:`bundle_path`), or a legacy flat ``<models root>/<folder>``;
+            the models root is searched for an existing ``(name, version)``.
         metadata: keys of ``models/README.md``; :data:`REQUIRED_METADATA_KEYS` are
             required. ``schema``, ``task``, ``intended_use``, ``monai_version``,
             ``pytorch_version`` and ``numpy_version`` default to the current ones;
@@ -285,11 +325,16 @@ def write_bundle(
         state_dict: the weights, or a module whose ``state_dict()`` is saved.
         model_card: text of ``docs/README.md``; not written when ``None``.
 
+    The bundle also gets ``configs/inference.json``, the MONAI bundle config
+    (:func:`inference.monai_bundle.inference_config`) that runs it with
+    ``monai.bundle`` as the worker does.
+
     Returns:
         The path of the new bundle folder.
 
     Raises:
-        BundleError: when the metadata is invalid or the weights do not fit.
+        BundleError: when the metadata is invalid, the weights do not fit, or
+            ``directory`` is inside another bundle.
         BundleExistsError: when ``directory`` exists or the models root already
             holds the same ``(name, version)``.
     """
@@ -306,22 +351,31 @@ def write_bundle(
     payload = buffer.getvalue()
     meta["weights_sha256"] = sha256_bytes(payload)
 
-    root = directory.parent
+    config = inference_config_text(meta).encode("utf-8")
+
+    root = models_root_of(directory, meta)
     root.mkdir(parents=True, exist_ok=True)
     with _locked(root):
         if directory.exists():
             raise BundleExistsError(f"write_bundle: {directory}: already exists")
+        if (directory.parent / METADATA_PATH).exists():
+            raise BundleError(
+                f"write_bundle: {directory}: inside the bundle {directory.parent}"
+            )
         clash = _find_bundle(root, meta["name"], meta["version"])
         if clash is not None:
             raise BundleExistsError(
                 f"write_bundle: {meta['name']} {meta['version']} already exists in "
                 f"{clash}; bump the version"
             )
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=root))
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(
+            tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent)
+        )
         try:
             _write_file(tmp / WEIGHTS_PATH, payload)
-            text = json.dumps(meta, indent=2, sort_keys=True, allow_nan=False) + "\n"
-            _write_file(tmp / METADATA_PATH, text.encode("utf-8"))
+            _write_file(tmp / METADATA_PATH, _to_json(meta))
+            _write_file(tmp / INFERENCE_CONFIG_PATH, config)
             if model_card is not None:
                 _write_file(tmp / CARD_PATH, model_card.encode("utf-8"))
             os.chmod(tmp, 0o755)
@@ -329,8 +383,13 @@ def write_bundle(
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _fsync_dir(root)
+        _fsync_dir(directory.parent)
     return directory
+
+
+def _to_json(data: Mapping[str, Any]) -> bytes:
+    text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    return text.encode("utf-8")
 
 
 def _complete_metadata(meta: dict[str, Any]) -> dict[str, Any]:
@@ -369,10 +428,7 @@ def _check_weights_fit(
 
 
 def _find_bundle(root: Path, name: str, version: str) -> Path | None:
-    for meta_path in sorted(root.glob(f"*/{METADATA_PATH.as_posix()}")):
-        folder = meta_path.parent.parent
-        if folder.name.startswith("."):
-            continue
+    for folder in bundle_folders(root):
         try:
             meta = read_metadata(folder)
         except BundleError:

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from inference.bundle import (
-    METADATA_PATH,
     WEIGHTS_PATH,
+    bundle_folders,
     parse_version,
     read_metadata,
     sha256_bytes,
@@ -124,6 +124,10 @@ def default_models_root() -> Path:
 
 def list_models(models_root: Path | str | None = None) -> list[ModelInfo]:
     """Every valid bundle under ``models_root``, sorted by name then version.
+
+    Bundles live in ``<models_root>/<name>/<version>/``; legacy flat folders
+    (``<models_root>/<folder>/``) are read too. Either way a bundle is keyed by the
+    ``(name, version)`` of its metadata, never by its folder.
 
     Folders whose metadata cannot be read are skipped with a logged warning.
 
@@ -287,10 +291,7 @@ def _scan(root: Path) -> dict[tuple[str, str], tuple[Path, dict[str, Any]]]:
             f"models root {root} is not a folder; set MODELS_ROOT or create it"
         )
     bundles: dict[tuple[str, str], tuple[Path, dict[str, Any]]] = {}
-    for meta_path in sorted(root.glob(f"*/{METADATA_PATH.as_posix()}")):
-        folder = meta_path.parent.parent
-        if folder.name.startswith("."):
-            continue
+    for folder in bundle_folders(root):
         try:
             meta = read_metadata(folder)
             key = (str(meta["name"]), str(meta["version"]))

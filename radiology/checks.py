@@ -8,6 +8,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 
+from inference.bundle import bundle_folders
 from inference.devices import PRECISIONS
 
 from .audit.keys import load_keys
@@ -58,7 +59,7 @@ def check_precision(app_configs, **kwargs):
 @register(Tags.compatibility)
 def check_model_bundle(app_configs, **kwargs):
     root = settings.MODELS_ROOT
-    if not any(root.glob("*/configs/metadata.json")):
+    if not bundle_folders(root):
         return [
             Warning(
                 f"no model bundle under MODELS_ROOT={root}: denoise jobs will fail.",

@@ -77,9 +77,9 @@ def install_tiny_models(settings, root, versions=("1.0.0",), model_card=None):
     import inference
     from tests.inference.inference_fixtures import REDCNN, identity_weights, metadata
 
-    for index, version in enumerate(versions):
+    for version in versions:
         inference.write_bundle(
-            root / ("tiny" if index == 0 else f"tiny-{version}"),
+            root / "tiny" / version,
             metadata=metadata("tiny", version),
             state_dict=identity_weights(REDCNN),
             model_card=model_card,

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from inference.bundle import read_metadata
+from inference.bundle import models_root_of, read_metadata
 from inference.networks import DenoisingNetwork, build_network
 from inference.registry import write_default
 from training.config import load_config
@@ -122,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_eval.add_argument("--json", action="store_true", help="print metrics as JSON")
     p_export.add_argument("--models-root", help="default: export.models_root")
-    p_export.add_argument("--folder", help="bundle folder name, default <name>")
+    p_export.add_argument(
+        "--folder", help="bundle folder under the models root, default <name>/<version>"
+    )
     p_export.add_argument(
         "--set-default", action="store_true", help="write models/DEFAULT to this bundle"
     )
@@ -268,8 +270,7 @@ def export_run(
             this version with the config's ``keep_low_frequencies`` (when set) over
             its ``input_spec``; the bundle is recorded as the parent.
         models_root: default ``export.models_root``.
-        folder: bundle folder name, default ``<name>`` (``<name>-<version>`` when
-            taken).
+        folder: bundle folder under the models root, default ``<name>/<version>``.
         set_default: point ``models/DEFAULT`` at this ``name:version``.
 
     Returns:
@@ -372,7 +373,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     train(config, progress=not args.json, cache=True)
     pin_default(Path(config["export"]["models_root"]))
     path, meta = export_run(config)
-    root = path.parent
+    root = models_root_of(path, meta)
     parent = read_metadata(Path(parent_dir))
     decision = decide(
         load_model(parent["name"], parent["version"], models_root=root, device="cpu"),

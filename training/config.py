@@ -81,7 +81,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "export": {
         "models_root": "models",
-        "folder": None,  # default <name>, or <name>-<version> when that is taken
+        "folder": None,  # default <name>/<version> under models_root
         "batch_size": 8,
     },
     "evaluate": {

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from inference.bundle import read_metadata, write_bundle
+from inference.bundle import bundle_path, read_metadata, write_bundle
 from inference.networks import DenoisingNetwork
 from inference.ood import reference_statistics
 
@@ -317,16 +317,13 @@ def _fmt(value: Any) -> str:
 
 
 def bundle_folder(
-    models_root: Path, name: str, version: str, folder: str | None
+    models_root: Path, name: str, version: str, folder: str | None = None
 ) -> Path:
-    """``<root>/<folder or name>``, or ``<root>/<name>-<version>`` when the plain
-    name is already taken by another version."""
+    """``<root>/<name>/<version>`` (:func:`inference.bundle.bundle_path`), or
+    ``<root>/<folder>`` when a folder is named."""
     if folder:
         return models_root / folder
-    plain = models_root / name
-    if not plain.exists():
-        return plain
-    return models_root / f"{name}-{version}"
+    return bundle_path(models_root, name, version)
 
 
 def export_bundle(

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from inference.bundle import read_metadata
+from inference.bundle import models_root_of, read_metadata
 from inference.registry import list_models, next_version, write_default
 from training.errors import DataError
 
@@ -126,6 +126,7 @@ def site_config(
             series too short to hold any slices out.
     """
     meta = read_metadata(parent)
+    root = models_root_of(parent, meta)
     spec = meta["input_spec"]
     if spec.get("modality") != "CT" or not meta["network_def"]["args"].get(
         "noise_conditioned"
@@ -135,7 +136,7 @@ def site_config(
             f"bundle, got {meta['name']} {meta['version']}"
         )
     if version is None:
-        version = next_version(parent.parent, meta["name"], meta["version"])
+        version = next_version(root, meta["name"], meta["version"])
     sources: list[dict[str, Any]] = [
         {"kind": "phantom", "count": 4, "seed": 1000, "size": 512},
         {"kind": "texture", "count": 8, "seed": 3000, "size": 512},
@@ -195,7 +196,7 @@ def site_config(
             "output_dir": str(output_dir or Path("runs") / f"{meta['name']}-{version}"),
         },
         "evaluate": {"count": 2},
-        "export": {"models_root": str(parent.parent)},
+        "export": {"models_root": str(root)},
     }
 
 

@@ -163,7 +163,7 @@ def models_root(settings, tmp_path):
             parameter.mul_(0.02)
     root = tmp_path / "models"
     inference.write_bundle(
-        root / "tiny",
+        root / "tiny" / "1.0.0",
         metadata=metadata("tiny", "1.0.0"),
         state_dict=network,
         model_card="# tiny\n\nUntrained test bundle.\n",

@@ -50,7 +50,7 @@ def make_bundle(models_root: Path) -> BundleFactory:
                 torch.manual_seed(0)
                 state_dict = build_network(network_def).state_dict()
         return write_bundle(
-            models_root / (folder or f"{name}-{version}"),
+            models_root / (folder or f"{name}/{version}"),
             metadata=metadata(name, version, network_def=network_def, **kwargs),
             state_dict=state_dict,
         )

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from inference.bundle import (
+    INFERENCE_CONFIG_PATH,
     REQUIRED_METADATA_KEYS,
     SCHEMA,
+    models_root_of,
     read_metadata,
     sha256_file,
     write_bundle,
@@ -124,3 +126,38 @@ def test_caller_metadata_is_not_modified(models_root: Path) -> None:
 def test_read_metadata_names_the_missing_file(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="metadata.json: no such file"):
         read_metadata(tmp_path)
+
+
+def test_a_version_goes_in_name_version_beside_the_others(
+    make_bundle: BundleFactory, models_root: Path
+) -> None:
+    first = make_bundle("tiny", "1.0.0")
+    second = make_bundle("tiny", "1.1.0")
+    assert (first, second) == (models_root / "tiny/1.0.0", models_root / "tiny/1.1.0")
+    assert models_root_of(second, read_metadata(second)) == models_root
+    assert sorted(p.name for p in (models_root / "tiny").iterdir()) == [
+        "1.0.0",
+        "1.1.0",
+    ]
+    assert (second / INFERENCE_CONFIG_PATH).is_file()
+
+
+def test_a_nested_version_clashing_with_a_legacy_folder_is_refused(
+    make_bundle: BundleFactory, models_root: Path
+) -> None:
+    make_bundle("tiny", "1.0.0", folder="tiny-1.0.0")
+    with pytest.raises(BundleExistsError, match=r"tiny 1\.0\.0 already exists"):
+        make_bundle("tiny", "1.0.0")
+    assert not (models_root / "tiny").exists()
+
+
+def test_a_bundle_is_never_written_inside_another(
+    make_bundle: BundleFactory, models_root: Path
+) -> None:
+    make_bundle("tiny", "1.0.0", folder="tiny")
+    with pytest.raises(BundleError, match="inside the bundle"):
+        make_bundle("tiny", "1.1.0")
+    assert sorted(p.name for p in (models_root / "tiny").iterdir()) == [
+        "configs",
+        "models",
+    ]

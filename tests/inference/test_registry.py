@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 from inference.bundle import read_metadata
-from inference.errors import ModelIntegrityError, ModelNotFoundError
+from inference.errors import BundleError, ModelIntegrityError, ModelNotFoundError
 from inference.registry import list_models, load_model
 
 from .inference_fixtures import BundleFactory
@@ -141,3 +142,33 @@ def test_list_models_keys_by_metadata_not_folder(
     assert infos.description == "CT denoiser"
     assert len(infos.sha256) == 64
     assert infos.default is False
+
+
+def test_nested_and_legacy_flat_bundles_are_listed_together(
+    make_bundle: BundleFactory, models_root: Path
+) -> None:
+    make_bundle("tiny", "1.0.0", folder="tiny-old")
+    make_bundle("tiny", "1.1.0")
+    make_bundle("other", "2.0.0")
+    # An export in progress (a hidden folder beside the versions) is not a bundle.
+    hidden = models_root / "tiny" / ".1.2.0.tmp-x"
+    (hidden / "configs").mkdir(parents=True)
+    (hidden / "configs" / "metadata.json").write_text("{}")
+    infos = list_models(models_root)
+    assert [(i.name, i.version, i.path.relative_to(models_root)) for i in infos] == [
+        ("other", "2.0.0", Path("other/2.0.0")),
+        ("tiny", "1.0.0", Path("tiny-old")),
+        ("tiny", "1.1.0", Path("tiny/1.1.0")),
+    ]
+    model = load_model("tiny", models_root=models_root, device="cpu")
+    assert (model.version, model.path) == ("1.1.0", models_root / "tiny" / "1.1.0")
+
+
+def test_the_same_version_in_both_layouts_is_refused(
+    make_bundle: BundleFactory, models_root: Path
+) -> None:
+    make_bundle("tiny", "1.0.0")
+    legacy = models_root / "tiny-1.0.0"
+    shutil.copytree(models_root / "tiny" / "1.0.0", legacy)
+    with pytest.raises(BundleError, match="tiny 1.0.0 is in both"):
+        list_models(models_root)

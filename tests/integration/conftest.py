@@ -14,6 +14,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
+from inference.bundle import bundle_folders
 from radiology.celery import worker_argv
 from tests.conftest import require
 
@@ -45,7 +46,7 @@ def real_services():
     )
     require(_reachable(broker.hostname, broker.port or 6379), "Redis is not reachable")
     require(
-        any(settings.MODELS_ROOT.glob("*/configs/metadata.json")),
+        bool(bundle_folders(settings.MODELS_ROOT)),
         f"no model bundle under {settings.MODELS_ROOT}",
     )
 

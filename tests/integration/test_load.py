@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 def tiny_models(workers, settings, tmp_path):
     root = tmp_path / "models"
     inference.write_bundle(
-        root / "tiny",
+        root / "tiny" / "1.0.0",
         metadata=metadata("tiny", "1.0.0"),
         state_dict=identity_weights(REDCNN),
     )

@@ -129,7 +129,7 @@ def test_a_second_delivery_of_a_finished_job_does_nothing(alice, series, models_
 
 def test_tampered_weights_fail_the_job_clearly(alice, series, models_root):
     job, _ = denoise_job_request(series=series, requested_by=alice)
-    weights = models_root / "tiny-1.1.0" / "models" / "model.pt"
+    weights = models_root / "tiny" / "1.1.0" / "models" / "model.pt"
     data = bytearray(weights.read_bytes())
     data[-10] ^= 0xFF
     weights.write_bytes(bytes(data))

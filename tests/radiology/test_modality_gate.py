@@ -67,7 +67,9 @@ def test_an_mr_model_is_picked_for_mr_when_one_is_registered(
     meta["input_spec"]["modality"] = "MR"
     meta["input_spec"]["normalisation"] = {"kind": "percentile", "upper": 99.5}
     inference.write_bundle(
-        models_root / "tiny-mr", metadata=meta, state_dict=identity_weights(REDCNN)
+        models_root / "tiny-mr" / "1.0.0",
+        metadata=meta,
+        state_dict=identity_weights(REDCNN),
     )
     inference.clear_cache()
     job, _ = denoise_job_request(

@@ -167,7 +167,7 @@ def test_any_series_can_be_viewed_and_says_why_it_is_not_denoised(
 
     root = tmp_path / "models"
     inference.write_bundle(
-        root / "tiny",
+        root / "tiny" / "1.0.0",
         metadata=metadata("tiny", "1.0.0"),
         state_dict=build_network(REDCNN),
     )

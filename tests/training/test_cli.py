@@ -55,6 +55,23 @@ def test_shipped_configs_are_valid():
         load_config(path)
 
 
+def test_shipped_configs_fine_tune_bundles_that_exist():
+    from pathlib import Path
+
+    from inference.bundle import read_metadata
+    from training.config import load_config
+
+    parents = [
+        load_config(path)["train"]["init_from"]
+        for path in sorted(Path("training/configs").glob("*.yaml"))
+    ]
+    parents = [Path(p) for p in parents if p]
+    assert parents
+    for parent in parents:
+        meta = read_metadata(parent)
+        assert parent == Path("models") / meta["name"] / meta["version"]
+
+
 def test_training_never_imports_django_or_the_app():
     code = (
         "import sys, training.cli, training.trainer, training.export,"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 import yaml
 
 from inference import load_model
-from inference.bundle import read_metadata
+from inference.bundle import bundle_folders, read_metadata
 from inference.runner import denoise_images
 from training.cli import main as cli_main
 from training.data import real_slices
@@ -39,9 +40,11 @@ def test_export_then_load_round_trips_bit_exactly(exported):
     assert state.keys() == checkpoint["state_dict"].keys()
     for key, value in checkpoint["state_dict"].items():
         assert torch.equal(state[key], value), key
-    weights = (models / "tiny-ct" / "models" / "model.pt").read_bytes()
+    weights = (models / "tiny-ct" / "0.0.1" / "models" / "model.pt").read_bytes()
     assert loaded.sha256 == hashlib.sha256(weights).hexdigest()
-    assert read_metadata(models / "tiny-ct")["weights_sha256"] == loaded.sha256
+    assert (
+        read_metadata(models / "tiny-ct" / "0.0.1")["weights_sha256"] == loaded.sha256
+    )
     image = np.random.default_rng(0).normal(40, 20, (64, 64)).astype(np.float32)
     from inference.networks import build_network
 
@@ -56,7 +59,7 @@ def test_export_then_load_round_trips_bit_exactly(exported):
 
 def test_metadata_has_every_key_of_the_bundle_format(exported):
     _, _, models = exported
-    meta = read_metadata(models / "tiny-ct")
+    meta = read_metadata(models / "tiny-ct" / "0.0.1")
     for key in (
         "schema",
         "name",
@@ -81,14 +84,14 @@ def test_metadata_has_every_key_of_the_bundle_format(exported):
     assert meta["training"]["noise_model"]["kind"] == "ct_projection_domain"
     assert set(meta["metrics"]) == {"dose_0.25", "dose_0.1"}
     assert meta["ood_reference"]["n_slices"] >= 1
-    card = (models / "tiny-ct" / "docs" / "README.md").read_text()
+    card = (models / "tiny-ct" / "0.0.1" / "docs" / "README.md").read_text()
     assert "research use, not for diagnosis" in card
     assert "| dose_0.25 |" in card and "Limitations" in card
 
 
 def test_exporting_the_same_version_twice_fails_and_keeps_the_first(exported):
     _, path, models = exported
-    before = (models / "tiny-ct" / "models" / "model.pt").read_bytes()
+    before = (models / "tiny-ct" / "0.0.1" / "models" / "model.pt").read_bytes()
     assert (
         cli_main(
             [
@@ -103,7 +106,22 @@ def test_exporting_the_same_version_twice_fails_and_keeps_the_first(exported):
         )
         == 1
     )
-    assert (models / "tiny-ct" / "models" / "model.pt").read_bytes() == before
+    assert (models / "tiny-ct" / "0.0.1" / "models" / "model.pt").read_bytes() == before
+
+
+def test_export_writes_name_version_with_a_monai_config_and_never_overwrites(
+    exported,
+):
+    config, path, models = exported
+    folder = models / "tiny-ct" / "0.0.1"
+    assert [p.relative_to(models) for p in bundle_folders(models)] == [
+        Path("tiny-ct/0.0.1")
+    ]
+    assert (folder / "configs" / "inference.json").is_file()
+    before = (folder / "models" / "model.pt").read_bytes()
+    argv = ["export", "--config", str(path), "--models-root", str(models)]
+    assert cli_main(argv) == 1
+    assert (folder / "models" / "model.pt").read_bytes() == before
 
 
 def test_a_bundle_exported_again_with_keep_low_frequencies_records_its_parent(
@@ -114,10 +132,10 @@ def test_a_bundle_exported_again_with_keep_low_frequencies_records_its_parent(
     path = tmp_path / "again.yaml"
     path.write_text(yaml.safe_dump(again))
     argv = ["export", "--config", str(path), "--models-root", str(models)]
-    assert cli_main([*argv, "--from-bundle", str(models / "tiny-ct")]) == 0
+    assert cli_main([*argv, "--from-bundle", str(models / "tiny-ct" / "0.0.1")]) == 0
     parent, child = (
-        read_metadata(models / "tiny-ct"),
-        read_metadata(models / "tiny-ct-0.0.2"),
+        read_metadata(models / "tiny-ct" / "0.0.1"),
+        read_metadata(models / "tiny-ct" / "0.0.2"),
     )
     # Same weights, the new inference setting, the parent named, no epochs.
     assert child["weights_sha256"] == parent["weights_sha256"]
@@ -126,7 +144,7 @@ def test_a_bundle_exported_again_with_keep_low_frequencies_records_its_parent(
     assert child["training"]["parent"]["version"] == "0.0.1"
     assert child["training"]["epochs"] == 0
     assert "the unchanged weights of tiny-ct 0.0.1" in child["changelog"]["0.0.2"]
-    card = (models / "tiny-ct-0.0.2" / "docs" / "README.md").read_text()
+    card = (models / "tiny-ct" / "0.0.2" / "docs" / "README.md").read_text()
     assert "Not trained: the weights of tiny-ct 0.0.1 unchanged" in card
     assert "coarser than a 0.9 mm Gaussian" in card
     # Its outputs differ from the parent's by the input's low frequencies only.
@@ -141,7 +159,13 @@ def test_a_bundle_exported_again_with_keep_low_frequencies_records_its_parent(
     np.testing.assert_allclose(
         out_b - out_a, gaussian_filter(image - out_a, 1.8, mode="mirror"), atol=0.05
     )
-    both = [*argv, "--from-bundle", str(models / "tiny-ct"), "--checkpoint", "x.pt"]
+    both = [
+        *argv,
+        "--from-bundle",
+        str(models / "tiny-ct" / "0.0.1"),
+        "--checkpoint",
+        "x.pt",
+    ]
     assert cli_main(both) == 1
 
 

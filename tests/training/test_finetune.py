@@ -50,7 +50,7 @@ def parent(tmp_path):
     meta["training"] = {"noise_model": {"kind": "on_the_fly", "sd_hu": [1.0, 50.0]}}
     torch.manual_seed(0)
     network = build_network(NETWORK)
-    path = tmp_path / "models" / "site-ct"
+    path = tmp_path / "models" / "site-ct" / "1.0.0"
     inference.write_bundle(path, metadata=meta, state_dict=network.state_dict())
     # Unpinned, as a hand-written DEFAULT may be: the newest version of the name.
     (tmp_path / "models" / "DEFAULT").write_text("site-ct\n")
@@ -104,11 +104,12 @@ def test_a_parent_that_is_not_noise_conditioned_is_refused(tmp_path, site_volume
 
     root = install_tiny_models(Settings(), tmp_path / "m")
     with pytest.raises(DataError, match="noise-conditioned CT bundle"):
-        site_config(root / "tiny", [site_volume])
+        site_config(root / "tiny" / "1.0.0", [site_volume])
 
 
 def test_a_model_is_as_good_as_itself_on_the_held_out_slices(parent, site_volume):
-    model = inference.load_model("site-ct", models_root=parent.parent, device="cpu")
+    root = parent.parent.parent
+    model = inference.load_model("site-ct", models_root=root, device="cpu")
     same = decide(model, model, [site_volume])
     assert same["promote"], same["reasons"]
     assert same["summary"]["candidate"] == same["summary"]["parent"]
@@ -168,10 +169,11 @@ def test_finetune_command_writes_the_next_version_and_decides(
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (result["name"], result["version"]) == ("site-ct", "1.1.0")
     assert result["parent"] == "site-ct:1.0.0"
+    assert result["bundle"] == str(parent.parent / "1.1.0")
     meta = inference.read_metadata(result["bundle"])
     assert meta["training"]["parent"]["version"] == "1.0.0"
     assert any("site.npy" in s for s in meta["training"]["data"]["slices_seen"])
-    default = (parent.parent / "DEFAULT").read_text().strip()
+    default = (parent.parent.parent / "DEFAULT").read_text().strip()
     assert default == (
         "site-ct:1.1.0" if result["decision"]["promote"] else "site-ct:1.0.0"
     )

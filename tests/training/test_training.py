@@ -100,14 +100,14 @@ def test_fine_tune_records_its_parent_and_the_data_it_saw(tiny, tmp_path):
     assert (
         cli_main(["export", "--config", str(path), "--models-root", str(models)]) == 0
     )
-    parent_meta = read_metadata(models / "tiny-ct")
+    parent_meta = read_metadata(models / "tiny-ct" / "0.0.1")
 
     child_cfg = tiny(
         name="tiny-ct-site",
         train__mode="self_supervised",
         train__epochs=1,
         train__steps_per_epoch=3,
-        train__init_from=str(models / "tiny-ct"),
+        train__init_from=str(models / "tiny-ct" / "0.0.1"),
         train__output_dir=str(tmp_path / "child-run"),
     )
     child_path = tmp_path / "child.yaml"
@@ -117,7 +117,7 @@ def test_fine_tune_records_its_parent_and_the_data_it_saw(tiny, tmp_path):
         cli_main(["export", "--config", str(child_path), "--models-root", str(models)])
         == 0
     )
-    meta = read_metadata(models / "tiny-ct-site")
+    meta = read_metadata(models / "tiny-ct-site" / "0.0.1")
     parent = meta["training"]["parent"]
     assert parent["name"] == "tiny-ct"
     assert parent["version"] == "0.0.1"
