@@ -117,3 +117,45 @@ def test_read_with_the_head_free_folds_right_after_commit(make_user):
     assert not AuditQueuedEvent.objects.exists()
     assert AuditEvent.objects.latest("id").action == AuditEvent.Action.ACCESS_DENIED
     assert audit_verify().ok
+
+
+def test_concurrent_reads_and_writes_keep_one_chain(make_user):
+    """Reads that queue and folds that race writers lose, fork and repeat nothing."""
+    reader = make_user("reader")
+    audit_record(action=AuditEvent.Action.UPLOAD, target_type="upload", target_id="0")
+    per_thread = 40
+
+    def run(action: str, name: str) -> None:
+        try:
+            for i in range(per_thread):
+                with transaction.atomic():
+                    audit_record(
+                        action=action,
+                        actor=reader,
+                        target_type=name,
+                        target_id=str(i),
+                    )
+                    time.sleep(0.005)  # a write's transaction goes on a little
+        finally:
+            connection.close()
+
+    threads = [
+        threading.Thread(target=run, args=(action, f"{action}-{n}"))
+        for n in range(2)
+        for action in (AuditEvent.Action.UPLOAD, AuditEvent.Action.AUDIT_READ)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    audit_fold_queue()
+
+    result = audit_verify()
+    assert result.ok and result.queued == 0, result.summary()
+    assert result.count == 1 + 4 * per_thread
+    chain = list(AuditEvent.objects.order_by("id"))
+    assert len({e.prev_hash for e in chain}) == len(chain), "the chain forked"
+    for name in {e.target_type for e in chain} - {"upload"}:
+        ids = [e.target_id for e in chain if e.target_type == name]
+        assert ids == [str(i) for i in range(per_thread)], name
+    assert any(e.queued_as for e in chain), "no read had to queue"
