@@ -418,11 +418,24 @@ class AuditEvent(models.Model):
         help_text="the audit key whose HMAC ``hash`` is; empty: a plain SHA-256 "
         "from before keyed hashing",
     )
+    queued_as = models.CharField(
+        max_length=32,
+        blank=True,
+        help_text="the nonce of the queued access event this was folded from "
+        "(AuditQueuedEvent); empty: appended directly",
+    )
 
     objects = AuditQuerySet.as_manager()
 
     class Meta:
         ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["queued_as"],
+                condition=~Q(queued_as=""),
+                name="radiology_audit_folded_once",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.action} {self.target_type}:{self.target_id}"
@@ -434,6 +447,60 @@ class AuditEvent(models.Model):
 
     def delete(self, *args, **kwargs):
         raise AuditImmutableError(f"audit event {self.pk} is append-only")
+
+
+class AuditQueuedEventQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise AuditImmutableError("queued audit events are signed: update refused")
+
+
+class AuditQueuedEvent(models.Model):
+    """An access event written while the chain head was locked by a write.
+
+    Signed under the audit key (``mac`` covers every field, the nonce and the chain
+    id), it waits here until it is folded into the chain in id order and deleted in
+    the same transaction (radiology/audit/queue.py).
+    """
+
+    nonce = models.CharField(max_length=32, unique=True)
+    created_at = models.DateTimeField()
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_constraint=False,
+    )
+    actor_name = models.CharField(max_length=150, blank=True)
+    action = models.CharField(max_length=32, choices=AuditEvent.Action)
+    target_type = models.CharField(max_length=32, blank=True)
+    target_id = models.CharField(max_length=64, blank=True)
+    study = models.ForeignKey(
+        Study,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        related_name="+",
+        db_constraint=False,
+    )
+    extra_data = models.JSONField(default=dict)
+    chain_id = models.CharField(max_length=32)
+    key_id = models.CharField(max_length=16)
+    mac = models.CharField(max_length=64)
+
+    objects = AuditQueuedEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"queued {self.nonce} {self.action} {self.target_type}:{self.target_id}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise AuditImmutableError(f"queued audit event {self.pk} is signed")
+        super().save(*args, **kwargs)
 
 
 class AuditChainHead(models.Model):

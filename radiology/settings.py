@@ -294,6 +294,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "radiology.tasks.sweep_orphan_files",
         "schedule": 3600.0,
     },
+    # Access events queued while a write held the audit chain head (audit/queue.py).
+    "fold-audit-queue": {
+        "task": "radiology.tasks.fold_audit_queue",
+        "schedule": 30.0,
+    },
 }
 
 # Production hardening, on whenever DEBUG is off (`check --deploy` is clean).

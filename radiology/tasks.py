@@ -8,6 +8,7 @@ from celery import shared_task
 from celery.contrib.django.task import DjangoTask
 from celery.signals import worker_process_init, worker_ready
 
+from .audit import audit_fold_queue
 from .services import jobs
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,12 @@ def warm_up_default_model(**kwargs) -> None:
         jobs.warm_worker()
     except Exception:
         logger.exception("worker warm-up failed; the first job will load the model")
+
+
+@shared_task
+def fold_audit_queue() -> int:
+    """Access events queued while writes held the chain head join the chain."""
+    return audit_fold_queue()
 
 
 @shared_task

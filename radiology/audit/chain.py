@@ -2,39 +2,48 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import json
+import logging
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
 from ..errors import AuditKeyError
-from ..models import AuditChainHead, AuditEvent
-from .checkpoints import Checkpoint, read_checkpoints, schedule_checkpoint
+from ..models import AuditChainHead, AuditEvent, AuditQueuedEvent
+from .canonical import canonical_json, normalise
+from .checkpoints import Checkpoint, QueuedMark, read_checkpoints, schedule_checkpoint
 from .keys import AuditKeys, signing_keys
+from .queue import ACCESS_ACTIONS, enqueue, event_fields, queued_problem
+
+__all__ = [
+    "GENESIS_HASH",
+    "AuditVerification",
+    "audit_fold_queue",
+    "audit_record",
+    "audit_verify",
+    "canonical_json",
+    "normalise",
+]
+
+logger = logging.getLogger(__name__)
 
 GENESIS_HASH = "0" * 64
-
-
-def canonical_json(value: Any) -> str:
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
-    )
-
-
-def normalise(extra: dict[str, Any] | None) -> dict[str, Any]:
-    """What the JSON column gives back: the hash is computed on the stored value."""
-    return json.loads(canonical_json(extra or {}))
+#: PostgreSQL's SQLSTATE for ``FOR UPDATE NOWAIT`` finding the row locked.
+LOCK_NOT_AVAILABLE = "55P03"
+#: Queued events folded per transaction, so a write that folds stays short.
+FOLD_BATCH = 500
 
 
 def event_hash(event: AuditEvent, *, keys: AuditKeys, chain_id: str) -> str:
-    """HMAC-SHA256 under the event's key of its content, link and chain id; with no
-    key id, the plain SHA-256 that events written before keyed hashing carry."""
+    """HMAC-SHA256 under the event's key of its content, link and chain id (and the
+    nonce it was queued as); with no key id, the plain SHA-256 that events written
+    before keyed hashing carry."""
     payload = {
         "prev_hash": event.prev_hash,
         "created_at": event.created_at.isoformat(timespec="microseconds"),
@@ -48,6 +57,8 @@ def event_hash(event: AuditEvent, *, keys: AuditKeys, chain_id: str) -> str:
     if not event.key_id:
         return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
     payload |= {"chain": chain_id, "key": event.key_id}
+    if event.queued_as:
+        payload["queued_as"] = event.queued_as
     return keys.sign(event.key_id, canonical_json(payload))
 
 
@@ -66,6 +77,117 @@ def _locked_head() -> AuditChainHead:
     return head
 
 
+def _head_if_free() -> AuditChainHead | None:
+    """The locked head, or None at once when another transaction holds it.
+
+    Only PostgreSQL can tell; SQLite locks the whole database for any write, so
+    there the head is simply taken. The chain's first event, which creates the
+    head row, waits as before.
+    """
+    if not connection.features.has_select_for_update_nowait:
+        return _locked_head()
+    try:
+        with transaction.atomic():
+            head = (
+                AuditChainHead.objects.select_for_update(nowait=True)
+                .filter(pk=1)
+                .first()
+            )
+    except OperationalError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+            raise
+        return None
+    return head if head is not None else _locked_head()
+
+
+def _append(
+    head: AuditChainHead, fields: dict[str, Any], keys: AuditKeys, queued_as: str = ""
+) -> AuditEvent:
+    event = AuditEvent(
+        **fields, prev_hash=head.last_hash, key_id=keys.current, queued_as=queued_as
+    )
+    event.hash = event_hash(event, keys=keys, chain_id=head.chain_id)
+    event.save()
+    head.last_hash, head.count = event.hash, head.count + 1
+    return event
+
+
+def _move_head(head: AuditChainHead) -> None:
+    AuditChainHead.objects.filter(pk=1).update(
+        last_hash=head.last_hash, count=head.count
+    )
+    schedule_checkpoint(
+        chain=head.chain_id,
+        count=head.count,
+        head=head.last_hash,
+        unkeyed=head.unkeyed_count,
+    )
+
+
+def _fold(head: AuditChainHead, keys: AuditKeys) -> int:
+    """Append queued events to the locked head in id order; delete what was folded.
+
+    A queued event whose signature fails, or whose nonce is already in the chain,
+    is left in the queue, where ``verify_audit`` reports it.
+    """
+    rows = list(AuditQueuedEvent.objects.order_by("id")[:FOLD_BATCH])
+    if not rows:
+        return 0
+    already = set(
+        AuditEvent.objects.filter(queued_as__in=[r.nonce for r in rows]).values_list(
+            "queued_as", flat=True
+        )
+    )
+    folded = []
+    for row in rows:
+        problem = (
+            "is already in the chain"
+            if row.nonce in already
+            else queued_problem(row, keys=keys, chain_id=head.chain_id)
+        )
+        if problem:
+            logger.error(
+                "audit: queued event %s %s; left in the queue for verify_audit",
+                row.pk,
+                problem,
+            )
+            continue
+        _append(head, event_fields(row), keys, queued_as=row.nonce)
+        folded.append(row.pk)
+    AuditQueuedEvent.objects.filter(pk__in=folded).delete()
+    return len(folded)
+
+
+def audit_fold_queue(*, wait: bool = True) -> int:
+    """Fold queued access events into the chain, oldest first, and checkpoint it.
+
+    Args:
+        wait: block until the chain head is free (the beat task, default); False:
+            give up at once if a write holds it, leaving the queue to that write's
+            next event or the beat task (the fold after a queued read commits).
+
+    Returns:
+        How many events were folded.
+    """
+    keys = signing_keys()
+    total = 0
+    while True:
+        with transaction.atomic():
+            head = _locked_head() if wait else _head_if_free()
+            if head is None:
+                return total
+            folded = _fold(head, keys)
+            if folded:
+                _move_head(head)
+        total += folded
+        if folded < FOLD_BATCH:
+            return total
+
+
+def _fold_after_commit() -> None:
+    audit_fold_queue(wait=False)
+
+
 def audit_record(
     *,
     action: str,
@@ -75,11 +197,18 @@ def audit_record(
     target_id: str = "",
     study=None,
     extra_data: dict[str, Any] | None = None,
-) -> AuditEvent:
+) -> AuditEvent | AuditQueuedEvent:
     """Append one event to the chain, inside the caller's transaction.
 
     The event's hash is keyed with the current audit key; once the transaction
     commits, a signed checkpoint of the new head is appended outside the database.
+    Queued access events go first, so the chain keeps their order.
+
+    An access event (``queue.ACCESS_ACTIONS``: a read, a refusal, a token's use)
+    that finds the head locked by another transaction does not wait for it: it is
+    queued, signed, in the caller's transaction, and folded into the chain later
+    (after this commit if the head is free by then, else by the head's next holder
+    or the ``fold_audit_queue`` beat task). Other events wait for the head.
 
     Args:
         action: an ``AuditEvent.Action`` value.
@@ -88,6 +217,9 @@ def audit_record(
         study: the study the event concerns, so the log can be filtered by access.
         extra_data: JSON-safe details of the event.
 
+    Returns:
+        The new ``AuditEvent``, or the ``AuditQueuedEvent`` an access event became.
+
     Raises:
         AuditKeyError: the audit key file is missing or malformed; nothing is written.
     """
@@ -95,34 +227,29 @@ def audit_record(
         target_type = target_type or type(target).__name__.lower()
         target_id = target_id or str(target.pk)
     actor_user = actor if actor is not None and actor.is_authenticated else None
-    actor_name = actor_user.get_username() if actor_user else "system"
-    extra = normalise(extra_data)
+    fields = {
+        "created_at": timezone.now(),
+        "actor": actor_user,
+        "actor_name": actor_user.get_username() if actor_user else "system",
+        "action": action,
+        "target_type": target_type,
+        "target_id": target_id,
+        "study_id": study.pk if study is not None else None,
+        "extra_data": normalise(extra_data),
+    }
     keys = signing_keys()
     with transaction.atomic():
-        head = _locked_head()
-        event = AuditEvent(
-            created_at=timezone.now(),
-            actor=actor_user,
-            actor_name=actor_name,
-            action=action,
-            target_type=target_type,
-            target_id=target_id,
-            study_id=study.pk if study is not None else None,
-            extra_data=extra,
-            prev_hash=head.last_hash,
-            key_id=keys.current,
-        )
-        digest = event.hash = event_hash(event, keys=keys, chain_id=head.chain_id)
-        event.save()
-        AuditChainHead.objects.filter(pk=1).update(
-            last_hash=digest, count=head.count + 1
-        )
-        schedule_checkpoint(
-            chain=head.chain_id,
-            count=head.count + 1,
-            head=digest,
-            unkeyed=head.unkeyed_count,
-        )
+        head = _head_if_free() if action in ACCESS_ACTIONS else _locked_head()
+        if head is None:
+            chain_id = AuditChainHead.objects.values_list("chain_id", flat=True).get(
+                pk=1
+            )
+            queued = enqueue(fields=fields, chain_id=chain_id, keys=keys)
+            transaction.on_commit(_fold_after_commit, robust=True)
+            return queued
+        _fold(head, keys)
+        event = _append(head, fields, keys)
+        _move_head(head)
     return event
 
 
@@ -132,7 +259,7 @@ class AuditVerification:
 
     ``missing`` counts events a checkpoint saw that the database no longer has;
     ``anchored`` is how many events the newest matching checkpoint covers, written
-    at ``anchored_at``.
+    at ``anchored_at``; ``queued`` how many access events wait to be folded.
     """
 
     ok: bool
@@ -143,6 +270,7 @@ class AuditVerification:
     anchored: int = 0
     anchored_at: str = ""
     unkeyed: int = 0
+    queued: int = 0
 
     def summary(self) -> str:
         """One line for people: ``ok 12 events, ...`` or what broke."""
@@ -156,6 +284,8 @@ class AuditVerification:
             parts.append("no checkpoint yet")
         if self.unkeyed:
             parts.append(f"the first {self.unkeyed} predate keyed hashing")
+        if self.queued:
+            parts.append(f"{self.queued} queued access events to fold")
         return ", ".join(parts)
 
 
@@ -169,8 +299,22 @@ def audit_verify() -> AuditVerification:
     Fails at the first event whose link or keyed hash does not match, at an event
     whose hash differs from a checkpoint of that position (rewritten or restored from
     an earlier copy), and when a checkpoint saw more events than the database holds
-    (truncated), naming how many are missing.
+    (truncated), naming how many are missing. Queued access events must hold their
+    signatures, and each nonce the checkpoint log saw queued must be in the queue or
+    folded into the chain, once.
+
+    On PostgreSQL, called outside a transaction, it reads one snapshot, so events
+    appended or folded meanwhile do not look like tampering.
     """
+    outermost = not connection.in_atomic_block
+    with transaction.atomic():
+        if outermost and connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        return _verify()
+
+
+def _verify() -> AuditVerification:
     try:
         keys = signing_keys()
     except AuditKeyError as exc:
@@ -195,7 +339,18 @@ def audit_verify() -> AuditVerification:
         mine.setdefault(checkpoint.count, []).append(checkpoint)
     prev = GENESIS_HASH
     count = unkeyed = 0
+    folded: dict[str, int] = {}
     for event in AuditEvent.objects.order_by("id").iterator(chunk_size=2000):
+        if event.queued_as in folded:
+            return AuditVerification(
+                False,
+                count,
+                event.pk,
+                f"queued event {event.queued_as} is folded twice, first as event "
+                f"{folded[event.queued_as]}",
+            )
+        if event.queued_as:
+            folded[event.queued_as] = event.pk
         if event.prev_hash != prev:
             return AuditVerification(
                 False, count, event.pk, "prev_hash does not match the previous event"
@@ -225,7 +380,48 @@ def audit_verify() -> AuditVerification:
                 f"differs from the checkpoint of {checkpoint.at} for event "
                 f"{count}: the log was rewritten or restored from an earlier copy",
             )
-    return _against_checkpoints(head, mine, count, prev, unkeyed)
+    result = _against_checkpoints(head, mine, count, prev, unkeyed)
+    if not result.ok:
+        return result
+    return _against_queue(
+        result,
+        keys=keys,
+        chain_id=chain_id,
+        folded=folded,
+        marks=log.queued.get(chain_id, {}),
+    )
+
+
+def _against_queue(
+    result: AuditVerification,
+    *,
+    keys: AuditKeys,
+    chain_id: str,
+    folded: dict[str, int],
+    marks: dict[str, QueuedMark],
+) -> AuditVerification:
+    waiting = set()
+    for row in AuditQueuedEvent.objects.order_by("id").iterator(chunk_size=2000):
+        problem = queued_problem(row, keys=keys, chain_id=chain_id)
+        if not problem and row.nonce in folded:
+            problem = f"is already in the chain as event {folded[row.nonce]}"
+        if problem:
+            return _fail(result.count, f"queued event {row.pk} {problem}")
+        waiting.add(row.nonce)
+    gone = [
+        mark
+        for nonce, mark in marks.items()
+        if nonce not in folded and nonce not in waiting
+    ]
+    if gone:
+        first = min(gone, key=lambda mark: mark.line)
+        return _fail(
+            result.count,
+            f"{len(gone)} queued access events are neither queued nor in the chain "
+            f"(the first, {first.nonce}, queued at {first.at}): they were deleted",
+            missing=len(gone),
+        )
+    return dataclasses.replace(result, queued=len(waiting))
 
 
 def _against_checkpoints(

@@ -4,6 +4,8 @@ After every transaction that appends events, one line records the chain's id, it
 event count and head hash, signed with the audit key. Whoever can write the database
 but not this file (nor read the key) cannot truncate the chain, roll it back to an
 earlier copy or start it again without ``verify_audit`` saying how many events went.
+After every transaction that queues an access event instead (queue.py), one line
+records its nonce, so deleting it from the queue before it is folded shows too.
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ from django.utils import timezone
 from ..errors import AuditKeyError
 from .keys import AuditKeys, signing_keys
 
-__all__ = ["Checkpoint", "CheckpointLog", "read_checkpoints", "schedule_checkpoint"]
+__all__ = [
+    "Checkpoint",
+    "CheckpointLog",
+    "QueuedMark",
+    "read_checkpoints",
+    "schedule_checkpoint",
+    "schedule_queued_mark",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -55,21 +64,38 @@ class Checkpoint:
         }
 
 
+@dataclass(frozen=True)
+class QueuedMark:
+    """One signed line: access event ``nonce`` was queued on chain ``chain``."""
+
+    chain: str
+    nonce: str
+    at: str
+    line: int = 0
+
+    def payload(self) -> dict:
+        return {"chain": self.chain, "queued": self.nonce, "at": self.at}
+
+
 @dataclass
 class CheckpointLog:
-    """What the log says: each chain's checkpoints and any line that fails."""
+    """What the log says: each chain's checkpoints and queued nonces, and any line
+    that fails."""
 
     by_chain: dict[str, list[Checkpoint]] = field(default_factory=dict)
+    queued: dict[str, dict[str, QueuedMark]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
 
-def _line(checkpoint: Checkpoint, keys: AuditKeys) -> str:
-    payload = checkpoint.payload()
+def _line(record: Checkpoint | QueuedMark, keys: AuditKeys) -> str:
+    payload = record.payload()
     mac = keys.sign(keys.current, _canonical(payload))
     return _canonical({**payload, "key": keys.current, "mac": mac}) + "\n"
 
 
-def append_checkpoint(checkpoint: Checkpoint, path: Path, keys: AuditKeys) -> None:
+def append_checkpoint(
+    checkpoint: Checkpoint | QueuedMark, path: Path, keys: AuditKeys
+) -> None:
     """Append one line in a single ``O_APPEND`` write, whole even across processes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
@@ -91,10 +117,12 @@ def read_checkpoints(path: Path, keys: AuditKeys) -> CheckpointLog:
             where = f"checkpoint log {path}, line {number}"
             try:
                 record = json.loads(raw)
-                payload = {
-                    name: record[name]
-                    for name in ("chain", "count", "head", "unkeyed", "at")
-                }
+                names = (
+                    ("chain", "queued", "at")
+                    if "queued" in record
+                    else ("chain", "count", "head", "unkeyed", "at")
+                )
+                payload = {name: record[name] for name in names}
                 key_id, mac = record["key"], record["mac"]
             except (ValueError, KeyError, TypeError):
                 log.problems.append(f"{where} is not a checkpoint record")
@@ -106,6 +134,12 @@ def read_checkpoints(path: Path, keys: AuditKeys) -> CheckpointLog:
                 continue
             if expected != mac:
                 log.problems.append(f"{where} does not match its signature")
+                continue
+            if "queued" in payload:
+                mark = QueuedMark(
+                    payload["chain"], payload["queued"], payload["at"], number
+                )
+                log.queued.setdefault(mark.chain, {})[mark.nonce] = mark
                 continue
             log.by_chain.setdefault(payload["chain"], []).append(
                 Checkpoint(**payload, line=number)
@@ -149,12 +183,23 @@ def schedule_checkpoint(*, chain: str, count: int, head: str, unkeyed: int) -> N
 
 def _write(pending: _Pending) -> None:
     pending.done = True
-    if pending.superseded:
-        return
+    if not pending.superseded:
+        _append_or_log(pending.checkpoint)
+
+
+def schedule_queued_mark(*, chain: str, nonce: str) -> None:
+    """Record, once the current transaction commits, that ``nonce`` was queued."""
+    mark = QueuedMark(
+        chain=chain, nonce=nonce, at=timezone.now().isoformat(timespec="microseconds")
+    )
+    transaction.on_commit(lambda: _append_or_log(mark))
+
+
+def _append_or_log(record: Checkpoint | QueuedMark) -> None:
     path = Path(settings.AUDIT_CHECKPOINT_FILE)
     try:
-        append_checkpoint(pending.checkpoint, path, signing_keys())
+        append_checkpoint(record, path, signing_keys())
     except (OSError, AuditKeyError):
-        # The events are committed; a missed checkpoint only leaves them unanchored
+        # The events are committed; a missed line only leaves them unanchored
         # until the next one, so say so loudly rather than fail the request.
         logger.exception("audit: checkpoint not written to %s", path)

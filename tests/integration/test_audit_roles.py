@@ -87,6 +87,19 @@ def test_app_role_can_read_and_append_but_not_rewrite(alice, app_role):
     assert audit_verify().ok
 
 
+def test_app_role_can_queue_and_fold_but_not_edit_queued_events(app_role):
+    with _connect(app_role) as conn:
+        conn.execute("SELECT count(*) FROM radiology_auditqueuedevent")
+        conn.execute("DELETE FROM radiology_auditqueuedevent WHERE id = -1")
+        for statement in (
+            "UPDATE radiology_auditqueuedevent SET action = 'x'",
+            "TRUNCATE radiology_auditqueuedevent",
+        ):
+            with pytest.raises(psycopg.Error) as info:
+                conn.execute(statement)
+            assert info.value.sqlstate == "42501", (statement, info.value)
+
+
 def test_app_role_runs_the_app_and_extends_the_chain(alice, app_role, tmp_path):
     audit_record(action="upload", actor=alice, target_type="t", target_id="1")
     script = tmp_path / "app_work.py"

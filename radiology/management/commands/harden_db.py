@@ -1,5 +1,7 @@
 """``manage.py harden_db --role NAME``: a PostgreSQL role for the app that cannot
-rewrite history: SELECT and INSERT on the audit log, never UPDATE, DELETE or TRUNCATE.
+rewrite history: SELECT and INSERT on the audit log, never UPDATE, DELETE or TRUNCATE;
+on the queue of signed access events, SELECT, INSERT and DELETE (the fold), never
+UPDATE or TRUNCATE.
 
 Run it as the database owner (the role that runs ``migrate``), then point the web
 server and workers at the new role (``DATABASE_URL=postgres://NAME:...``). The
@@ -16,7 +18,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connection, transaction
 from psycopg import sql
 
-from radiology.models import AuditEvent
+from radiology.models import AuditEvent, AuditQueuedEvent
 
 _ROLE_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
@@ -73,6 +75,8 @@ class Command(BaseCommand):
                 )
             for statement in _statements(role, password, database, audit_table):
                 cursor.execute(statement)
+            for statement in _queue_statements(role):
+                cursor.execute(statement)
             cursor.execute(
                 "SELECT privilege_type FROM information_schema.role_table_grants "
                 "WHERE grantee = %s AND table_name = %s ORDER BY privilege_type",
@@ -88,6 +92,16 @@ class Command(BaseCommand):
             f"ok role {role}: {audit_table} {' '.join(audit_grants)}; other tables "
             "SELECT INSERT UPDATE DELETE"
         )
+
+
+def _queue_statements(role: str):
+    """Queued access events are folded (deleted) into the chain, never edited."""
+    table = sql.Identifier(AuditQueuedEvent._meta.db_table)
+    yield sql.SQL("REVOKE ALL ON TABLE {} FROM {}").format(table, sql.Identifier(role))
+    yield sql.SQL("REVOKE ALL ON TABLE {} FROM PUBLIC").format(table)
+    yield sql.SQL("GRANT SELECT, INSERT, DELETE ON TABLE {} TO {}").format(
+        table, sql.Identifier(role)
+    )
 
 
 def _statements(role: str, password: str | None, database: str, audit_table: str):

@@ -11,8 +11,9 @@ from radiology.audit import audit_verify
 
 class Command(BaseCommand):
     help = (
-        "Verify the audit log's keyed hash chain against its checkpoint log; exit 1 "
-        "naming the first broken event, or how many events are missing."
+        "Verify the audit log's keyed hash chain, and the signed access events "
+        "queued to join it, against its checkpoint log; exit 1 naming the first "
+        "broken event, or how many events are missing."
     )
 
     def handle(self, *args, **options):
