@@ -14,6 +14,8 @@ from typing import Any, cast
 import numpy as np
 import torch
 from monai.inferers import SlidingWindowInferer
+from monai.transforms import Pad
+from monai.utils import convert_to_tensor
 from torch import nn
 
 from inference.devices import autocast
@@ -56,6 +58,8 @@ REDUCED_PRECISION_MIN_NOISE = 0.08
 #: Timed passes per precision in :func:`faster_cpu_precision`, after one untimed.
 _CHOICE_REPEATS = 2
 
+_REFLECT_PAD = Pad(mode="reflect")
+
 _lock = threading.Lock()
 #: network -> (chosen precision, ms per slice for each)
 _choices: weakref.WeakKeyDictionary[nn.Module, tuple[str, dict[str, float]]]
@@ -90,6 +94,8 @@ def normalisation_for(volume: np.ndarray, spec: Mapping[str, Any]) -> Normalisat
     norm = spec["normalisation"]
     if norm["kind"] == "linear":
         return Normalisation("linear", float(norm["offset"]), float(norm["scale"]))
+    # Not MONAI's ScaleIntensityRangePercentiles: it maps the lower percentile to 0,
+    # where the bundles were trained on x / upper percentile (offset 0).
     scale = float(np.percentile(volume, float(norm["upper"])))
     if not scale > 0:
         scale = float(np.max(np.abs(volume)))
@@ -101,7 +107,8 @@ def normalisation_for(volume: np.ndarray, spec: Mapping[str, Any]) -> Normalisat
 def padding_for(
     shape: Sequence[int], multiple: int, minimum: Sequence[int] | None = None
 ) -> list[tuple[int, int]]:
-    """Per-axis (before, after) pads to a multiple of ``multiple``, >= ``minimum``."""
+    """Per-axis (before, after) pads to a multiple of ``multiple``, >= ``minimum``,
+    split as MONAI's ``SpatialPad`` and ``DivisiblePad`` split them."""
     pads = []
     for axis, size in enumerate(shape):
         target = math.ceil(size / multiple) * multiple
@@ -419,14 +426,29 @@ def body_threshold(spec: Mapping[str, Any]) -> float | None:
 
 
 def reflect_pad(batch: torch.Tensor, pads: Sequence[tuple[int, int]]) -> torch.Tensor:
-    """Pad the trailing axes of ``batch`` exactly as ``np.pad(mode="reflect")`` does,
-    pads wider than the image and single pixels included (``F.pad`` refuses both),
-    by gathering along each axis the indices NumPy's padding picks.
+    """Pad the trailing axes of ``batch`` by reflection, exactly as
+    ``np.pad(mode="reflect")`` does, with MONAI's ``Pad``.
 
     Args:
         batch: (N, C, *spatial) tensor.
         pads: (before, after) per spatial axis.
     """
+    spatial = batch.shape[batch.ndim - len(pads) :]
+    if not all(max(pad) < size for pad, size in zip(pads, spatial, strict=True)):
+        # MONAI (torch's F.pad) refuses pads as wide as the image and 1-pixel axes.
+        return _gather_reflect_pad(batch, pads)
+    lead = batch.shape[: batch.ndim - len(pads)]
+    widths: Any = ((0, 0), *pads)  # MONAI's hint wants a 1-tuple; it takes any
+    padded = _REFLECT_PAD(batch.reshape(-1, *spatial), widths)
+    padded = convert_to_tensor(padded, track_meta=False)
+    return padded.reshape(*lead, *padded.shape[1:])
+
+
+def _gather_reflect_pad(
+    batch: torch.Tensor, pads: Sequence[tuple[int, int]]
+) -> torch.Tensor:
+    """:func:`reflect_pad` for any pad width, by gathering along each axis the
+    indices NumPy's reflect padding picks."""
     for axis, (before, after) in enumerate(pads):
         if not before and not after:
             continue
@@ -491,11 +513,11 @@ def _predict_volume(
         return result
 
     normalised = (volume - np.float32(norm.offset)) / np.float32(norm.scale)
-    normalised = np.pad(normalised, pads, mode="reflect")
     tensor = torch.from_numpy(np.ascontiguousarray(normalised, dtype=np.float32))
+    tensor = reflect_pad(tensor[None, None], pads)
     del normalised
     with torch.inference_mode():
-        result = _inferer(window, batch_size, device)(tensor[None, None], counted)
+        result = _inferer(window, batch_size, device)(tensor, counted)
     del tensor
     assert isinstance(result, torch.Tensor)
     result_np = result[0, 0].to("cpu").numpy()

@@ -62,6 +62,9 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 8,
         "patch_size": 128,
         "lr": 1e-3,
+        # linear warm-up from 0 (MONAI's WarmupCosineSchedule), then cosine decay to
+        # 2% of lr; None: 5% of the steps, at least 1 and at most 100
+        "warmup_steps": None,
         "loss": "mse",  # or "l1"
         "mask_fraction": 0.02,  # self-supervised: share of pixels masked per patch
         "lesion_weight": 1.0,  # supervised: loss weight near known (phantom) lesions
@@ -149,6 +152,12 @@ def complete_config(raw: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("epochs", "steps_per_epoch", "batch_size", "patch_size", "threads"):
         if not isinstance(train[key], int) or train[key] < 1:
             raise ConfigError(f"config: train.{key} must be an integer >= 1")
+    warmup = train["warmup_steps"]
+    if warmup is not None and (not isinstance(warmup, int) or warmup < 0):
+        raise ConfigError(
+            f"config: train.warmup_steps must be an integer >= 0 or null, got "
+            f"{warmup!r}"
+        )
     for key in ("lowpass_weight", "contrast_weight"):
         if float(train[key]) < 0:
             raise ConfigError(f"config: train.{key} must be >= 0")

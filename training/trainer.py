@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.optimizers import WarmupCosineSchedule
 from monai.utils import set_determinism
 from torch import nn
 from tqdm import tqdm
@@ -50,6 +51,9 @@ __all__ = [
     "lowpass_loss",
     "lesion_contrast_loss",
     "parent_of",
+    "BudgetedWarmupCosine",
+    "default_warmup_steps",
+    "END_LR_FRACTION",
     "train",
     "run_dir",
 ]
@@ -59,6 +63,8 @@ log = logging.getLogger(__name__)
 #: Part of every cache key: bump it when phantoms or noise models change, so stale
 #: simulated pairs are never reused.
 CACHE_VERSION = 3
+#: The least learning rate, reached at the end of the cosine, as a share of train.lr.
+END_LR_FRACTION = 0.02
 
 
 def seed_everything(seed: int) -> None:
@@ -340,20 +346,51 @@ def parent_of(bundle_dir: Path | str) -> tuple[DenoisingNetwork, dict[str, Any]]
     return network, meta
 
 
-def _schedule(total_steps: int, budget_s: float | None, started: float) -> Any:
-    """Linear warm-up (5% of the steps, at most 100), then cosine decay to 2% of
-    the rate; with a time budget, progress is the larger of steps and time spent."""
-    warmup = max(1, min(total_steps // 20, 100))
+def default_warmup_steps(total_steps: int) -> int:
+    """Warm-up steps when ``train.warmup_steps`` is not set: 5% of the steps, at
+    least 1 and at most 100."""
+    return max(1, min(total_steps // 20, 100))
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        if budget_s:
-            progress = max(progress, (time.perf_counter() - started) / budget_s)
-        return 0.02 + 0.98 * 0.5 * (1.0 + float(np.cos(np.pi * min(progress, 1.0))))
 
-    return factor
+class BudgetedWarmupCosine(WarmupCosineSchedule):
+    """MONAI's linear warm-up from 0 and cosine decay, held at ``end_lr`` from the
+    end of the cosine on; with a time budget the cosine follows whichever is further
+    along, the steps or the share of the budget spent, so the rate reaches
+    ``end_lr`` when the time runs out.
+
+    Args:
+        optimizer: the wrapped optimiser.
+        warmup_steps: steps of linear warm-up.
+        t_total: steps of the whole run.
+        end_lr: the least learning rate, reached at the end of the cosine.
+        budget_s: the run's time budget in seconds; ``None`` (default): steps only.
+        started: ``time.perf_counter()`` at the start of the run (default now).
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        warmup_steps: int,
+        t_total: int,
+        end_lr: float,
+        budget_s: float | None = None,
+        started: float | None = None,
+    ) -> None:
+        self.budget_s = budget_s
+        self.started = time.perf_counter() if started is None else started
+        super().__init__(
+            optimizer, warmup_steps=warmup_steps, t_total=t_total, end_lr=end_lr
+        )
+
+    def lr_lambda(self, step: float) -> float:
+        if step >= self.warmup_steps:
+            if self.budget_s:
+                spent = (time.perf_counter() - self.started) / self.budget_s
+                by_time = self.warmup_steps + spent * (self.t_total - self.warmup_steps)
+                step = max(step, by_time)
+            step = min(step, self.t_total)  # past the end the cosine would rise again
+        return float(super().lr_lambda(step))
 
 
 def _weighted_loss(
@@ -599,9 +636,13 @@ def train(
     optimiser = torch.optim.Adam(network.parameters(), lr=float(t["lr"]))
     total_steps = int(t["epochs"]) * int(t["steps_per_epoch"])
     budget = t["time_budget_s"]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
+    warmup = t["warmup_steps"]
+    scheduler = BudgetedWarmupCosine(
         optimiser,
-        _schedule(total_steps, float(budget) if budget else None, time.perf_counter()),
+        warmup_steps=default_warmup_steps(total_steps) if warmup is None else warmup,
+        t_total=total_steps,
+        end_lr=END_LR_FRACTION * float(t["lr"]),
+        budget_s=float(budget) if budget else None,
     )
     loss_fn = _loss_fn(t["loss"])
     rng = np.random.default_rng(int(config["seed"]))
