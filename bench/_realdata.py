@@ -7,7 +7,6 @@ or :func:`inference.runner.denoise_images` (separate slices), the worker's path.
 
 from __future__ import annotations
 
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -46,27 +45,14 @@ def default_series() -> Path:
 
 def read_series(path: Path) -> tuple[np.ndarray, list[float]]:
     """A CT series folder as a (z, y, x) HU volume in position order (the order
-    the training's held-out range counts in: :func:`training.data.series_files`)
-    and its spacing (z from positions, then the pixel spacing)."""
-    import pydicom
+    the training's held-out range counts in: :func:`training.data.read_series`,
+    which reads through :mod:`dicomio`) and its (z, y, x) spacing in mm."""
+    from training.data import read_series as read_dicom_series
 
-    from training.data import series_files
-
-    found = series_files(path, "CT")
-    if len(found) < 3:
+    series = read_dicom_series(path, "CT")
+    if series.shape[0] < 3:
         raise ValueError(f"bench: {path}: fewer than 3 slices of one series")
-    slices = []
-    for _, file in found:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(file)
-        slices.append(
-            ds.pixel_array.astype(np.float32) * float(ds.get("RescaleSlope", 1))
-            + float(ds.get("RescaleIntercept", 0))
-        )
-    step = float(np.median(np.diff([position for position, _ in found])))
-    pixel = float(ds.PixelSpacing[0])
-    return np.stack(slices), [step, pixel, pixel]
+    return np.stack(series.frames, dtype=np.float32), list(series.spacing_mm)
 
 
 def bm3d_denoise(image: np.ndarray, sd: float) -> np.ndarray:
@@ -160,7 +146,7 @@ def real_ct_section(
 def _simulate(
     job: tuple[np.ndarray, float, float, int, tuple[int, ...]],
 ) -> np.ndarray:
-    from training.noise import CTNoiseModel
+    from dicomio.noise import CTNoiseModel
 
     image, pixel_mm, dose, count, seed = job
     # One independent stream per (dose, present/absent, batch): never shared.

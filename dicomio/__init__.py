@@ -1,8 +1,10 @@
-"""Pure DICOM core: safe upload unpacking, instance decoding and series assembly."""
+"""Pure DICOM core: safe upload unpacking, instance decoding, series assembly, and the
+synthetic scans (phantoms, scanner noise, series) of training, demo and benchmarks."""
 
 from __future__ import annotations
 
 from .errors import DicomIOError, DicomRejected
+from .folder import read_folder
 from .reader import Instance, read_instance, validate_uid
 from .sources import Limits, Member, iter_members, sanitise_name
 from .synthetic import phantom_volume, write_series
@@ -21,6 +23,7 @@ __all__ = [
     "Limits",
     "Member",
     "iter_members",
+    "read_folder",
     "read_instance",
     "sanitise_name",
     "validate_uid",

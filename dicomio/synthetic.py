@@ -1,4 +1,4 @@
-"""Write valid synthetic CT/MR series and CT-like phantoms for tests and demos."""
+"""Synthetic scans for the demo and the benchmarks: CT-like volumes, DICOM series."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from .phantoms import TISSUE_HU, tissue_map
+
 __all__ = ["phantom_volume", "write_series"]
 
 _SOP_CLASSES = {
@@ -34,11 +36,14 @@ _STUDY_TIME = "120000"
 
 
 def phantom_volume(shape: Sequence[int] = (32, 128, 128), seed: int = 0) -> np.ndarray:
-    """A small CT-like volume: air, an elliptical body, lungs, liver, spine, noise.
+    """A CT-like volume: the anatomy of :func:`~dicomio.phantoms.ct_phantom` in HU
+    plus white noise, cheap at any size (benchmarks write 300 x 512 x 512 series).
 
     Args:
         shape: (z, y, x) voxels. Default (32, 128, 128).
-        seed: seed of the Gaussian noise (sigma 20 HU). Default 0.
+        seed: picks the anatomy (as ``ct_phantom``'s seed does: the same organs,
+            without their texture and lesions) and the Gaussian noise (sigma
+            20 HU). Default 0.
 
     Returns:
         float32 array of ``shape`` in Hounsfield units.
@@ -48,27 +53,11 @@ def phantom_volume(shape: Sequence[int] = (32, 128, 128), seed: int = 0) -> np.n
     """
     if len(shape) != 3 or any(int(s) <= 0 for s in shape):
         raise ValueError(f"shape must be three positive sizes (z, y, x), got {shape!r}")
-    nz, ny, nx = (int(s) for s in shape)
-    z = np.linspace(-1.0, 1.0, nz, dtype=np.float32)[:, None, None]
-    y = np.linspace(-1.0, 1.0, ny, dtype=np.float32)[None, :, None]
-    x = np.linspace(-1.0, 1.0, nx, dtype=np.float32)[None, None, :]
-    taper = 1.0 - 0.15 * z**2
-    volume = np.full((nz, ny, nx), -1000.0, dtype=np.float32)
-
-    def ellipse(cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
-        return ((y - cy) / ry) ** 2 + ((x - cx) / (rx * taper)) ** 2 <= 1.0
-
-    volume[np.broadcast_to(ellipse(0.0, 0.0, 0.7, 0.9), volume.shape)] = -100.0
-    volume[np.broadcast_to(ellipse(0.0, 0.0, 0.64, 0.84), volume.shape)] = 40.0
-    lungs = (ellipse(-0.1, -0.42, 0.42, 0.3) | ellipse(-0.1, 0.42, 0.42, 0.3)) & (
-        z < 0.3
-    )
-    volume[np.broadcast_to(lungs, volume.shape)] = -850.0
-    liver = ellipse(0.05, -0.35, 0.3, 0.3) & (z >= 0.3)
-    volume[np.broadcast_to(liver, volume.shape)] = 60.0
-    volume[np.broadcast_to(ellipse(0.45, 0.0, 0.12, 0.1), volume.shape)] = 700.0
-    rng = np.random.default_rng(seed)
-    volume += 20.0 * rng.standard_normal(volume.shape, dtype=np.float32)
+    size = tuple(int(s) for s in shape)
+    labels, tissues = tissue_map(size, seed=seed)
+    volume = np.array([TISSUE_HU[t] for t in tissues], dtype=np.float32)[labels]
+    rng = np.random.default_rng([seed, 1])
+    volume += 20.0 * rng.standard_normal(size, dtype=np.float32)
     return volume
 
 

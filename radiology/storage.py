@@ -230,13 +230,6 @@ def _fsync_path(path: str | Path) -> None:
         os.close(fd)
 
 
-def store_bytes(name: str, data: bytes | memoryview) -> str:
-    """Store bytes under ``name`` atomically (temp, fsync, rename); their SHA-256."""
-    with BatchWriter() as batch:
-        sha = batch.write(name, data)
-    return sha
-
-
 def store_array(name: str, array: np.ndarray) -> str:
     """Store an array as ``.npy``; returns the SHA-256 of the file."""
     with BatchWriter() as batch:

@@ -1,6 +1,6 @@
 """CT-like training slices beyond ellipses: textures, vessel trees, trabecular bone.
 
-The anthropomorphic phantoms (:mod:`training.phantoms`) are smooth ellipses; a
+The anthropomorphic phantoms (:mod:`dicomio.phantoms`) are smooth ellipses; a
 denoiser trained on them alone learns that anything finer than an organ is noise
 and blurs real anatomy into the residual. :func:`textured_slice` builds clean
 slices with what real scans have and phantoms lack: organ texture taken from
@@ -19,7 +19,7 @@ import functools
 import numpy as np
 from scipy import ndimage
 
-from training.phantoms import Lesion, Phantom
+from dicomio.phantoms import Lesion, Phantom
 
 __all__ = ["TEXTURE_SOURCES", "textured_slice"]
 
@@ -157,7 +157,7 @@ def textured_slice(size: int = 512, *, seed: int) -> Phantom:
         seed: everything is drawn from it.
 
     Returns:
-        A :class:`training.phantoms.Phantom` (``labels`` and ``tissues`` give the
+        A :class:`dicomio.phantoms.Phantom` (``labels`` and ``tissues`` give the
         body only: 0 air, 1 body).
     """
     rng = np.random.default_rng([seed, 4242])

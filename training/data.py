@@ -11,15 +11,16 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-import pydicom
 from scipy import ndimage
 
+from dicomio import DicomRejected, SeriesVolume, assemble_series, read_folder
+from dicomio.noise import CTNoiseModel, add_rician_noise
+from dicomio.phantoms import ct_phantom, mr_phantom
+from dicomio.reader import Instance, read_instance
 from inference.runner import normalisation_for
 from training.content import textured_slice
 from training.errors import DataError
 from training.metrics import lesion_regions
-from training.noise import CTNoiseModel, add_rician_noise
-from training.phantoms import ct_phantom, mr_phantom
 
 __all__ = [
     "HELD_OUT_PHANTOM_SEED",
@@ -31,6 +32,7 @@ __all__ = [
     "PairPool",
     "bundled_dicom_files",
     "read_dicom_slices",
+    "read_series",
     "real_slices",
     "phantom_slices",
     "series_neighbours",
@@ -134,63 +136,53 @@ def bundled_dicom_files() -> dict[str, Path]:
     return files
 
 
-def _rescale(ds: pydicom.Dataset) -> tuple[float, float]:
-    if "RescaleSlope" in ds or "RescaleIntercept" in ds:
-        return float(ds.get("RescaleSlope", 1.0)), float(
-            ds.get("RescaleIntercept", 0.0)
-        )
-    for group in ds.get("SharedFunctionalGroupsSequence", []):
-        for item in group.get("PixelValueTransformationSequence", []):
-            return float(item.RescaleSlope), float(item.RescaleIntercept)
-    return 1.0, 0.0
+def _slice(frame: np.ndarray, modality: str, pixel_mm: float, source: str) -> Slice:
+    """A decoded frame as a full-dose :class:`Slice`: CT from -1024 HU up (outside
+    the scan field some scanners store -2000 or -3024: call it air), MR from 0."""
+    floor = np.float32(-1024.0 if modality == "CT" else 0.0)
+    return Slice(np.maximum(frame.astype(np.float32), floor), pixel_mm, source, True)
 
 
-def _spacing(ds: pydicom.Dataset) -> float:
-    if "PixelSpacing" in ds:
-        return float(ds.PixelSpacing[0])
-    for group in ds.get("SharedFunctionalGroupsSequence", []):
-        for item in group.get("PixelMeasuresSequence", []):
-            return float(item.PixelSpacing[0])
-    return 1.0
+def _frame_slices(instance: Instance, name: str) -> list[Slice]:
+    """Each frame of a decoded CT or MR instance as a :class:`Slice`."""
+    slices = []
+    for i, frame in enumerate(instance.pixels):
+        spacing = instance.pixel_spacings_mm[i]
+        pixel_mm = float(spacing[0]) if spacing else 1.0
+        slices.append(_slice(frame, instance.modality, pixel_mm, f"dicom:{name}#{i}"))
+    return slices
+
+
+def _wanted(instance: Instance, modality: str | None) -> bool:
+    if modality is not None and instance.modality != modality:
+        return False
+    return instance.modality in ("CT", "MR")
 
 
 def read_dicom_slices(path: Path | str, modality: str | None = None) -> list[Slice]:
-    """Every 2D frame of a DICOM file as a :class:`Slice` in HU (CT) or magnitude.
+    """Every 2D frame of a DICOM file as a :class:`Slice` in HU (CT) or magnitude,
+    decoded by :func:`dicomio.read_instance`, as the app decodes an upload.
 
     Args:
         path: the file.
         modality: keep only this modality; ``None`` keeps CT and MR.
 
     Raises:
-        DataError: naming the file when it cannot be read or decoded.
+        DataError: naming the file when it cannot be read or is not an image the
+            app would accept.
     """
     path = Path(path)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path)
-            if modality is not None and ds.get("Modality") != modality:
-                return []
-            if ds.get("Modality") not in ("CT", "MR"):
-                return []
-            pixels = ds.pixel_array.astype(np.float32)
-    except Exception as exc:  # pydicom raises many types for bad files
-        raise DataError(f"read DICOM: {path}: {exc}") from None
-    slope, intercept = _rescale(ds)
-    pixels = pixels * slope + intercept
-    frames = pixels[None] if pixels.ndim == 2 else pixels
-    spacing = _spacing(ds)
-    slices = []
-    for i, frame in enumerate(frames):
-        if ds.Modality == "CT":
-            # Outside the scan field some scanners store -2000 or -3024: call it air.
-            frame = np.maximum(frame, -1024.0)
-        else:
-            frame = np.maximum(frame, 0.0)
-        slices.append(
-            Slice(frame.astype(np.float32), spacing, f"dicom:{path.name}#{i}", True)
-        )
-    return slices
+            warnings.simplefilter("ignore")  # pydicom's notes on odd but usable files
+            instance = read_instance(path.read_bytes(), path.name)
+    except OSError as exc:
+        raise DataError(f"read DICOM: {path}: {exc.strerror or exc}") from None
+    except DicomRejected as exc:
+        raise DataError(f"read DICOM: {path}: {exc.reason}") from None
+    if not _wanted(instance, modality):
+        return []
+    return _frame_slices(instance, path.name)
 
 
 def real_slices(modality: str, split: str) -> list[Slice]:
@@ -211,8 +203,23 @@ def real_slices(modality: str, split: str) -> list[Slice]:
     return slices
 
 
+def _base_name(member: str) -> str:
+    return member.rsplit("/", 1)[-1]
+
+
+def _read_folder(root: Path) -> list[Instance]:
+    """The usable images under ``root``; other files (a README, a licence) are
+    skipped, and pydicom's notes on odd but usable files are not shown."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        instances, _ = read_folder(root)
+    return instances
+
+
 def folder_slices(path: Path | str, modality: str) -> list[Slice]:
     """Every slice of ``modality`` in the DICOM files under a folder (recursively).
+
+    Files that are not DICOM images (a README, a thumbnail) are skipped.
 
     Raises:
         DataError: when the folder is missing or holds no slice of that modality.
@@ -220,20 +227,22 @@ def folder_slices(path: Path | str, modality: str) -> list[Slice]:
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"dicom folder: {root}: not a directory")
+    instances = _read_folder(root)
     slices: list[Slice] = []
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        try:
-            slices.extend(read_dicom_slices(file, modality))
-        except DataError:
-            continue  # not DICOM (a README, a thumbnail): skipped, others still count
+    for instance in instances:
+        if _wanted(instance, modality):
+            slices.extend(_frame_slices(instance, _base_name(instance.name)))
     if not slices:
         raise DataError(f"dicom folder: {root}: no readable {modality} slices")
     return slices
 
 
-def series_files(path: Path | str, modality: str) -> list[tuple[float, Path]]:
-    """The files of one DICOM series in a folder as ``(position, file)`` in position
-    order (along the slice normal): the order every held-out slice range counts in.
+def read_series(path: Path | str, modality: str) -> SeriesVolume:
+    """The series of ``modality`` in a folder, assembled as the app assembles an
+    upload (:func:`dicomio.assemble_series`): slices sorted along the normal, the
+    order every held-out slice range counts in. Of several series the one with
+    the most slices is taken; only single-frame files with a position and an
+    orientation count (a localiser or an enhanced object is not part of it).
 
     Raises:
         DataError: when the folder is missing or has no readable slices of
@@ -242,34 +251,19 @@ def series_files(path: Path | str, modality: str) -> list[tuple[float, Path]]:
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"dicom series: {root}: not a directory")
-    found = []
-    for file in sorted(p for p in root.iterdir() if p.is_file()):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                header = pydicom.dcmread(file, stop_before_pixels=True)
-        except Exception:  # not DICOM (a README, a licence)
-            continue
-        # One frame per file, with its position and orientation: what a series of
-        # slices is; anything else (an enhanced multi-frame object, a localiser
-        # without geometry) is not part of it.
-        if (
-            header.get("Modality") != modality
-            or "ImagePositionPatient" not in header
-            or "ImageOrientationPatient" not in header
-            or int(header.get("NumberOfFrames", 1) or 1) != 1
-        ):
-            continue
-        normal = np.cross(
-            np.asarray(header.ImageOrientationPatient[:3], float),
-            np.asarray(header.ImageOrientationPatient[3:], float),
-        )
-        position = float(np.dot(normal, np.asarray(header.ImagePositionPatient, float)))
-        found.append((position, file))
+    instances = _read_folder(root)
+    members = [
+        i
+        for i in instances
+        if i.modality == modality
+        and i.n_frames == 1
+        and i.positions[0] is not None
+        and i.orientations[0] is not None
+    ]
+    found = assemble_series(members).series
     if not found:
         raise DataError(f"dicom series: {root}: no readable {modality} slices")
-    found.sort()
-    return found
+    return max(found, key=lambda series: series.shape[0])
 
 
 def series_slices(
@@ -295,11 +289,15 @@ def series_slices(
     """
     if split not in ("train", "held_out"):
         raise DataError(f"dicom series: split must be train or held_out, got {split!r}")
-    found = series_files(path, modality)
+    series = read_series(path, modality)
+    pixel_mm = series.spacing_mm[1]
     keep = []
-    for index, (_, file) in enumerate(found):
+    for index, (frame, ref) in enumerate(
+        zip(series.frames, series.slices, strict=True)
+    ):
         if _in_split(index, held_out, split):
-            keep.extend(read_dicom_slices(file, modality))
+            source = f"dicom:{_base_name(ref.name)}#{ref.frame_index}"
+            keep.append(_slice(frame, modality, pixel_mm, source))
     return keep
 
 
@@ -399,7 +397,7 @@ def phantom_slices(
 ) -> list[Slice]:
     """``count`` phantom slices with seeds ``seed .. seed + count - 1``.
 
-    ``kind`` is ``"phantom"`` (:mod:`training.phantoms`) or ``"texture"`` (CT
+    ``kind`` is ``"phantom"`` (:mod:`dicomio.phantoms`) or ``"texture"`` (CT
     only: :func:`training.content.textured_slice`).
 
     Raises:

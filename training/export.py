@@ -78,7 +78,7 @@ def bundle_metadata(
             **dict(synth),
         }
     elif modality == "CT":
-        from training.noise import CTNoiseModel
+        from dicomio.noise import CTNoiseModel
 
         model = CTNoiseModel()
         noise_model = {

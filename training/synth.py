@@ -7,7 +7,7 @@ one noise texture. Here every crop gets noise drawn anew, on the training device
   none at all for a share ``noise.clean_fraction`` of crops, so the model learns to
   leave a clean image alone;
 * its texture either projection-domain CT noise (streaks along dense paths,
-  :class:`training.noise.CTNoiseModel`, precomputed per slice and scaled) or
+  :class:`dicomio.noise.CTNoiseModel`, precomputed per slice and scaled) or
   stationary noise with a noise power spectrum measured on the real training scans
   or drawn from the FBP family (:mod:`training.nps`), with a smooth amplitude
   modulation for the non-stationarity of real CT;
@@ -35,10 +35,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from dicomio.noise import CTNoiseModel
 from inference.noise import noise_level_map
 from training.data import Pair, Slice, _region_map, _square, crop_corner
 from training.errors import DataError
-from training.noise import CTNoiseModel
 from training.nps import NPS_BINS, measure_nps, parametric_nps, synthesise_noise
 
 __all__ = [

@@ -55,3 +55,20 @@ def test_createreviewer_applies_the_password_validators(
     monkeypatch.setattr("sys.stdin", io.StringIO("Vq8#long-unusual-phrase\n"))
     call_command("createreviewer", "carol-smith", "--password-stdin")
     assert not django_user_model.objects.get(username="carol-smith").is_staff
+
+
+def test_the_demo_scan_is_made_without_the_training_package():
+    """The demo's phantom and noise come from the pure DICOM core, not training."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, django; django.setup();"
+        "import radiology.management.commands.load_demo;"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'training');"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -47,7 +47,8 @@ def test_disk_full_during_write_leaves_no_partial_file(monkeypatch):
 
     monkeypatch.setattr(os, "fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode)))
     with pytest.raises(OSError) as info:
-        storage.store_bytes("c/out.bin", b"x" * 100)
+        with storage.BatchWriter() as batch:
+            batch.write("c/out.bin", b"x" * 100)
     assert info.value.errno == errno.ENOSPC
     assert list(storage.media_path("c/out.bin").parent.iterdir()) == []
 

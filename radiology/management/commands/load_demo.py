@@ -10,12 +10,12 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand
 
+from dicomio.noise import CTNoiseModel
+from dicomio.phantoms import ct_phantom
 from dicomio.synthetic import write_series
 from radiology.models import Series
 from radiology.services.ingest import upload_ingest
 from radiology.services.jobs import JobRequestError, denoise_job_request
-from training.noise import CTNoiseModel
-from training.phantoms import ct_phantom
 
 DEMO_USER = "demo"
 DEMO_PASSWORD = "demo-review-2026"

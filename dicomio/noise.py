@@ -1,4 +1,4 @@
-"""Noise models: low-dose CT simulated in the projection domain, MR Rician magnitude."""
+"""Scanner noise for synthetic scans: low-dose CT, MR Rician magnitude."""
 
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from training.phantoms import TISSUE_HU, ct_phantom, mr_phantom
+from dicomio.phantoms import TISSUE_HU, ct_phantom, mr_phantom, tissue_map
+from dicomio.synthetic import phantom_volume
 
 
 def _measured_contrast(image: np.ndarray, mask: np.ndarray, label: int) -> float:
@@ -56,7 +57,7 @@ def test_mr_phantom_is_a_non_negative_magnitude_with_relative_lesions():
     phantom = mr_phantom((128, 128), seed=2, lesion_contrast_percent=(5.0, 15.0))
     assert phantom.image.min() >= 0
     for lesion in phantom.lesions:
-        from training.phantoms import TISSUE_MR
+        from dicomio.phantoms import TISSUE_MR
 
         relative = abs(lesion.contrast) / TISSUE_MR[lesion.organ]
         assert 0.05 <= relative <= 0.15
@@ -65,3 +66,38 @@ def test_mr_phantom_is_a_non_negative_magnitude_with_relative_lesions():
 def test_bad_shape_fails_early():
     with pytest.raises(ValueError, match="shape"):
         ct_phantom((8, 8))
+
+
+@pytest.mark.parametrize(
+    ("make", "shape", "seed"),
+    [
+        (ct_phantom, (96, 80), 7),
+        (mr_phantom, (64, 64), 900123),
+        (ct_phantom, (16, 48, 40), 3),
+    ],
+)
+def test_tissue_map_is_the_phantoms_anatomy(make, shape, seed):
+    labels, tissues = tissue_map(shape, seed=seed)
+    phantom = make(shape, seed=seed)
+    assert tissues == phantom.tissues
+    np.testing.assert_array_equal(labels, phantom.labels)
+
+
+def test_phantom_volume_is_the_ct_phantoms_anatomy_plus_white_noise():
+    """One phantom generator: the volumes of the tests, benchmarks and the demo's
+    series writer have the organs of the training phantoms of the same seed."""
+    shape, seed = (16, 64, 64), 12
+    volume = phantom_volume(shape, seed=seed)
+    phantom = ct_phantom(shape, seed=seed)
+    clean = np.array([TISSUE_HU[t] for t in phantom.tissues])[phantom.labels]
+    residual = volume - clean
+    assert abs(float(residual.mean())) < 1.0
+    assert float(residual.std()) == pytest.approx(20.0, rel=0.05)
+
+
+def test_tissue_map_takes_sizes_below_the_phantoms_minimum():
+    labels, tissues = tissue_map((4, 8, 8), seed=1)
+    assert labels.shape == (4, 8, 8) and labels.dtype == np.uint8
+    assert tissues[0] == "air" and labels.max() < len(tissues)
+    with pytest.raises(ValueError, match="positive sizes"):
+        tissue_map((0, 8, 8))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from training.noise import CTNoiseModel, add_rician_noise
-from training.phantoms import ct_phantom
+from dicomio.noise import CTNoiseModel, add_rician_noise
+from dicomio.phantoms import ct_phantom
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Anthropomorphic CT and MR phantoms (2D slices and 3D volumes) with known lesions."""
+"""Anthropomorphic CT and MR phantoms (2D slices, 3D volumes) with known lesions: what
+training, evaluation, the benchmarks and the demo scan are made of."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ __all__ = [
     "Phantom",
     "ct_phantom",
     "mr_phantom",
+    "tissue_map",
 ]
 
 #: Mean attenuation of each tissue class in Hounsfield units (unenhanced values,
@@ -186,7 +188,8 @@ def _anatomy(rng: np.random.Generator, region: str) -> list[_Ellipsoid]:
     return shapes
 
 
-def _grid(shape: tuple[int, ...], z_offset: float) -> tuple[np.ndarray, ...]:
+def _axes(shape: tuple[int, ...], z_offset: float) -> tuple[np.ndarray, ...]:
+    """The z, y and x coordinates of the voxel centres, in half fields of view."""
     ny, nx = shape[-2:]
     half = max(ny, nx) / 2.0
     y = (np.arange(ny) - (ny - 1) / 2.0) / half
@@ -195,26 +198,34 @@ def _grid(shape: tuple[int, ...], z_offset: float) -> tuple[np.ndarray, ...]:
         z = np.array([z_offset])
     else:
         z = z_offset + (np.arange(shape[0]) - (shape[0] - 1) / 2.0) / half
-    return np.meshgrid(z, y, x, indexing="ij")
+    return z, y, x
 
 
 def _paint(
     shapes: list[_Ellipsoid], shape: tuple[int, ...], z_offset: float
 ) -> tuple[np.ndarray, list[str]]:
-    zz, yy, xx = _grid(shape, z_offset)
+    z, y, x = _axes(shape, z_offset)
     tissues = ["air"] + sorted({s.tissue for s in shapes})
-    labels = np.zeros(zz.shape, dtype=np.uint8)
+    labels = np.zeros((len(z), len(y), len(x)), dtype=np.uint8)
     for s in shapes:
         cos, sin = np.cos(s.angle), np.sin(s.angle)
-        dy, dx = yy - s.center[1], xx - s.center[2]
+        dy, dx = y[:, None] - s.center[1], x[None, :] - s.center[2]
         ry = cos * dy + sin * dx
         rx = -sin * dy + cos * dx
-        inside = (
-            ((zz - s.center[0]) / s.axes[0]) ** 2
-            + (ry / s.axes[1]) ** 2
-            + (rx / s.axes[2]) ** 2
-        ) <= 1.0
-        labels[inside] = tissues.index(s.tissue)
+        across = ((z - s.center[0]) / s.axes[0]) ** 2
+        down, along = (ry / s.axes[1]) ** 2, (rx / s.axes[2]) ** 2
+        # Slice by slice within the ellipse's in-plane box, so a 300 x 512 x 512
+        # volume needs no full-size float grids; every term is >= 0, so voxels
+        # outside the box or the slab are outside the ellipsoid exactly.
+        rows = np.flatnonzero((down <= 1.0).any(axis=1))
+        cols = np.flatnonzero((along <= 1.0).any(axis=0))
+        if not len(rows) or not len(cols):
+            continue
+        box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        down, along = down[box], along[box]
+        label = tissues.index(s.tissue)
+        for k in np.flatnonzero(across <= 1.0):
+            labels[k][box][(across[k] + down) + along <= 1.0] = label
     return labels.reshape(shape), tissues
 
 
@@ -269,6 +280,50 @@ def _place_lesions(
     return mask, lesions
 
 
+def _layout(
+    rng: np.random.Generator, shape: tuple[int, ...], region: str | None
+) -> tuple[np.ndarray, list[str], str]:
+    """The tissue map of a phantom: the first draws from its seed's generator."""
+    region = region or ("thorax" if rng.random() < 0.3 else "abdomen")
+    if region not in ("abdomen", "thorax"):
+        raise ValueError(f"region must be 'abdomen' or 'thorax', got {region!r}")
+    shapes = _anatomy(rng, region)
+    z_offset = float(rng.uniform(-0.3, 0.3))
+    labels, tissues = _paint(shapes, shape, z_offset)
+    return labels, tissues, region
+
+
+def tissue_map(
+    shape: tuple[int, ...], *, seed: int = 0, region: str | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """The anatomy of :func:`ct_phantom` and :func:`mr_phantom` alone.
+
+    The same seed and region give the same organs as those phantoms, without
+    their texture, blur and lesions, so a tissue map is cheap at any size (a
+    300 x 512 x 512 volume in seconds).
+
+    Args:
+        shape: ``(y, x)`` or ``(z, y, x)``, every size >= 1.
+        seed: random seed, default 0.
+        region: ``"abdomen"`` or ``"thorax"``; default picks one from the seed.
+
+    Returns:
+        ``(labels, tissues)``: a uint8 map of ``shape`` indexing ``tissues``
+        (index 0 is air), as :attr:`Phantom.labels` and :attr:`Phantom.tissues`.
+
+    Raises:
+        ValueError: on a shape that is not 2 or 3 positive sizes, or an unknown
+            region.
+    """
+    shape = tuple(int(n) for n in shape)
+    if len(shape) not in (2, 3) or min(shape) < 1:
+        raise ValueError(
+            f"shape must be (y, x) or (z, y, x) of positive sizes, got {shape}"
+        )
+    labels, tissues, _ = _layout(np.random.default_rng(seed), shape, region)
+    return labels, tissues
+
+
 def _phantom(
     modality: str,
     shape: tuple[int, ...],
@@ -289,12 +344,7 @@ def _phantom(
             f"{lesion_contrast}"
         )
     rng = np.random.default_rng(seed)
-    region = region or ("thorax" if rng.random() < 0.3 else "abdomen")
-    if region not in ("abdomen", "thorax"):
-        raise ValueError(f"region must be 'abdomen' or 'thorax', got {region!r}")
-    shapes = _anatomy(rng, region)
-    z_offset = float(rng.uniform(-0.3, 0.3))
-    labels, tissues = _paint(shapes, shape, z_offset)
+    labels, tissues, region = _layout(rng, shape, region)
     n = max(shape[-2:])
     pixel_mm = pixel_mm if pixel_mm is not None else 360.0 / n
     values = TISSUE_HU if modality == "CT" else TISSUE_MR
