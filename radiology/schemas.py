@@ -51,10 +51,16 @@ __all__ = [
 ]
 
 
-def dumps(schema: Schema) -> str:
-    """``schema`` as the API renders it (same dates and numbers), indented for a
-    terminal: what the management commands print with ``--json``."""
-    return json.dumps(schema.model_dump(), cls=NinjaJSONEncoder, indent=2)
+def dumps(value: Schema | list[Schema]) -> str:
+    """``value`` (one schema or a list) as the API renders it (same dates and
+    numbers), indented for a terminal: what the management commands print with
+    ``--json``."""
+    data = (
+        [item.model_dump() for item in value]
+        if isinstance(value, list)
+        else value.model_dump()
+    )
+    return json.dumps(data, cls=NinjaJSONEncoder, indent=2)
 
 
 class _Out(Schema):

@@ -234,3 +234,13 @@ def test_ingest_command_prints_the_upload_as_the_api_does(
     assert [r["name"] for r in printed["rejected"]] == ["notes.txt"]
     (listed,) = client.get("/api/series").json()
     assert {key: listed[key] for key in printed["series"][0]} == printed["series"][0]
+
+
+def test_models_command_prints_the_bundles_as_the_api_does(
+    client, alice, models_root, capsys
+):
+    call_command("models", "--json")
+    printed = json.loads(capsys.readouterr().out)
+    client.force_login(alice)
+    assert printed == client.get("/api/models").json()
+    assert [(m["name"], m["version"]) for m in printed] == [("tiny", "1.0.0")]
