@@ -17,10 +17,23 @@ from ninja.files import UploadedFile
 
 from . import selectors
 from .auth import API_AUTH
-from .models import ApiToken, AuditEvent, DenoiseJob, Review
+from .models import Review
+from .schemas import (
+    AuditEventOut,
+    ErrorOut,
+    FinetuneQueuedOut,
+    JobOut,
+    ModelOut,
+    ReviewCreatedOut,
+    SeriesDetailOut,
+    SeriesOut,
+    TokenCreatedOut,
+    TokenOut,
+    UploadOut,
+)
 from .services import jobs as job_services
-from .services.ingest import series_summary, upload_ingest
-from .services.reviews import review_concerns, review_submit
+from .services.ingest import upload_ingest
+from .services.reviews import review_submit
 
 api = NinjaAPI(
     title="Radiology denoising review API",
@@ -31,87 +44,6 @@ api = NinjaAPI(
     # (reviewers and integrators have accounts); anyone else is sent to sign in.
     docs_decorator=login_required,
 )
-
-
-def job_json(job: DenoiseJob) -> dict:
-    return {
-        "id": job.pk,
-        "series": job.series_id,
-        "status": job.status,
-        "progress": round(job.progress, 4),
-        "progress_message": job.progress_message,
-        "model": {
-            "name": job.model_name,
-            "version": job.model_version,
-            "weights_sha256": job.weights_sha256,
-        },
-        "params": job.params,
-        "attempts": job.attempts,
-        "error": job.error,
-        "worker": job.worker,
-        "requested_by": job.requested_by.get_username() if job.requested_by else None,
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
-        "timings_s": job.timings_s,
-        "metrics": job.metrics,
-        "provenance": job.provenance,
-        "warnings": job.warnings,
-        # Why an Accept needs a comment (flagged slices, OOD or modality warnings).
-        "review_concerns": review_concerns(job),
-        "outputs": {
-            "reconstruction_sha256": job.reconstruction_sha256,
-            "residual_sha256": job.residual_sha256,
-        },
-        "reviews": [
-            {
-                "verdict": r.verdict,
-                "reviewer": r.reviewer.get_username(),
-                "comment": r.comment,
-                "strength": r.strength,
-                "measurements": r.measurements,
-                "created_at": r.created_at,
-            }
-            for r in selectors.job_reviews(job)
-        ],
-    }
-
-
-def series_json(series) -> dict:
-    latest = selectors.latest_job(series)
-    open_issues = selectors.open_fixity_issues(series)
-    data = series_summary(series)
-    data.update(
-        {
-            "study": {
-                "id": series.study_id,
-                "study_instance_uid": series.study.study_instance_uid,
-                "description": series.study.description,
-                "patient_id": series.study.patient_id,
-                "patient_name": series.study.patient_name,
-                # As people write it ("FAMILY, GIVEN"), else the ID: one rule for
-                # every page (Study.patient_display).
-                "patient_display": series.study.patient_display,
-                "study_date": series.study.study_date,
-                "study_date_iso": series.study.study_date_iso,
-            },
-            "created_at": series.created_at,
-            "latest_job": job_json(latest) if latest else None,
-            "fixity": {
-                "ok": not open_issues,
-                "issues": [
-                    {
-                        "role": i.role,
-                        "file": i.file,
-                        "detected_at": i.detected_at,
-                        "missing": not i.actual_sha256,
-                    }
-                    for i in open_issues
-                ],
-            },
-        }
-    )
-    return data
 
 
 @api.exception_handler(job_services.JobRequestError)
@@ -137,7 +69,7 @@ def not_found(request, exc):
     return api.create_response(request, {"detail": "Not found"}, status=404)
 
 
-@api.post("/uploads", response={201: dict, 400: dict})
+@api.post("/uploads", response={201: UploadOut, 400: ErrorOut, 413: ErrorOut})
 def upload(request, files: File[list[UploadedFile]]):
     """Upload DICOM files, folders' files or zips; returns series and rejections."""
     if not files:
@@ -158,43 +90,22 @@ def upload(request, files: File[list[UploadedFile]]):
         report = upload_ingest(sources=sources, owner=request.user)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    return Status(201, report.as_json())
+    return Status(201, report)
 
 
-@api.get("/series", response=list[dict])
+@api.get("/series", response=list[SeriesOut])
 def list_series(request, search: str = "", modality: str = "", status: str = ""):
-    return [
-        series_json(s)
-        for s in selectors.series_list(
-            request.user, search=search, modality=modality, status=status
-        )[:500]
-    ]
+    return selectors.series_list(
+        request.user, search=search, modality=modality, status=status
+    )[:500]
 
 
-@api.get("/series/{series_id}", response=dict)
+@api.get("/series/{series_id}", response={200: SeriesDetailOut, 404: ErrorOut})
 def get_series(request, series_id: int):
     series = selectors.series_for(request.user, series_id)
-    data = series_json(series)
-    data["jobs"] = [job_json(j) for j in series.jobs.order_by("-created_at")]
     # The study's other series this user may see, for the viewer's study strip.
-    data["study_series"] = [
-        {
-            "id": other.pk,
-            "modality": other.modality,
-            "description": other.description or other.series_instance_uid,
-            "shape": other.shape,
-            "compare_job": next(
-                (
-                    j.pk
-                    for j in other.jobs.order_by("-created_at")
-                    if j.status == DenoiseJob.Status.SUCCEEDED and j.is_current
-                ),
-                None,
-            ),
-        }
-        for other in selectors.series_in_study_for(request.user, series.study_id)
-    ]
-    return data
+    study_series = selectors.series_in_study_for(request.user, series.study_id)
+    return SeriesDetailOut.from_orm(series, context={"study_series": study_series})
 
 
 class DenoiseIn(Schema):
@@ -204,7 +115,7 @@ class DenoiseIn(Schema):
 
 @api.post(
     "/series/{series_id}/denoise",
-    response={200: dict, 201: dict, 400: dict},
+    response={200: JobOut, 201: JobOut, 400: ErrorOut, 404: ErrorOut},
     openapi_extra={
         "requestBody": {
             "required": False,
@@ -226,18 +137,18 @@ def denoise(request, series_id: int):
         model=payload.model,
         params=payload.params,
     )
-    return Status(201 if created else 200, job_json(job))
+    return Status(201 if created else 200, job)
 
 
-@api.get("/jobs/{job_id}", response=dict)
+@api.get("/jobs/{job_id}", response={200: JobOut, 404: ErrorOut})
 def get_job(request, job_id: int):
-    return job_json(selectors.job_for(request.user, job_id))
+    return selectors.job_for(request.user, job_id)
 
 
-@api.post("/jobs/{job_id}/cancel", response=dict)
+@api.post("/jobs/{job_id}/cancel", response={200: JobOut, 404: ErrorOut})
 def cancel_job(request, job_id: int):
     job = selectors.job_for(request.user, job_id)
-    return job_json(job_services.denoise_job_cancel(job=job, actor=request.user))
+    return job_services.denoise_job_cancel(job=job, actor=request.user)
 
 
 class ReviewIn(Schema):
@@ -248,7 +159,10 @@ class ReviewIn(Schema):
     measurements: list[dict] = []
 
 
-@api.post("/jobs/{job_id}/review", response={201: dict, 400: dict})
+@api.post(
+    "/jobs/{job_id}/review",
+    response={201: ReviewCreatedOut, 400: ErrorOut, 404: ErrorOut},
+)
 def review(request, job_id: int, payload: ReviewIn):
     job = selectors.job_for(request.user, job_id)
     created = review_submit(
@@ -259,37 +173,10 @@ def review(request, job_id: int, payload: ReviewIn):
         strength=payload.strength,
         measurements=payload.measurements,
     )
-    return Status(
-        201,
-        {
-            "id": created.pk,
-            "job": job.pk,
-            "verdict": created.verdict,
-            "comment": created.comment,
-            "strength": created.strength,
-            "measurements": created.measurements,
-            "reviewer": request.user.get_username(),
-            "created_at": created.created_at,
-        },
-    )
+    return Status(201, created)
 
 
-def audit_json(event: AuditEvent) -> dict:
-    return {
-        "id": event.pk,
-        "created_at": event.created_at,
-        "actor": event.actor_name,
-        "action": event.action,
-        "target_type": event.target_type,
-        "target_id": event.target_id,
-        "study": event.study_id,
-        "extra_data": event.extra_data,
-        "prev_hash": event.prev_hash,
-        "hash": event.hash,
-    }
-
-
-@api.get("/audit", response=list[dict])
+@api.get("/audit", response=list[AuditEventOut])
 def audit(
     request,
     action: str = "",
@@ -302,7 +189,7 @@ def audit(
     offset: int = 0,
 ):
     """Audit events visible to the caller, newest first; the read itself is audited."""
-    events = selectors.audit_events_for(
+    return selectors.audit_events_for(
         request.user,
         action=action,
         target_type=target_type,
@@ -313,24 +200,13 @@ def audit(
         limit=max(1, min(limit, 1000)),
         offset=max(0, offset),
     )
-    return [audit_json(e) for e in events]
 
 
-@api.get("/models", response=list[dict])
+@api.get("/models", response=list[ModelOut])
 def models(request):
     import inference
 
-    return [
-        {
-            "name": m.name,
-            "version": m.version,
-            "sha256": m.sha256,
-            "default": m.default,
-            "modality": m.modality,
-            "description": m.description,
-        }
-        for m in inference.list_models(settings.MODELS_ROOT)
-    ]
+    return inference.list_models(settings.MODELS_ROOT)
 
 
 class FinetuneIn(Schema):
@@ -338,7 +214,10 @@ class FinetuneIn(Schema):
     minutes: float = 10.0
 
 
-@api.post("/models/finetune", response={202: dict, 400: dict, 403: dict})
+@api.post(
+    "/models/finetune",
+    response={202: FinetuneQueuedOut, 400: ErrorOut, 403: ErrorOut, 404: ErrorOut},
+)
 def finetune(request, payload: FinetuneIn):
     """Staff: fine-tune the default CT model on these series in a worker; the
     held-out slices decide whether the new version becomes the default, and the
@@ -353,12 +232,12 @@ def finetune(request, payload: FinetuneIn):
     )
     return Status(
         202,
-        {
-            "queued": True,
-            "series": payload.series,
-            "minutes": payload.minutes,
-            "result": "audit log, action model.finetuned",
-        },
+        FinetuneQueuedOut(
+            queued=True,
+            series=payload.series,
+            minutes=payload.minutes,
+            result="audit log, action model.finetuned",
+        ),
     )
 
 
@@ -366,43 +245,31 @@ api.add_router("", "radiology.api_viewer.router")
 api.add_router("", "radiology.api_export.router")
 
 
-def token_json(token: ApiToken) -> dict:
-    return {
-        "id": token.pk,
-        "name": token.name,
-        "owner": token.user.get_username(),
-        "created_at": token.created_at,
-        "expires_at": token.expires_at,
-        "revoked_at": token.revoked_at,
-        "last_used_at": token.last_used_at,
-    }
-
-
 class TokenIn(Schema):
     name: str = "default"
     days: int | None = None
 
 
-@api.get("/tokens", response=list[dict])
+@api.get("/tokens", response=list[TokenOut])
 def list_tokens(request):
     """Your API tokens (staff: everyone's), newest first; keys are never shown."""
     from .services.tokens import tokens_visible_to
 
-    return [token_json(t) for t in tokens_visible_to(request.user)[:500]]
+    return tokens_visible_to(request.user)[:500]
 
 
-@api.post("/tokens", response={201: dict, 400: dict})
+@api.post("/tokens", response={201: TokenCreatedOut, 400: ErrorOut})
 def create_token(request, payload: TokenIn):
     """A new token for you; the key is in this answer only."""
     from .services.tokens import token_create
 
     token, key = token_create(user=request.user, name=payload.name, days=payload.days)
-    return Status(201, {**token_json(token), "key": key})
+    return Status(201, TokenCreatedOut.from_orm(token, context={"key": key}))
 
 
-@api.delete("/tokens/{token_id}", response={200: dict, 400: dict})
+@api.delete("/tokens/{token_id}", response={200: TokenOut, 400: ErrorOut})
 def revoke_token(request, token_id: int):
     """Revoke one of your tokens (staff: anyone's); audited."""
     from .services.tokens import token_revoke
 
-    return token_json(token_revoke(token_id=token_id, actor=request.user))
+    return token_revoke(token_id=token_id, actor=request.user)

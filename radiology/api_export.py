@@ -12,6 +12,7 @@ from ninja import Router
 from ninja.errors import HttpError
 
 from . import selectors
+from .schemas import ErrorOut, binary_response
 from .services.export import ExportError, series_export
 
 router = Router(tags=["export"])
@@ -35,7 +36,8 @@ class _DeletingFile:
 
 @router.get(
     "/jobs/{job_id}/export.zip",
-    response={200: None, 409: dict},
+    response={200: None, 404: ErrorOut, 409: ErrorOut},
+    openapi_extra=binary_response("application/zip", "The DICOM files, zipped"),
     summary="Derived DICOM series of a job, zipped",
 )
 def export_zip(request, job_id: int, residual: bool = False, deidentify: bool = False):

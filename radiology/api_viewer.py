@@ -23,6 +23,7 @@ from dicomio.orientation import display_geometry
 
 from . import selectors
 from .models import DenoiseJob, Series
+from .schemas import ErrorOut, binary_response
 from .storage import load_array, media_path
 
 __all__ = ["router", "Quantisation", "quantise"]
@@ -107,7 +108,18 @@ def _slab_response(
     return response
 
 
-@router.get("/series/{series_id}/volume")
+_SLAB = binary_response(
+    "application/octet-stream",
+    "Little-endian int16 slices; X-Volume-Shape, -Scale, -Offset and X-Slice-Range "
+    "say how to read them",
+)
+
+
+@router.get(
+    "/series/{series_id}/volume",
+    response={200: None, 400: ErrorOut, 404: ErrorOut},
+    openapi_extra=_SLAB,
+)
 def series_volume(request, series_id: int, z0: int = 0, z1: int | None = None):
     """The series' volume as int16 slices ``z0``..``z1`` (default: all)."""
     series = selectors.series_for(request.user, series_id)
@@ -117,7 +129,11 @@ def series_volume(request, series_id: int, z0: int = 0, z1: int | None = None):
     )
 
 
-@router.get("/jobs/{job_id}/volume/{kind}")
+@router.get(
+    "/jobs/{job_id}/volume/{kind}",
+    response={200: None, 400: ErrorOut, 404: ErrorOut, 409: ErrorOut},
+    openapi_extra=_SLAB,
+)
 def job_volume(
     request,
     job_id: int,
@@ -187,7 +203,11 @@ def thumbnail_png(series: Series, size: int) -> bytes:
     return out.getvalue()
 
 
-@router.get("/series/{series_id}/thumbnail")
+@router.get(
+    "/series/{series_id}/thumbnail",
+    response={200: None, 400: ErrorOut, 404: ErrorOut},
+    openapi_extra=binary_response("image/png", "PNG of the middle slice"),
+)
 def series_thumbnail(request, series_id: int, size: int = 96):
     """A PNG thumbnail of the series' middle slice (study list, viewer)."""
     series = selectors.series_for(request.user, series_id)

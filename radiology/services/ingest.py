@@ -24,7 +24,6 @@ from dicomio import (
 )
 from dicomio import Instance as DecodedInstance
 from dicomio.errors import DicomIOError
-from dicomio.orientation import display_geometry
 from dicomio.volume import DUPLICATE_PREFIX, duplicate_reason, same_image
 
 from ..audit import audit_record
@@ -47,38 +46,6 @@ class IngestReport:
     #: originals awaited and every file renamed into place), ``commit`` and
     #: ``total``
     timings_s: dict[str, float] = field(default_factory=dict)
-
-    def as_json(self) -> dict:
-        return {
-            "upload": str(self.upload.uid),
-            "series": [series_summary(s) for s in self.series],
-            "rejected": self.rejections,
-        }
-
-
-def series_summary(series: Series) -> dict:
-    return {
-        "id": series.pk,
-        "modality": series.modality,
-        "shape": series.shape,
-        "spacing": series.spacing_mm,
-        "instances": series.instance_count,
-        "series_instance_uid": series.series_instance_uid,
-        "description": series.description,
-        "derived": series.derived,
-        "scanner_derived": series.scanner_derived,
-        "warnings": series.warnings,
-        "windows": series.windows,
-        # How the viewer shows it: planes in the radiological convention, their
-        # labels and edge letters, whether reformats hold (dicomio/orientation.py).
-        "display": display_geometry(
-            series.orientation,
-            series.shape,
-            series.warnings,
-            series.origin_mm,
-            series.spacing_mm,
-        ),
-    }
 
 
 def ingest_limits() -> Limits:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
-from django.core.serializers.json import DjangoJSONEncoder
 
-from radiology.api import job_json
 from radiology.models import DenoiseJob, Series
+from radiology.schemas import JobOut, dumps
 from radiology.services.jobs import JobRequestError, denoise_job_request
 
 
@@ -69,9 +67,7 @@ class Command(BaseCommand):
         if options["wait"]:
             job = self._wait(job, options["timeout"], verbose=not options["json"])
         if options["json"]:
-            self.stdout.write(
-                json.dumps(job_json(job), cls=DjangoJSONEncoder, indent=2)
-            )
+            self.stdout.write(dumps(JobOut.from_orm(job)))
         if job.status in {DenoiseJob.Status.FAILED, DenoiseJob.Status.CANCELLED}:
             raise CommandError(f"denoise: job {job.pk} {job.status}: {job.error}")
 

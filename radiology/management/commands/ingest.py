@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
+from radiology.schemas import UploadOut, dumps
 from radiology.services.ingest import upload_ingest
 
 
@@ -26,23 +26,21 @@ class Command(BaseCommand):
                 raise CommandError(f"ingest: {path}: no such file or folder")
         sources = [(path, path.name or str(path)) for path in options["paths"]]
         report = upload_ingest(sources=sources, owner=owner)
-        data = report.as_json()
+        data = UploadOut.from_orm(report)
         if options["json"]:
-            self.stdout.write(json.dumps(data, indent=2))
+            self.stdout.write(dumps(data))
         else:
-            for series in data["series"]:
+            for series in data.series:
                 self.stdout.write(
-                    f"series {series['id']}: {series['modality']} "
-                    f"{'x'.join(map(str, series['shape']))} "
-                    f"({series['instances']} instances)"
+                    f"series {series.id}: {series.modality} "
+                    f"{'x'.join(map(str, series.shape))} "
+                    f"({series.instances} instances)"
                 )
-            for rejection in data["rejected"]:
-                self.stderr.write(
-                    f"rejected {rejection['name']}: {rejection['reason']}"
-                )
-        if not data["series"]:
+            for rejection in data.rejected:
+                self.stderr.write(f"rejected {rejection.name}: {rejection.reason}")
+        if not data.series:
             raise CommandError(
-                f"ingest: nothing ingested ({len(data['rejected'])} file(s) rejected)"
+                f"ingest: nothing ingested ({len(data.rejected)} file(s) rejected)"
             )
 
     def _owner(self, username):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
 import inference
+from radiology.schemas import ModelOut, dumps
 
 
 class Command(BaseCommand):
@@ -17,23 +16,14 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true")
 
     def handle(self, *args, **options):
-        models = inference.list_models(settings.MODELS_ROOT)
         rows = [
-            {
-                "name": m.name,
-                "version": m.version,
-                "sha256": m.sha256,
-                "default": m.default,
-                "modality": m.modality,
-            }
-            for m in models
+            ModelOut.from_orm(m) for m in inference.list_models(settings.MODELS_ROOT)
         ]
         if options["json"]:
-            self.stdout.write(json.dumps(rows, indent=2))
+            self.stdout.write(dumps(rows))
             return
         for row in rows:
-            mark = "*" if row["default"] else " "
+            mark = "*" if row.default else " "
             self.stdout.write(
-                f"{mark} {row['name']}:{row['version']} {row['modality']} "
-                f"{row['sha256'][:16]}"
+                f"{mark} {row.name}:{row.version} {row.modality} {row.sha256[:16]}"
             )

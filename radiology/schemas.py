@@ -1,0 +1,434 @@
+"""The JSON shapes of the API, which the management commands print as well.
+
+Each ``...Out`` schema reads a model row (or a service's result) through its
+attributes and resolvers, so ``/api/openapi.json`` documents exactly what an
+endpoint returns, and ``manage.py denoise --json`` prints a job as ``GET
+/api/jobs/{id}`` does. Free-form records that the app stores as written (a job's
+parameters, metrics and provenance, an audit event's ``extra_data``, a series'
+display geometry) stay ``dict``: typing them here would reject older rows.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from ninja import Schema
+from ninja.renderers import NinjaJSONEncoder
+from pydantic import ConfigDict
+
+from dicomio.orientation import display_geometry
+
+from . import selectors
+from .models import DenoiseJob, Review
+from .services.reviews import review_concerns
+
+__all__ = [
+    "AuditEventOut",
+    "ErrorOut",
+    "FinetuneQueuedOut",
+    "FixityIssueOut",
+    "FixityOut",
+    "JobModelOut",
+    "JobOut",
+    "JobOutputsOut",
+    "ModelOut",
+    "RejectionOut",
+    "ReviewCreatedOut",
+    "ReviewOut",
+    "SeriesDetailOut",
+    "SeriesOut",
+    "SeriesSummaryOut",
+    "StudyOut",
+    "StudySeriesOut",
+    "TokenCreatedOut",
+    "TokenOut",
+    "UploadOut",
+    "WindowOut",
+    "binary_response",
+    "dumps",
+]
+
+
+def dumps(value: Schema | list[Schema]) -> str:
+    """``value`` (one schema or a list) as the API renders it (same dates and
+    numbers), indented for a terminal: what the management commands print with
+    ``--json``."""
+    data = (
+        [item.model_dump() for item in value]
+        if isinstance(value, list)
+        else value.model_dump()
+    )
+    return json.dumps(data, cls=NinjaJSONEncoder, indent=2)
+
+
+class _Out(Schema):
+    # The docstring under a field is its description in /api/openapi.json.
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+
+def binary_response(media_type: str, description: str) -> dict[str, Any]:
+    """``openapi_extra`` for an endpoint whose 200 answer is bytes, not JSON
+    (volumes, thumbnails, zips), so the schema still says what comes back."""
+    return {
+        "responses": {
+            200: {
+                "description": description,
+                "content": {
+                    media_type: {"schema": {"type": "string", "format": "binary"}}
+                },
+            }
+        }
+    }
+
+
+class ErrorOut(_Out):
+    """A refused request: ``detail`` says which operation and why."""
+
+    detail: str
+
+
+class ReviewOut(_Out):
+    """A reviewer's verdict on a job, as listed with the job."""
+
+    verdict: Review.Verdict
+    reviewer: str
+    comment: str
+    strength: float
+    measurements: list[dict[str, Any]]
+    """ROI statistics and lengths from the viewer, kept with the verdict."""
+    created_at: datetime
+
+    @staticmethod
+    def resolve_reviewer(obj: Review) -> str:
+        return obj.reviewer.get_username()
+
+
+class ReviewCreatedOut(ReviewOut):
+    """The verdict just recorded, with its own id and its job's."""
+
+    id: int
+    job: int
+
+    @staticmethod
+    def resolve_job(obj: Review) -> int:
+        return obj.job_id
+
+
+class JobModelOut(_Out):
+    """The model bundle a job runs: name, version and the hash of its weights."""
+
+    name: str
+    version: str
+    weights_sha256: str
+
+
+class JobOutputsOut(_Out):
+    """SHA-256 of the stored reconstruction and residual volumes; empty until done."""
+
+    reconstruction_sha256: str
+    residual_sha256: str
+
+
+class JobOut(_Out):
+    """A denoise job: its state, model, parameters, results and reviews."""
+
+    id: int
+    series: int
+    status: DenoiseJob.Status
+    progress: float
+    """0..1, rounded to 4 places."""
+    progress_message: str
+    model: JobModelOut
+    params: dict[str, Any]
+    attempts: int
+    error: str
+    worker: str
+    requested_by: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    timings_s: dict[str, Any]
+    """Seconds per stage of the run."""
+    metrics: dict[str, Any]
+    provenance: dict[str, Any]
+    """Model, weights hash, parameters, code and library versions, input and
+    output hashes; empty until the job has succeeded."""
+    warnings: list[str]
+    review_concerns: list[str]
+    """Why an Accept needs a comment (flagged slices, OOD or modality warnings)."""
+    outputs: JobOutputsOut
+    reviews: list[ReviewOut]
+
+    @staticmethod
+    def resolve_series(obj: DenoiseJob) -> int:
+        return obj.series_id
+
+    @staticmethod
+    def resolve_progress(obj: DenoiseJob) -> float:
+        return round(obj.progress, 4)
+
+    @staticmethod
+    def resolve_model(obj: DenoiseJob) -> dict[str, str]:
+        return {
+            "name": obj.model_name,
+            "version": obj.model_version,
+            "weights_sha256": obj.weights_sha256,
+        }
+
+    @staticmethod
+    def resolve_requested_by(obj: DenoiseJob) -> str | None:
+        return obj.requested_by.get_username() if obj.requested_by else None
+
+    @staticmethod
+    def resolve_review_concerns(obj: DenoiseJob) -> list[str]:
+        return review_concerns(obj)
+
+    @staticmethod
+    def resolve_outputs(obj: DenoiseJob) -> dict[str, str]:
+        return {
+            "reconstruction_sha256": obj.reconstruction_sha256,
+            "residual_sha256": obj.residual_sha256,
+        }
+
+    @staticmethod
+    def resolve_reviews(obj: DenoiseJob) -> list[Review]:
+        return selectors.job_reviews(obj)
+
+
+class WindowOut(_Out):
+    """A display window the scan carries (DICOM Window Center/Width)."""
+
+    center: float
+    width: float
+    explanation: str
+
+
+class SeriesSummaryOut(_Out):
+    """A stored series as ingest reports it: geometry, flags and how to show it."""
+
+    id: int
+    modality: str
+    shape: list[int]
+    """[z, y, x] voxels."""
+    spacing: list[float]
+    """[z, y, x] millimetres."""
+    instances: int
+    series_instance_uid: str
+    description: str
+    derived: bool
+    scanner_derived: bool
+    warnings: list[str]
+    windows: list[WindowOut]
+    """The scan's own display windows."""
+    display: dict[str, Any]
+    """How the viewer shows it: planes in the radiological convention, their
+    labels and edge letters, whether reformats hold (dicomio/orientation.py)."""
+
+    @staticmethod
+    def resolve_spacing(obj) -> list[float]:
+        return obj.spacing_mm
+
+    @staticmethod
+    def resolve_instances(obj) -> int:
+        return obj.instance_count
+
+    @staticmethod
+    def resolve_display(obj) -> dict[str, Any]:
+        return display_geometry(
+            obj.orientation, obj.shape, obj.warnings, obj.origin_mm, obj.spacing_mm
+        )
+
+
+class StudyOut(_Out):
+    """The study a series belongs to."""
+
+    id: int
+    study_instance_uid: str
+    description: str
+    patient_id: str
+    patient_name: str
+    patient_display: str
+    """As people write it ("FAMILY, GIVEN"), else the ID: one rule for every page."""
+    study_date: str
+    """DICOM DA (YYYYMMDD) as stored."""
+    study_date_iso: str
+    """The study date as YYYY-MM-DD (other text as it is)."""
+
+
+class FixityIssueOut(_Out):
+    """A stored file whose bytes no longer hash as recorded (or that is gone)."""
+
+    role: str
+    file: str
+    detected_at: datetime
+    missing: bool
+
+    @staticmethod
+    def resolve_missing(obj) -> bool:
+        return not obj.actual_sha256
+
+
+class FixityOut(_Out):
+    """Whether every stored file of the series still hashes as recorded."""
+
+    ok: bool
+    issues: list[FixityIssueOut]
+
+
+class SeriesOut(SeriesSummaryOut):
+    """A series as listed: its study, latest job and fixity state."""
+
+    study: StudyOut
+    created_at: datetime
+    latest_job: JobOut | None
+    fixity: FixityOut
+
+    @staticmethod
+    def resolve_latest_job(obj) -> DenoiseJob | None:
+        return selectors.latest_job(obj)
+
+    @staticmethod
+    def resolve_fixity(obj) -> dict[str, Any]:
+        issues = selectors.open_fixity_issues(obj)
+        return {"ok": not issues, "issues": issues}
+
+
+class StudySeriesOut(_Out):
+    """Another series of the same study, for the viewer's study strip."""
+
+    id: int
+    modality: str
+    description: str
+    shape: list[int]
+    compare_job: int | None
+    """The newest current succeeded job, to compare with; none without one."""
+
+    @staticmethod
+    def resolve_description(obj) -> str:
+        return obj.description or obj.series_instance_uid
+
+    @staticmethod
+    def resolve_compare_job(obj) -> int | None:
+        return next(
+            (
+                j.pk
+                for j in obj.jobs.order_by("-created_at")
+                if j.status == DenoiseJob.Status.SUCCEEDED and j.is_current
+            ),
+            None,
+        )
+
+
+class SeriesDetailOut(SeriesOut):
+    """One series with all its jobs, newest first, and the other series of its
+    study that the caller may see (``context["study_series"]``)."""
+
+    jobs: list[JobOut]
+    study_series: list[StudySeriesOut]
+
+    @staticmethod
+    def resolve_jobs(obj):
+        return obj.jobs.order_by("-created_at")
+
+    @staticmethod
+    def resolve_study_series(obj, context):
+        return context["study_series"]
+
+
+class RejectionOut(_Out):
+    """A file that was not stored, and why; ``duplicate`` when it is the same
+    image as one stored (kept once, not an error)."""
+
+    name: str
+    reason: str
+    duplicate: bool = False
+
+
+class UploadOut(_Out):
+    """What an upload (or ``manage.py ingest``) stored and what it refused."""
+
+    upload: str
+    """The upload's UID, as in its audit events."""
+    series: list[SeriesSummaryOut]
+    rejected: list[RejectionOut]
+
+    @staticmethod
+    def resolve_upload(obj) -> str:
+        return str(obj.upload.uid)
+
+    @staticmethod
+    def resolve_rejected(obj) -> list[dict[str, Any]]:
+        return obj.rejections
+
+
+class AuditEventOut(_Out):
+    """One link of the audit chain."""
+
+    id: int
+    created_at: datetime
+    actor: str
+    action: str
+    target_type: str
+    target_id: str
+    study: int | None
+    extra_data: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+    @staticmethod
+    def resolve_actor(obj) -> str:
+        return obj.actor_name
+
+    @staticmethod
+    def resolve_study(obj) -> int | None:
+        return obj.study_id
+
+
+class ModelOut(_Out):
+    """A registered model bundle (``inference.list_models``)."""
+
+    name: str
+    version: str
+    sha256: str
+    """SHA-256 of the weights, from the bundle's metadata."""
+    default: bool
+    modality: str
+    description: str
+
+
+class FinetuneQueuedOut(_Out):
+    """A fine-tuning run handed to a worker; its outcome goes to the audit log."""
+
+    queued: bool
+    series: list[int]
+    minutes: float
+    result: str
+
+
+class TokenOut(_Out):
+    """An API token; its key is never shown again after creation."""
+
+    id: int
+    name: str
+    owner: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+    @staticmethod
+    def resolve_owner(obj) -> str:
+        return obj.user.get_username()
+
+
+class TokenCreatedOut(TokenOut):
+    """A new token with its key (``context["key"]``), shown in this answer only:
+    the row keeps only the key's hash."""
+
+    key: str
+
+    @staticmethod
+    def resolve_key(obj, context) -> str:
+        return context["key"]
