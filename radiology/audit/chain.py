@@ -319,9 +319,11 @@ def _verify() -> AuditVerification:
         keys = signing_keys()
     except AuditKeyError as exc:
         return _fail(0, str(exc))
+    # The log first: its lines are appended after their transactions commit, so the
+    # snapshot taken by the first query below holds everything the log has seen.
+    log = read_checkpoints(Path(settings.AUDIT_CHECKPOINT_FILE), keys)
     head = AuditChainHead.objects.filter(pk=1).first()
     chain_id = head.chain_id if head is not None else ""
-    log = read_checkpoints(Path(settings.AUDIT_CHECKPOINT_FILE), keys)
     if log.problems:
         return _fail(0, "; ".join(log.problems[:3]))
     others = [cps[-1] for chain, cps in log.by_chain.items() if chain != chain_id]

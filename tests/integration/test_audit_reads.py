@@ -159,3 +159,30 @@ def test_concurrent_reads_and_writes_keep_one_chain(make_user):
         ids = [e.target_id for e in chain if e.target_type == name]
         assert ids == [str(i) for i in range(per_thread)], name
     assert any(e.queued_as for e in chain), "no read had to queue"
+
+
+def test_verify_is_not_fooled_by_a_write_committed_while_it_runs(monkeypatch):
+    """A write that commits (and appends its checkpoint) while verify_audit runs is
+    either wholly in verify's snapshot or wholly after it, never half."""
+    from radiology.audit import chain
+
+    audit_record(action=AuditEvent.Action.UPLOAD, target_type="upload", target_id="0")
+    read_log = chain.read_checkpoints
+
+    def write_then_read(path, keys):
+        def write() -> None:
+            try:
+                audit_record(
+                    action=AuditEvent.Action.UPLOAD, target_type="upload", target_id="1"
+                )
+            finally:
+                connection.close()
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        writer.join()
+        return read_log(path, keys)
+
+    monkeypatch.setattr(chain, "read_checkpoints", write_then_read)
+    result = audit_verify()
+    assert result.ok, result.summary()
