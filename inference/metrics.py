@@ -12,13 +12,11 @@ edges of the reconstruction (the top :data:`EDGE_FRACTION` of its gradient insid
 the body) over the same energy in the flattest half of the body, or over a tenth
 of the input's own fine-scale energy there when the model removed less (so a model
 that barely touches flat tissue is not judged by the little it removes at edges).
-A residual of noise alone scores about 1 (0.9-1.1 on held-out phantoms with
-projection-domain noise, where the clean image is known); BM3D, which leaves edges
-alone, scores at most 0.62 on real CT; a model that erases edges scores far above
-1 (ct-denoise 1.2.0: 3.3 on the pydicom-data abdomen, 4.6 on its spine, 6-80 on
-quiet head CT; a 1-px Gaussian blur 3-950). :data:`STRUCTURE_THRESHOLD` (2.0)
-sits between; ``python -m bench quality`` reports these cases under
-``safeguard``.
+A residual of noise alone scores about 1, BM3D (which leaves edges alone) less,
+and a model that erases edges far above 1; :data:`STRUCTURE_THRESHOLD` (2.0) sits
+between. ``python -m bench quality`` reports these cases under ``safeguard``
+(bench/results/quality.md; the figures behind the threshold are in
+bench/results/validation.md).
 
 A residual that holds a share of the image itself (an intensity scaling, whole
 organs lifted out) has no special energy at edges, so the ``anatomy_correlation``,

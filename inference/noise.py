@@ -11,11 +11,8 @@ the estimate is the median of the blocks whose SD is at most
 of the body, whatever share of the slice it is. Blocks touching padding (pixels at
 the slice's minimum, as scanners store outside the field of view) are left out.
 
-Measured against independent references: on the shared real head CT series,
-1.00x (median; 0.95-1.09x per slice) the SD from neighbouring slices; on the
-LCD-CT tool's water phantom, 0.93x the SD at its centre over ten realisations (the
-estimate follows the quieter periphery a little). Texture finer than a block
-counts as noise: a noiseless phantom with a 4 HU organ texture reads 1.8 HU.
+How it compares with independent references (real CT, a water phantom, fine
+texture) is in bench/results/validation.md.
 
 :func:`limit_residual` scales a denoiser's residual (input - output) down wherever
 its local RMS exceeds ``sd_multiple`` times the slice's estimated noise: the model

@@ -50,10 +50,9 @@ WINDOW_OVERLAP = 0.25
 BF16_MIN_SPEEDUP = 1.1
 #: Least noise SD, in normalised units (0.08 x 200 = 16 HU on CT), at which a slice
 #: may run in a reduced precision (bf16, fp16); quieter slices run in fp32. A
-#: network's features carry the image's own intensity, and bf16 keeps 8 bits of it:
-#: on the held-out real head slices (1.3 HU of noise) ct-denoise 2.1.0 removed 73%
-#: of the noise variance in fp32 and 10% in bf16; 89% vs 62% with 3 HU added, 95%
-#: vs 93% with 12 HU, 95.3% vs 94.6% with 24 HU (bench/results/precision_noise.md).
+#: network's features carry the image's own intensity and bf16 keeps 8 bits of it,
+#: which costs quiet slices most of their noise removal
+#: (bench/results/precision_noise.md).
 REDUCED_PRECISION_MIN_NOISE = 0.08
 #: Timed passes per precision in :func:`faster_cpu_precision`, after one untimed.
 _CHOICE_REPEATS = 2
