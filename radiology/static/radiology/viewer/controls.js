@@ -70,7 +70,6 @@ export function updateRoiStats() {
   }
   cell("sd-ratio").textContent = fmt(result.sdRatio, 3);
   cell("roi-desc").textContent = `${roi.kind} on ${geometry(roi.plane).label} ${result.index + 1}: ${fmt(result.areaMm2)} mm² (${fmt(result.widthMm)} × ${fmt(result.heightMm)} mm), ${mask.length} px${state.alpha < 1 ? `, denoised at α ${state.alpha.toFixed(2)}` : ""}`;
-  table.dataset.stats = JSON.stringify(result);
   table.hidden = false;
   $("roi-hint").hidden = true;
 }

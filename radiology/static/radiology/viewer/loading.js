@@ -4,7 +4,7 @@ import { addScanPresets, applyPreset, setResidualWindow, setupPlanes, updateRoiS
 import { $, modality, root, seriesId } from "./dom.js";
 import { extract } from "./geometry.js";
 import { scheduleRender } from "./render.js";
-import { PRESETS, reformatsAvailable, state, viewer, vol } from "./state.js";
+import { PRESETS, reformatsAvailable, state, vol } from "./state.js";
 import { renderStudy } from "./ui/panel.js";
 import { slabOrder, slicesPerSlab } from "./volume.js";
 import { residualWindowFor } from "./window.js";
@@ -80,7 +80,6 @@ export async function loadVolumes(job) {
   vol.complete = true;
   for (const b of document.querySelectorAll("[data-plane]")) b.disabled = b.dataset.plane !== "axial" && !reformatsAvailable();
   root.dataset.loaded = "1";
-  viewer.ready = true;
   scheduleRender();
 }
 

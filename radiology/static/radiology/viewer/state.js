@@ -23,7 +23,7 @@ export const draft = { roi: null, line: null };
 export const flaggedSet = new Set();
 export const noiseBySlice = [];
 
-export const viewer = { state, stats, vol, roiStats: null, ready: false, job: null, render: () => {} };
+export const viewer = { state, stats, vol, roiStats: null, job: null, render: () => {} };
 
 // The shown plane's geometry, size and pixels.
 export function geometry(plane = state.plane) { return planeGeometry(vol, plane); }
