@@ -13,7 +13,6 @@ import json
 from collections.abc import Callable
 from functools import wraps
 
-from django.contrib.auth.decorators import login_not_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -51,13 +50,13 @@ def _problem(status: int, detail: str) -> HttpResponse:
 def dicomweb_view(*methods: str) -> Callable:
     """Method check, authentication, CSRF for session writes, errors as JSON.
 
-    The views answer 401 themselves, so the login redirect is not for them; CSRF
-    is checked here (:func:`radiology.auth.csrf_failed`), not by the middleware,
-    because Bearer requests need none.
+    The views answer 401 themselves, so ``radiology.urls`` exempts them from the
+    login redirect (``SELF_AUTHENTICATING``); CSRF is checked here
+    (:func:`radiology.auth.csrf_failed`), not by the middleware, because Bearer
+    requests need none.
     """
 
     def decorate(view: Callable) -> Callable:
-        @login_not_required
         @csrf_exempt
         @wraps(view)
         def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
