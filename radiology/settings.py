@@ -298,6 +298,7 @@ CELERY_BEAT_SCHEDULE = {
     "fold-audit-queue": {
         "task": "radiology.tasks.fold_audit_queue",
         "schedule": 30.0,
+        "options": {"expires": 30.0},
     },
 }
 

@@ -79,9 +79,14 @@ def warm_up_default_model(**kwargs) -> None:
         logger.exception("worker warm-up failed; the first job will load the model")
 
 
-@shared_task
+@shared_task(soft_time_limit=60, time_limit=90)
 def fold_audit_queue() -> int:
-    """Access events queued while writes held the chain head join the chain."""
+    """Access events queued while writes held the chain head join the chain.
+
+    A backstop: the next event that takes the head and the fold after each queued
+    read's commit do the same sooner, so a run that waits behind a denoise job on
+    a busy worker expires rather than piling up (``CELERY_BEAT_SCHEDULE``).
+    """
     return audit_fold_queue()
 
 

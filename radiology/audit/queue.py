@@ -3,7 +3,10 @@
 A read (an audit-log query, a denied access, a token's use, a lockout) must not wait
 for a write's transaction to release the chain head. It is written here instead, in
 the caller's transaction, HMAC-signed under the audit key with a random nonce, and
-whoever next holds the head folds the queue into the chain in id order (chain.py).
+whoever next holds the head folds the committed queue into the chain in id order
+(chain.py). Ids are taken at insert, not at commit, so a row committed late joins
+after a higher id folded before it: chain order is fold order, and each event keeps
+its own ``created_at``.
 The folded event carries the nonce inside its keyed hash and the checkpoint log
 records every queued nonce, so a queued event cannot be forged, edited, dropped or
 folded twice without ``verify_audit`` saying so.

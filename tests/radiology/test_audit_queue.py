@@ -113,9 +113,16 @@ def test_beat_task_folds_and_checkpoints(alice, django_capture_on_commit_callbac
     assert audit_fold_queue() == 0
 
 
-def test_beat_task_runs_every_30_s():
+def test_beat_task_runs_every_30_s_and_a_stale_run_expires():
     entry = django_settings.CELERY_BEAT_SCHEDULE["fold-audit-queue"]
-    assert entry == {"task": "radiology.tasks.fold_audit_queue", "schedule": 30.0}
+    assert entry == {
+        "task": "radiology.tasks.fold_audit_queue",
+        "schedule": 30.0,
+        "options": {"expires": 30.0},
+    }
+    from radiology.tasks import fold_audit_queue
+
+    assert (fold_audit_queue.soft_time_limit, fold_audit_queue.time_limit) == (60, 90)
 
 
 def test_verify_reports_queued_events(alice, capsys):
