@@ -33,7 +33,6 @@ __all__ = [
     "BundleInferer",
     "inference_config",
     "inference_config_text",
-    "write_inference_config",
 ]
 
 INFERENCE_CONFIG_PATH = Path("configs") / "inference.json"
@@ -160,11 +159,3 @@ def inference_config(metadata: Mapping[str, Any]) -> dict[str, Any]:
 def inference_config_text(metadata: Mapping[str, Any]) -> str:
     """:func:`inference_config` as the JSON text of ``configs/inference.json``."""
     return json.dumps(inference_config(metadata), indent=2, allow_nan=False) + "\n"
-
-
-def write_inference_config(folder: Path | str, metadata: Mapping[str, Any]) -> Path:
-    """Write :func:`inference_config` into the bundle ``folder`` (a bundle exported
-    before bundles had one); returns its path."""
-    path = Path(folder) / INFERENCE_CONFIG_PATH
-    path.write_text(inference_config_text(metadata), encoding="utf-8")
-    return path

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -673,11 +673,6 @@ def _region_map(
         regions[core] = label
         centres.append(np.argwhere(core).mean(axis=0).round().astype(int))
     return regions, np.array(centres, dtype=int).reshape(-1, 2)
-
-
-def describe_sources(sources: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """A JSON-safe copy of data source definitions, for bundle metadata."""
-    return [json.loads(json.dumps(dict(s), default=str)) for s in sources]
 
 
 def cache_key(obj: Any) -> str:
