@@ -45,11 +45,11 @@ def default_series() -> Path:
 
 def read_series(path: Path) -> tuple[np.ndarray, list[float]]:
     """A CT series folder as a (z, y, x) HU volume in position order (the order
-    the training's held-out range counts in: :func:`training.data.read_series`,
-    which reads through :mod:`dicomio`) and its (z, y, x) spacing in mm."""
-    from training.data import read_series as read_dicom_series
+    the training's held-out range counts in: :func:`dicomio.read_series`) and its
+    (z, y, x) spacing in mm."""
+    import dicomio
 
-    series = read_dicom_series(path, "CT")
+    series = dicomio.read_series(path, "CT")
     if series.shape[0] < 3:
         raise ValueError(f"bench: {path}: fewer than 3 slices of one series")
     return np.stack(series.frames, dtype=np.float32), list(series.spacing_mm)

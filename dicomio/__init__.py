@@ -4,7 +4,7 @@ synthetic scans (phantoms, scanner noise, series) of training, demo and benchmar
 from __future__ import annotations
 
 from .errors import DicomIOError, DicomRejected
-from .folder import read_folder
+from .folder import read_folder, read_series
 from .reader import Instance, read_instance, validate_uid
 from .sources import Limits, Member, iter_members, sanitise_name
 from .synthetic import phantom_volume, write_series
@@ -24,6 +24,7 @@ __all__ = [
     "Member",
     "iter_members",
     "read_folder",
+    "read_series",
     "read_instance",
     "sanitise_name",
     "validate_uid",

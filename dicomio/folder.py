@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from .errors import DicomRejected
 from .reader import Instance, read_instance
 from .sources import Limits, iter_members
+from .volume import SeriesVolume, assemble_series
 
-__all__ = ["read_folder"]
+__all__ = ["read_folder", "read_series"]
 
 
 def read_folder(
@@ -35,3 +37,32 @@ def read_folder(
         except DicomRejected as exc:
             rejections.append((exc.name, exc.reason))
     return instances, rejections
+
+
+def read_series(path: str | os.PathLike[str], modality: str) -> SeriesVolume:
+    """The series of ``modality`` in a folder, assembled as the app assembles an
+    upload (:func:`assemble_series`): slices sorted along the normal, the order
+    every held-out slice range counts in. Of several series the one with the most
+    slices is taken; only single-frame files with a position and an orientation
+    count (a localiser or an enhanced object is not part of it).
+
+    Raises:
+        DicomRejected: when the folder is missing or has no readable slices of
+            ``modality``.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise DicomRejected(str(root), "not a directory")
+    instances, _ = read_folder(root)
+    members = [
+        i
+        for i in instances
+        if i.modality == modality
+        and i.n_frames == 1
+        and i.positions[0] is not None
+        and i.orientations[0] is not None
+    ]
+    found = assemble_series(members).series
+    if not found:
+        raise DicomRejected(str(root), f"no readable {modality} slices")
+    return max(found, key=lambda series: series.shape[0])

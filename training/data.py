@@ -13,7 +13,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy import ndimage
 
-from dicomio import DicomRejected, SeriesVolume, assemble_series, read_folder
+import dicomio
+from dicomio import DicomRejected, SeriesVolume, read_folder
 from dicomio.noise import CTNoiseModel, add_rician_noise
 from dicomio.phantoms import ct_phantom, mr_phantom
 from dicomio.reader import Instance, read_instance
@@ -238,32 +239,20 @@ def folder_slices(path: Path | str, modality: str) -> list[Slice]:
 
 
 def read_series(path: Path | str, modality: str) -> SeriesVolume:
-    """The series of ``modality`` in a folder, assembled as the app assembles an
-    upload (:func:`dicomio.assemble_series`): slices sorted along the normal, the
-    order every held-out slice range counts in. Of several series the one with
-    the most slices is taken; only single-frame files with a position and an
-    orientation count (a localiser or an enhanced object is not part of it).
+    """The series of ``modality`` in a folder, as the app assembles an upload
+    (:func:`dicomio.read_series`); pydicom's notes on odd but usable files are not
+    shown.
 
     Raises:
         DataError: when the folder is missing or has no readable slices of
             ``modality``.
     """
-    root = Path(path)
-    if not root.is_dir():
-        raise DataError(f"dicom series: {root}: not a directory")
-    instances = _read_folder(root)
-    members = [
-        i
-        for i in instances
-        if i.modality == modality
-        and i.n_frames == 1
-        and i.positions[0] is not None
-        and i.orientations[0] is not None
-    ]
-    found = assemble_series(members).series
-    if not found:
-        raise DataError(f"dicom series: {root}: no readable {modality} slices")
-    return max(found, key=lambda series: series.shape[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return dicomio.read_series(path, modality)
+        except DicomRejected as exc:
+            raise DataError(f"dicom series: {exc}") from exc
 
 
 def series_slices(
