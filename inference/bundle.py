@@ -275,7 +275,11 @@ def bundle_path(models_root: Path | str, name: str, version: str) -> Path:
 def bundle_folders(models_root: Path | str) -> list[Path]:
     """Every bundle folder under a models root, sorted: ``<name>/<version>/`` and
     legacy flat ``<folder>/`` ones alike (a folder holding
-    ``configs/metadata.json``); hidden folders (exports in progress) are skipped."""
+    ``configs/metadata.json``); hidden folders (exports in progress) are skipped.
+
+    The flat layout is still read because site fine-tunes exported before the
+    nested one live in deployed ``MODELS_ROOT`` volumes; nothing writes it by default.
+    """
     root = Path(models_root)
     folders = set()
     for pattern in (f"*/*/{METADATA_PATH.as_posix()}", f"*/{METADATA_PATH.as_posix()}"):

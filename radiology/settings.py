@@ -165,10 +165,6 @@ elif DATABASES["default"]["ENGINE"].startswith("django.db.backends.postgresql"):
             f"-c statement_timeout={timeout_ms}"
         )
 
-if os.environ.get("TEST_DATABASE_NAME"):
-    # Lets two test runs share one PostgreSQL server without dropping each other's DB.
-    DATABASES["default"]["TEST"] = {"NAME": os.environ["TEST_DATABASE_NAME"]}
-
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

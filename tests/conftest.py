@@ -23,6 +23,18 @@ def require(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
+    """``TEST_DATABASE_NAME`` names the test database, so two runs can share one
+    PostgreSQL server without dropping each other's."""
+    from django.conf import settings
+
+    if os.environ.get("TEST_DATABASE_NAME"):
+        settings.DATABASES["default"]["TEST"] = {
+            "NAME": os.environ["TEST_DATABASE_NAME"]
+        }
+
+
 @pytest.fixture(autouse=True)
 def _isolated_media(settings, tmp_path_factory):
     """Every test stores files in a fresh folder, never in the developer's var/."""
