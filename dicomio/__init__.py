@@ -1,5 +1,10 @@
 """Pure DICOM core: safe upload unpacking, instance decoding, series assembly, and the
-synthetic scans (phantoms, scanner noise, series) of training, demo and benchmarks."""
+synthetic scans (phantoms, scanner noise, series) of training, demo and benchmarks.
+
+The scanner physics (``noise``: projection-domain CT noise, Rician MR noise) lives
+here with the phantoms because a synthetic scan is only as real as both, and the
+demo, the benchmarks and training must make the same one.
+"""
 
 from __future__ import annotations
 
