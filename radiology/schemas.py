@@ -4,11 +4,12 @@ Each ``...Out`` schema reads a model row (or a service's result) through its
 attributes and resolvers, so ``/api/openapi.json`` documents exactly what an
 endpoint returns, and ``manage.py denoise --json`` prints a job as ``GET
 /api/jobs/{id}`` does. Records that the app stores as written (a job's
-metrics and provenance) are answered as stored, byte for byte, and documented by
-a schema of their known keys (:class:`ProvenanceOut`, :class:`MetricsOut`) that
-allows more: validating them would reject or reshape older rows. Other free-form
-records (a job's parameters, an audit event's ``extra_data``, a series' display
-geometry) stay ``dict``. The request bodies (``...In``) are here too.
+parameters, timings, metrics and provenance) are answered as stored, byte for
+byte, and documented by a schema of their known keys (:class:`ProvenanceOut`,
+:class:`MetricsOut`, ...) that allows more: validating them would reject or
+reshape older rows. Other free-form records (an audit event's ``extra_data``, a
+series' display geometry) stay ``dict``. The request bodies (``...In``) are here
+too.
 """
 
 from __future__ import annotations
@@ -40,12 +41,15 @@ __all__ = [
     "JobModelOut",
     "JobOut",
     "JobOutputsOut",
+    "JobParamsOut",
+    "JobTimingsOut",
     "MetricsOut",
     "ModelOut",
     "ProvenanceCodeOut",
     "ProvenanceHardwareOut",
     "ProvenanceModelOut",
     "ProvenanceOut",
+    "ProvenanceParametersOut",
     "RejectionOut",
     "ReviewCreatedOut",
     "ReviewIn",
@@ -212,6 +216,41 @@ class ProvenanceHardwareOut(_Record):
     host: str | None = None
 
 
+class ProvenanceParametersOut(_Record):
+    """Everything else that shaped the output (``inference.denoise_volume``)."""
+
+    shape: list[int] | None = None
+    """The input's [z, y, x] (or [y, x]) voxels."""
+    input_dtype: str | None = None
+    spacing_mm: list[float] | None = None
+    modality: str | None = None
+    batch_size: int | None = None
+    """Slices per forward pass."""
+    precision_requested: str | None = None
+    """``auto``, ``fp32``, ``bf16`` or ``fp16``, as asked."""
+    precision_ms_per_slice: dict[str, float] | None = None
+    """``auto`` on a CPU: milliseconds per slice of each precision, measured."""
+    normalisation: dict[str, Any] | None = None
+    """Its kind, offset and scale, resolved for this series."""
+    roi_size: list[int] | None = None
+    """The sliding window's size; null when the whole input ran at once."""
+    window_overlap: float | None = None
+    size_multiple: int | None = None
+    padding: str | None = None
+    noise_conditioned: bool | None = None
+    """Whether the network was given the input's noise estimate."""
+    residual_limit: dict[str, Any] | None = None
+    """How far the output may depart from the input, in local noise SDs."""
+    keep_low_frequencies: dict[str, Any] | None = None
+    """Content coarser than ``sigma_mm`` is kept from the input."""
+    noise_sd_estimate: dict[str, Any] | None = None
+    """The input's noise SD over slices: method, median, min and max."""
+    fp32_below_noise: float | None = None
+    """Noise SD below which slices ran in fp32 instead of the reduced precision."""
+    fp32_slices: int | None = None
+    """How many slices that was."""
+
+
 def _with_schema_key(schema: dict[str, Any]) -> None:
     schema["properties"] = {
         "schema": {
@@ -236,9 +275,7 @@ class ProvenanceOut(_Record):
     hardware: ProvenanceHardwareOut | None = None
     precision: str | None = None
     """The precision that ran: ``fp32``, ``bf16`` or ``fp16``."""
-    parameters: dict[str, Any] | None = None
-    """Everything that shaped the output: shape, dtype, spacing, modality, batch
-    size, requested precision, normalisation, windows, padding, noise estimate."""
+    parameters: ProvenanceParametersOut | None = None
     input_sha256: str | None = None
     """SHA-256 of the input volume's array."""
     output_sha256: str | None = None
@@ -288,6 +325,36 @@ class MetricsOut(_Record):
     """Median input statistics compared with the model's training data."""
 
 
+class JobParamsOut(_Record):
+    """The parameters a job was requested with, defaults filled in."""
+
+    precision: str | None = None
+    """``auto``, ``fp32``, ``bf16`` or ``fp16``."""
+    batch_size: int | None = None
+    """Slices per forward pass; null lets the engine choose."""
+    allow_modality_mismatch: bool | None = None
+    """Run a model on a series of another modality anyway."""
+
+
+class JobTimingsOut(_Record):
+    """Seconds per stage: the job's own stages and the engine's inside
+    ``denoise``; empty until the job has succeeded."""
+
+    load_model: float | None = None
+    read_volume: float | None = None
+    denoise: float | None = None
+    """The engine's call, which ``load``, ``preprocess``, ``infer`` and
+    ``postprocess`` divide."""
+    write_outputs: float | None = None
+    """Flushing and linking the reconstruction and residual files."""
+    load: float | None = None
+    preprocess: float | None = None
+    infer: float | None = None
+    postprocess: float | None = None
+    total: float | None = None
+    """The whole job, from loading the model to linking the outputs."""
+
+
 class JobOut(_Out):
     """A denoise job: its state, model, parameters, results and reviews."""
 
@@ -298,7 +365,7 @@ class JobOut(_Out):
     """0..1, rounded to 4 places."""
     progress_message: str
     model: JobModelOut
-    params: dict[str, Any]
+    params: Annotated[dict[str, Any], _DocumentedBy(JobParamsOut)]
     attempts: int
     error: str
     worker: str
@@ -306,8 +373,8 @@ class JobOut(_Out):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    timings_s: dict[str, Any]
-    """Seconds per stage of the run."""
+    timings_s: Annotated[dict[str, Any], _DocumentedBy(JobTimingsOut)]
+    """Seconds per stage of the run; empty until the job has succeeded."""
     metrics: Annotated[dict[str, Any], _DocumentedBy(MetricsOut)]
     """Noise before and after, residual statistics, flagged slices; empty until
     the job has succeeded."""

@@ -182,7 +182,7 @@ def test_series_job_review_and_audit_answers_have_the_documented_shape(
     ]
 
 
-def test_openapi_documents_a_jobs_provenance_and_metrics(openapi):
+def test_openapi_documents_a_jobs_records(openapi):
     job = openapi["components"]["schemas"]["JobOut"]["properties"]
     provenance = _resolve(job["provenance"], openapi)
     assert provenance["additionalProperties"] is True
@@ -208,6 +208,16 @@ def test_openapi_documents_a_jobs_provenance_and_metrics(openapi):
     assert "SHA-256" in model["properties"]["weights_sha256"]["description"]
     code = _resolve(provenance["properties"]["code"]["anyOf"][0], openapi)
     assert {"git_commit", "torch", "monai"} <= set(code["properties"])
+    parameters = _resolve(provenance["properties"]["parameters"]["anyOf"][0], openapi)
+    assert {"batch_size", "precision_requested", "normalisation"} <= set(
+        parameters["properties"]
+    )
+    params = _resolve(job["params"], openapi)
+    assert {"precision", "batch_size", "allow_modality_mismatch"} <= set(
+        params["properties"]
+    )
+    timings = _resolve(job["timings_s"], openapi)
+    assert {"load_model", "denoise", "infer", "total"} <= set(timings["properties"])
     metrics = _resolve(job["metrics"], openapi)
     assert metrics["additionalProperties"] is True
     assert {
@@ -220,7 +230,7 @@ def test_openapi_documents_a_jobs_provenance_and_metrics(openapi):
     } <= set(metrics["properties"])
 
 
-def test_a_jobs_provenance_and_metrics_are_answered_as_stored(
+def test_a_jobs_records_are_answered_as_stored(
     client, openapi, alice, series, models_root
 ):
     job, _ = denoise_job_request(series=series, requested_by=alice)
@@ -232,8 +242,8 @@ def test_a_jobs_provenance_and_metrics_are_answered_as_stored(
     answer = client.get(f"/api/jobs/{job.pk}").json()
     assert answer["provenance"]["model"]["version"] == "1.0.0"
     # Same keys, same order, same numbers (an int stays an int), nothing added.
-    assert json.dumps(answer["provenance"]) == json.dumps(job.provenance)
-    assert json.dumps(answer["metrics"]) == json.dumps(job.metrics)
+    for record in ("params", "timings_s", "metrics", "provenance"):
+        assert json.dumps(answer[record]) == json.dumps(getattr(job, record)), record
     assert_shape(
         answer, response_schema(openapi, "get", "/api/jobs/{job_id}", 200), openapi
     )
