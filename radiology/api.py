@@ -11,23 +11,26 @@ from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import TooManyFilesSent
 from django.http import Http404
-from ninja import File, NinjaAPI, Schema, Status
+from ninja import File, NinjaAPI, Status
 from ninja.errors import HttpError
 from ninja.files import UploadedFile
 
 from . import selectors
 from .auth import API_AUTH
-from .models import Review
 from .schemas import (
     AuditEventOut,
+    DenoiseIn,
     ErrorOut,
+    FinetuneIn,
     FinetuneQueuedOut,
     JobOut,
     ModelOut,
     ReviewCreatedOut,
+    ReviewIn,
     SeriesDetailOut,
     SeriesOut,
     TokenCreatedOut,
+    TokenIn,
     TokenOut,
     UploadOut,
 )
@@ -108,11 +111,6 @@ def get_series(request, series_id: int):
     return SeriesDetailOut.from_orm(series, context={"study_series": study_series})
 
 
-class DenoiseIn(Schema):
-    model: str | None = None
-    params: dict | None = None
-
-
 @api.post(
     "/series/{series_id}/denoise",
     response={200: JobOut, 201: JobOut, 400: ErrorOut, 404: ErrorOut},
@@ -149,14 +147,6 @@ def get_job(request, job_id: int):
 def cancel_job(request, job_id: int):
     job = selectors.job_for(request.user, job_id)
     return job_services.denoise_job_cancel(job=job, actor=request.user)
-
-
-class ReviewIn(Schema):
-    verdict: Review.Verdict
-    comment: str = ""
-    strength: float = 1.0
-    # ROI statistics and lengths from the viewer, kept with the verdict.
-    measurements: list[dict] = []
 
 
 @api.post(
@@ -209,11 +199,6 @@ def models(request):
     return inference.list_models(settings.MODELS_ROOT)
 
 
-class FinetuneIn(Schema):
-    series: list[int]
-    minutes: float = 10.0
-
-
 @api.post(
     "/models/finetune",
     response={202: FinetuneQueuedOut, 400: ErrorOut, 403: ErrorOut, 404: ErrorOut},
@@ -243,11 +228,6 @@ def finetune(request, payload: FinetuneIn):
 
 api.add_router("", "radiology.api_viewer.router")
 api.add_router("", "radiology.api_export.router")
-
-
-class TokenIn(Schema):
-    name: str = "default"
-    days: int | None = None
 
 
 @api.get("/tokens", response=list[TokenOut])
