@@ -30,9 +30,8 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
     from django.conf import settings
 
     if os.environ.get("TEST_DATABASE_NAME"):
-        settings.DATABASES["default"]["TEST"] = {
-            "NAME": os.environ["TEST_DATABASE_NAME"]
-        }
+        database = settings.DATABASES["default"]
+        database.setdefault("TEST", {})["NAME"] = os.environ["TEST_DATABASE_NAME"]
 
 
 @pytest.fixture(autouse=True)
