@@ -31,10 +31,11 @@ CHROMIUM_ARGS = [
 ]
 PASSWORD = "bench-viewer-pass-1"
 
-# The viewer's state for the measurements: production code sets no globals, so once
-# the page's modules have run this imports the page's own viewer module (the same
-# instance) and puts its exported state on window.viewer, as tests/e2e does.
-_VIEWER_HOOK = """
+#: Measurement-only access to the compare viewer (tests/e2e uses it too): production
+#: code sets no globals, so once the page's modules have run this imports the page's
+#: own viewer module (the same instance, not a second viewer) and puts its exported
+#: state on ``window.viewer``.
+VIEWER_HOOK = """
 document.addEventListener("DOMContentLoaded", () => {
   const main = document.querySelector('script[type=module][src$="/viewer/main.js"]');
   if (main) import(main.src).then((module) => { window.viewer = module.viewer; });
@@ -234,7 +235,7 @@ def _measure(base: str, job_id: int, frames: int) -> dict:
             context = browser.new_context(
                 viewport={"width": 1280, "height": 800}, bypass_csp=True
             )
-            context.add_init_script(_VIEWER_HOOK)
+            context.add_init_script(VIEWER_HOOK)
             page = context.new_page()
             page.set_default_timeout(120_000)
             page.goto(f"{base}/accounts/login/")

@@ -10,28 +10,12 @@ import pytest
 import torch
 
 import inference
+from bench.viewer import CHROMIUM, CHROMIUM_ARGS, VIEWER_HOOK
 from inference.networks import build_network
 from tests.conftest import require
 from tests.inference.inference_fixtures import REDCNN, metadata
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "e2e"
-#: Test-only access to the compare viewer: production code sets no globals, so once
-#: the page's modules have run this imports the page's own viewer module (the same
-#: instance, not a second viewer) and puts its exported state on ``window.viewer``.
-VIEWER_HOOK = """
-document.addEventListener("DOMContentLoaded", () => {
-  const main = document.querySelector('script[type=module][src$="/viewer/main.js"]');
-  if (main) import(main.src).then((module) => { window.viewer = module.viewer; });
-});
-"""
 
 
 @pytest.fixture
