@@ -363,7 +363,9 @@ class AuditQuerySet(models.QuerySet):
         raise AuditImmutableError("audit events are append-only: delete refused")
 
 
-class AuditEvent(models.Model):
+class AuditRecord(models.Model):
+    """What an audit event says (who, what, on what), as appended or queued."""
+
     class Action(models.TextChoices):
         UPLOAD = "upload"
         INGEST = "ingest"
@@ -410,6 +412,12 @@ class AuditEvent(models.Model):
         help_text="for access filtering of the log",
     )
     extra_data = models.JSONField(default=dict)
+
+    class Meta:
+        abstract = True
+
+
+class AuditEvent(AuditRecord):
     prev_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64, unique=True)
     key_id = models.CharField(
@@ -454,7 +462,7 @@ class AuditQueuedEventQuerySet(models.QuerySet):
         raise AuditImmutableError("queued audit events are signed: update refused")
 
 
-class AuditQueuedEvent(models.Model):
+class AuditQueuedEvent(AuditRecord):
     """An access event written while the chain head was locked by a write.
 
     Signed under the audit key (``mac`` covers every field, the nonce and the chain
@@ -463,28 +471,6 @@ class AuditQueuedEvent(models.Model):
     """
 
     nonce = models.CharField(max_length=32, unique=True)
-    created_at = models.DateTimeField()
-    actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-        db_constraint=False,
-    )
-    actor_name = models.CharField(max_length=150, blank=True)
-    action = models.CharField(max_length=32, choices=AuditEvent.Action)
-    target_type = models.CharField(max_length=32, blank=True)
-    target_id = models.CharField(max_length=64, blank=True)
-    study = models.ForeignKey(
-        Study,
-        null=True,
-        blank=True,
-        on_delete=models.DO_NOTHING,
-        related_name="+",
-        db_constraint=False,
-    )
-    extra_data = models.JSONField(default=dict)
     chain_id = models.CharField(max_length=32)
     key_id = models.CharField(max_length=16)
     mac = models.CharField(max_length=64)

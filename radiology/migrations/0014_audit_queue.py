@@ -59,7 +59,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='auditqueuedevent',
             name='study',
-            field=models.ForeignKey(blank=True, db_constraint=False, null=True, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to='radiology.study'),
+            field=models.ForeignKey(blank=True, db_constraint=False, help_text='for access filtering of the log', null=True, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to='radiology.study'),
         ),
         migrations.RunPython(restore_sqlite_trigger, migrations.RunPython.noop),
     ]
