@@ -19,7 +19,7 @@ import uuid
 from typing import Any
 
 from ..errors import AuditKeyError
-from ..models import AuditEvent, AuditQueuedEvent
+from ..models import AuditEvent, AuditQueuedEvent, AuditRecord
 from .canonical import canonical_json
 from .checkpoints import schedule_queued_mark
 from .keys import AuditKeys
@@ -88,14 +88,8 @@ def queued_problem(row: AuditQueuedEvent, *, keys: AuditKeys, chain_id: str) -> 
 
 
 def event_fields(row: AuditQueuedEvent) -> dict[str, Any]:
-    """The content a queued event brings to the chain."""
+    """The content a queued event brings to the chain: its ``AuditRecord`` fields."""
     return {
-        "created_at": row.created_at,
-        "actor_id": row.actor_id,
-        "actor_name": row.actor_name,
-        "action": row.action,
-        "target_type": row.target_type,
-        "target_id": row.target_id,
-        "study_id": row.study_id,
-        "extra_data": row.extra_data,
+        field.attname: getattr(row, field.attname)
+        for field in AuditRecord._meta.get_fields()
     }
